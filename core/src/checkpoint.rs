@@ -1,0 +1,240 @@
+//! Loading a diffusers checkpoint folder as users have it (`model_index.json`, `unet/`,
+//! `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`), into tav's models.
+//!
+//! Files are reached through [`CheckpointFiles`], so the same code serves a folder on disk
+//! and (later) files fetched by a browser.
+
+use burn::tensor::Device;
+
+use crate::clip::ClipTextEncoder;
+use crate::config::{ClipConfig, SchedulerConfig, UNetConfig, VaeConfig, parse_json};
+use crate::error::{Result, TavError};
+use crate::schedule::Schedule;
+use crate::tokenizer::ClipTokenizer;
+use crate::unet::{UNet3D, temporal_init};
+use crate::vae::Vae;
+use crate::weights::{LayeredSource, ParamBuilder, SafetensorsFile, TensorSource};
+
+/// Read access to the files of a checkpoint, by path relative to its root.
+pub trait CheckpointFiles {
+    /// The file's bytes, or `None` if it does not exist.
+    fn read(&self, relative: &str) -> Result<Option<Vec<u8>>>;
+    /// How to show `relative` to a user (e.g. the full path).
+    fn show(&self, relative: &str) -> String;
+}
+
+/// A checkpoint folder on disk.
+#[cfg(not(target_arch = "wasm32"))]
+pub struct Folder(pub std::path::PathBuf);
+
+#[cfg(not(target_arch = "wasm32"))]
+impl CheckpointFiles for Folder {
+    fn read(&self, relative: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.0.join(relative);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(TavError::Io {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    fn show(&self, relative: &str) -> String {
+        self.0.join(relative).display().to_string()
+    }
+}
+
+/// Tensors in the weights files that are known not to be parameters.
+const KNOWN_BUFFERS: [&str; 1] = ["text_model.embeddings.position_ids"];
+
+/// What one component's loading found.
+#[derive(Debug, Clone)]
+pub struct ComponentReport {
+    pub component: String,
+    pub file: String,
+    pub tensors: usize,
+    pub parameters: usize,
+    /// Tensors in the file that the model did not use (reported, never silently dropped).
+    pub unexpected: Vec<String>,
+}
+
+/// Options for loading a checkpoint.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// A weights variant such as `fp16` (`*.fp16.safetensors`). When `None`, the plain
+    /// files are used, or the fp16 variant if only that exists.
+    pub variant: Option<String>,
+    /// Seed of the new temporal layers' initial values (when no temporal file is given).
+    pub temporal_seed: u64,
+}
+
+/// Everything of a checkpoint, loaded.
+pub struct Models {
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipTextEncoder,
+    pub vae: Vae,
+    pub unet: UNet3D,
+    pub schedule: Schedule,
+    pub unet_config: UNetConfig,
+    pub vae_config: VaeConfig,
+    pub clip_config: ClipConfig,
+    pub report: Vec<ComponentReport>,
+}
+
+fn required(files: &dyn CheckpointFiles, relative: &str, what: &str) -> Result<Vec<u8>> {
+    files.read(relative)?.ok_or_else(|| TavError::MissingFile {
+        path: files.show(relative),
+        what: what.to_string(),
+    })
+}
+
+fn config<T: for<'de> serde::Deserialize<'de>>(files: &dyn CheckpointFiles, relative: &str) -> Result<T> {
+    let bytes = required(files, relative, "component config")?;
+    let text = String::from_utf8(bytes).map_err(|_| TavError::Config {
+        path: files.show(relative),
+        reason: "not UTF-8 text".into(),
+    })?;
+    parse_json(&files.show(relative), &text)
+}
+
+/// Reads `component`'s weights: `stem.safetensors`, or its variant `stem.VARIANT.safetensors`.
+pub fn weights_file(
+    files: &dyn CheckpointFiles,
+    component: &str,
+    stem: &str,
+    variant: Option<&str>,
+) -> Result<SafetensorsFile> {
+    let plain = format!("{component}/{stem}.safetensors");
+    let candidates: Vec<String> = match variant {
+        Some(v) => vec![format!("{component}/{stem}.{v}.safetensors")],
+        None => vec![plain.clone(), format!("{component}/{stem}.fp16.safetensors")],
+    };
+    for candidate in &candidates {
+        if let Some(bytes) = files.read(candidate)? {
+            return SafetensorsFile::from_bytes(files.show(candidate), bytes);
+        }
+    }
+    let bin = format!("{component}/{stem}.bin");
+    let hint = if files.read(&bin)?.is_some() {
+        " (only a PyTorch .bin file is there: tav reads safetensors; convert it first)"
+    } else {
+        ""
+    };
+    Err(TavError::MissingFile {
+        path: files.show(&candidates[0]),
+        what: format!("{component} weights{hint}"),
+    })
+}
+
+fn report(component: &str, source: &dyn TensorSource, p: &ParamBuilder) -> ComponentReport {
+    let entries = p.entries();
+    let unexpected: Vec<String> = p
+        .unused_keys()
+        .into_iter()
+        .filter(|k| !KNOWN_BUFFERS.contains(&k.as_str()))
+        .collect();
+    ComponentReport {
+        component: component.to_string(),
+        file: source.origin(),
+        tensors: entries.len(),
+        parameters: entries.iter().map(|e| e.shape.iter().product::<usize>()).sum(),
+        unexpected,
+    }
+}
+
+/// Loads the tokenizer from `tokenizer/tokenizer.json`, or `vocab.json` + `merges.txt`.
+pub fn load_tokenizer(files: &dyn CheckpointFiles, max_len: usize) -> Result<ClipTokenizer> {
+    if let Some(json) = files.read("tokenizer/tokenizer.json")? {
+        return ClipTokenizer::from_tokenizer_json(&files.show("tokenizer/tokenizer.json"), &json, max_len);
+    }
+    let vocab = required(files, "tokenizer/vocab.json", "tokenizer vocabulary (or tokenizer.json)")?;
+    let merges = required(files, "tokenizer/merges.txt", "tokenizer merges (or tokenizer.json)")?;
+    let merges = String::from_utf8(merges).map_err(|_| TavError::Tokenizer {
+        path: files.show("tokenizer/merges.txt"),
+        reason: "not UTF-8 text".into(),
+    })?;
+    ClipTokenizer::from_vocab_merges(&files.show("tokenizer"), &vocab, &merges, max_len)
+}
+
+/// Loads the text encoder from `text_encoder/`.
+pub fn load_text_encoder(
+    files: &dyn CheckpointFiles,
+    options: &LoadOptions,
+    device: &Device,
+) -> Result<(ClipTextEncoder, ClipConfig, ComponentReport)> {
+    let cfg: ClipConfig = config(files, "text_encoder/config.json")?;
+    let file = weights_file(files, "text_encoder", "model", options.variant.as_deref())?;
+    let p = ParamBuilder::from_source(&file, device);
+    let model = ClipTextEncoder::load(&p, &cfg)?;
+    Ok((model, cfg, report("text_encoder", &file, &p)))
+}
+
+/// Loads the VAE from `vae/`.
+pub fn load_vae(
+    files: &dyn CheckpointFiles,
+    options: &LoadOptions,
+    device: &Device,
+) -> Result<(Vae, VaeConfig, ComponentReport)> {
+    let cfg: VaeConfig = config(files, "vae/config.json")?;
+    let file = weights_file(files, "vae", "diffusion_pytorch_model", options.variant.as_deref())?;
+    let p = ParamBuilder::from_source(&file, device);
+    let model = Vae::load(&p, &cfg)?;
+    Ok((model, cfg, report("vae", &file, &p)))
+}
+
+/// Loads the 2D UNet from `unet/` and inflates it. Temporal layers come from `temporal`
+/// where given (keys are the reference's module paths), else are initialised as the
+/// reference initialises them.
+pub fn load_unet(
+    files: &dyn CheckpointFiles,
+    temporal: Option<&SafetensorsFile>,
+    options: &LoadOptions,
+    device: &Device,
+) -> Result<(UNet3D, UNetConfig, ComponentReport)> {
+    let cfg: UNetConfig = config(files, "unet/config.json")?;
+    let file = weights_file(files, "unet", "diffusion_pytorch_model", options.variant.as_deref())?;
+    let mut layers: Vec<&dyn TensorSource> = vec![&file];
+    if let Some(t) = temporal {
+        layers.insert(0, t);
+    }
+    let source = LayeredSource { layers };
+    let p = ParamBuilder::from_source(&source, device).with_fallback(temporal_init(options.temporal_seed));
+    let model = UNet3D::load(&p, &cfg)?;
+    Ok((model, cfg, report("unet", &source, &p)))
+}
+
+/// Loads the DDPM/DDIM schedule from `scheduler/scheduler_config.json`.
+pub fn load_schedule(files: &dyn CheckpointFiles) -> Result<Schedule> {
+    let cfg: SchedulerConfig = config(files, "scheduler/scheduler_config.json")?;
+    Schedule::new(&cfg)
+}
+
+impl Models {
+    /// Loads every component of the checkpoint.
+    pub fn load(
+        files: &dyn CheckpointFiles,
+        temporal: Option<&SafetensorsFile>,
+        options: &LoadOptions,
+        device: &Device,
+    ) -> Result<Self> {
+        required(files, "model_index.json", "the checkpoint's model_index.json (is this a diffusers folder?)")?;
+        let (text_encoder, clip_config, r_text) = load_text_encoder(files, options, device)?;
+        let tokenizer = load_tokenizer(files, clip_config.max_position_embeddings)?;
+        let (vae, vae_config, r_vae) = load_vae(files, options, device)?;
+        let (unet, unet_config, r_unet) = load_unet(files, temporal, options, device)?;
+        let schedule = load_schedule(files)?;
+        Ok(Self {
+            tokenizer,
+            text_encoder,
+            vae,
+            unet,
+            schedule,
+            unet_config,
+            vae_config,
+            clip_config,
+            report: vec![r_text, r_vae, r_unet],
+        })
+    }
+}

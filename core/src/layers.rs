@@ -1,0 +1,162 @@
+//! The small building blocks every component uses: linear, per-frame 2D convolution,
+//! group norm (per frame or pooled over frames) and layer norm.
+
+use burn::module::{Module, Param};
+use burn::tensor::Tensor;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+
+use crate::error::Result;
+use crate::weights::{Layout, ParamBuilder};
+
+/// `y = x W + b` with PyTorch's weight names (`weight`, `bias`).
+#[derive(Module, Debug)]
+pub struct Linear {
+    /// `[in, out]` (PyTorch stores `[out, in]`; transposed on load).
+    pub weight: Param<Tensor<2>>,
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+impl Linear {
+    pub fn load(p: &ParamBuilder, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
+        Ok(Self {
+            weight: p.param("weight", [d_out, d_in], Layout::LinearWeight)?,
+            bias: if bias {
+                Some(p.param("bias", [d_out], Layout::Same)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        burn::tensor::module::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+    }
+}
+
+/// A 2D convolution; video tensors are `[(B·F), C, H, W]`, so this is applied per frame,
+/// as the reference's `InflatedConv3d` does.
+#[derive(Module, Debug)]
+pub struct Conv2d {
+    pub weight: Param<Tensor<4>>,
+    pub bias: Param<Tensor<1>>,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Conv2d {
+    pub fn load(
+        p: &ParamBuilder,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: p.param("weight", [c_out, c_in, kernel, kernel], Layout::Same)?,
+            bias: p.param("bias", [c_out], Layout::Same)?,
+            stride,
+            padding,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let options = ConvOptions::new(
+            [self.stride, self.stride],
+            [self.padding, self.padding],
+            [1, 1],
+            1,
+        );
+        conv2d(x, self.weight.val(), Some(self.bias.val()), options)
+    }
+
+    /// Convolution after zero-padding only the bottom and right by one, as the VAE
+    /// encoder's downsampler (`padding=0` plus `F.pad(x, (0, 1, 0, 1))`).
+    pub fn forward_pad_end(&self, x: Tensor<4>) -> Tensor<4> {
+        let options = ConvOptions::new_with_padding(
+            [self.stride, self.stride],
+            [(0, 1), (0, 1)],
+            [1, 1],
+            1,
+        );
+        conv2d(x, self.weight.val(), Some(self.bias.val()), options)
+    }
+}
+
+/// GroupNorm with affine parameters.
+#[derive(Module, Debug)]
+pub struct GroupNorm {
+    pub weight: Param<Tensor<1>>,
+    pub bias: Param<Tensor<1>>,
+    pub groups: usize,
+    pub eps: f64,
+}
+
+impl GroupNorm {
+    pub fn load(p: &ParamBuilder, groups: usize, channels: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: p.param("weight", [channels], Layout::Same)?,
+            bias: p.param("bias", [channels], Layout::Same)?,
+            groups,
+            eps,
+        })
+    }
+
+    /// Statistics per image of `[N, C, H, W]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward_pooled(x, 1)
+    }
+
+    /// `x` is `[(B·F), C, H, W]`; statistics are pooled over the `frames` images of each
+    /// video, as PyTorch's GroupNorm does on the reference's 5-D `[B, C, F, H, W]` tensors.
+    pub fn forward_pooled(&self, x: Tensor<4>, frames: usize) -> Tensor<4> {
+        let [n, c, h, w] = x.dims();
+        let videos = n / frames;
+        let grouped = x.reshape([videos, frames, self.groups, (c / self.groups) * h * w]);
+        let mean = grouped.clone().mean_dims(&[1, 3]);
+        let centred = grouped - mean;
+        let var = centred.clone().square().mean_dims(&[1, 3]);
+        let normed = centred / var.add_scalar(self.eps).sqrt();
+        let normed = normed.reshape([n, c, h, w]);
+        let gamma = self.weight.val().reshape([1, c, 1, 1]);
+        let beta = self.bias.val().reshape([1, c, 1, 1]);
+        normed * gamma + beta
+    }
+}
+
+/// LayerNorm over the last dimension.
+#[derive(Module, Debug)]
+pub struct LayerNorm {
+    pub weight: Param<Tensor<1>>,
+    pub bias: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(p: &ParamBuilder, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: p.param("weight", [dim], Layout::Same)?,
+            bias: p.param("bias", [dim], Layout::Same)?,
+            eps,
+        })
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let mean = x.clone().mean_dim(D - 1);
+        let centred = x - mean;
+        let var = centred.clone().square().mean_dim(D - 1);
+        let normed = centred / var.add_scalar(self.eps).sqrt();
+        let mut shape = [1usize; D];
+        shape[D - 1] = self.weight.dims()[0];
+        normed * self.weight.val().reshape(shape) + self.bias.val().reshape(shape)
+    }
+}
+
+/// Nearest-neighbour 2× upsampling of `[N, C, H, W]` (exact, by repetition).
+pub fn upsample_nearest_2x(x: Tensor<4>) -> Tensor<4> {
+    let [n, c, h, w] = x.dims();
+    x.reshape([n, c, h, 1, w, 1])
+        .expand([n, c, h, 2, w, 2])
+        .reshape([n, c, 2 * h, 2 * w])
+}

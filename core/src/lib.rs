@@ -1,0 +1,22 @@
+//! tav core: Tune-A-Video's models, schedules and weight loading on burn + wgpu.
+//!
+//! Data flows one way: frames → VAE latents → (tuned) 3D UNet → DDIM → frames. This crate
+//! does no I/O a browser lacks, except the optional folder reader for native builds.
+
+pub mod attention;
+pub mod checkpoint;
+pub mod clip;
+pub mod config;
+pub mod draws;
+pub mod error;
+pub mod layers;
+pub mod params;
+pub mod resnet;
+pub mod schedule;
+pub mod tokenizer;
+pub mod transformer;
+pub mod unet;
+pub mod vae;
+pub mod weights;
+
+pub use error::{Result, TavError};

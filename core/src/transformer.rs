@@ -1,0 +1,207 @@
+//! Tune-A-Video's `Transformer3DModel` and its block: per-frame GroupNorm and projection,
+//! then for every block sparse-causal self-attention, cross-attention to the text, a GEGLU
+//! feed-forward and the new temporal attention, each with a residual.
+
+use burn::module::Module;
+use burn::tensor::Tensor;
+use burn::tensor::activation::gelu;
+
+use crate::attention::Attention;
+use crate::error::Result;
+use crate::layers::{Conv2d, GroupNorm, LayerNorm, Linear};
+use crate::weights::ParamBuilder;
+
+const LAYER_NORM_EPS: f64 = 1e-5;
+const TRANSFORMER_GROUP_NORM_EPS: f64 = 1e-6;
+
+/// GEGLU feed-forward: `net.0.proj` (to 2×4·dim), `hidden · gelu(gate)`, `net.2`.
+#[derive(Module, Debug)]
+pub struct FeedForward {
+    pub proj_in: Linear,
+    pub proj_out: Linear,
+}
+
+impl FeedForward {
+    pub fn load(p: &ParamBuilder, dim: usize) -> Result<Self> {
+        let inner = dim * 4;
+        Ok(Self {
+            proj_in: Linear::load(&p.sub("net.0.proj"), dim, inner * 2, true)?,
+            proj_out: Linear::load(&p.sub("net.2"), inner, dim, true)?,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let projected = self.proj_in.forward(x);
+        let [hidden, gate] = projected.chunk(2, 2).try_into().expect("two chunks");
+        self.proj_out.forward(hidden * gelu(gate))
+    }
+}
+
+/// Which self-attention the first attention layer of each block does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelfAttentionKind {
+    /// Tune-A-Video: frame i attends to frames 0 and i−1.
+    SparseCausal,
+    /// Each frame attends only to itself (the image model; an ablation).
+    PerFrame,
+}
+
+/// Runtime options of the video transformer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VideoAttentionOptions {
+    pub self_attention: SelfAttentionKind,
+    /// Whether the temporal layers run at all (an ablation turns them off).
+    pub temporal: bool,
+}
+
+impl Default for VideoAttentionOptions {
+    fn default() -> Self {
+        Self {
+            self_attention: SelfAttentionKind::SparseCausal,
+            temporal: true,
+        }
+    }
+}
+
+/// `BasicTransformerBlock` of Tune-A-Video.
+#[derive(Module, Debug)]
+pub struct TransformerBlock {
+    pub norm1: LayerNorm,
+    pub attn1: Attention,
+    pub norm2: LayerNorm,
+    pub attn2: Attention,
+    pub norm3: LayerNorm,
+    pub ff: FeedForward,
+    pub norm_temp: LayerNorm,
+    pub attn_temp: Attention,
+}
+
+impl TransformerBlock {
+    pub fn load(p: &ParamBuilder, dim: usize, heads: usize, context_dim: usize) -> Result<Self> {
+        let head_dim = dim / heads;
+        Ok(Self {
+            norm1: LayerNorm::load(&p.sub("norm1"), dim, LAYER_NORM_EPS)?,
+            attn1: Attention::load(&p.sub("attn1"), dim, dim, heads, head_dim)?,
+            norm2: LayerNorm::load(&p.sub("norm2"), dim, LAYER_NORM_EPS)?,
+            attn2: Attention::load(&p.sub("attn2"), dim, context_dim, heads, head_dim)?,
+            norm3: LayerNorm::load(&p.sub("norm3"), dim, LAYER_NORM_EPS)?,
+            ff: FeedForward::load(&p.sub("ff"), dim)?,
+            norm_temp: LayerNorm::load(&p.sub("norm_temp"), dim, LAYER_NORM_EPS)?,
+            attn_temp: Attention::load(&p.sub("attn_temp"), dim, dim, heads, head_dim)?,
+        })
+    }
+
+    /// `x` is `[(B·F), L, C]`; `context` is `[(B·F), M, Cc]`.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        context: Tensor<3>,
+        frames: usize,
+        options: VideoAttentionOptions,
+    ) -> Tensor<3> {
+        let normed = self.norm1.forward(x.clone());
+        let attended = match options.self_attention {
+            SelfAttentionKind::SparseCausal => self.attn1.forward_sparse_causal(normed, frames),
+            SelfAttentionKind::PerFrame => self.attn1.forward_self(normed),
+        };
+        let x = attended + x;
+        let x = self.attn2.forward_cross(self.norm2.forward(x.clone()), context) + x;
+        let x = self.ff.forward(self.norm3.forward(x.clone())) + x;
+        if !options.temporal {
+            return x;
+        }
+        self.attn_temp
+            .forward_temporal(self.norm_temp.forward(x.clone()), frames)
+            + x
+    }
+}
+
+/// The input/output projection of a transformer: a 1×1 conv (SD v1) or a linear layer
+/// (`use_linear_projection`, SD v2).
+#[derive(Module, Debug)]
+pub enum Projection {
+    Conv(Conv2d),
+    Linear(Linear),
+}
+
+impl Projection {
+    fn load(p: &ParamBuilder, c_in: usize, c_out: usize, linear: bool) -> Result<Self> {
+        Ok(if linear {
+            Projection::Linear(Linear::load(p, c_in, c_out, true)?)
+        } else {
+            Projection::Conv(Conv2d::load(p, c_in, c_out, 1, 1, 0)?)
+        })
+    }
+}
+
+/// `Transformer3DModel` with one or more blocks.
+#[derive(Module, Debug)]
+pub struct Transformer3D {
+    pub norm: GroupNorm,
+    pub proj_in: Projection,
+    pub blocks: Vec<TransformerBlock>,
+    pub proj_out: Projection,
+}
+
+impl Transformer3D {
+    pub fn load(
+        p: &ParamBuilder,
+        channels: usize,
+        heads: usize,
+        context_dim: usize,
+        groups: usize,
+        linear_projection: bool,
+    ) -> Result<Self> {
+        Ok(Self {
+            norm: GroupNorm::load(&p.sub("norm"), groups, channels, TRANSFORMER_GROUP_NORM_EPS)?,
+            proj_in: Projection::load(&p.sub("proj_in"), channels, channels, linear_projection)?,
+            blocks: vec![TransformerBlock::load(
+                &p.sub("transformer_blocks.0"),
+                channels,
+                heads,
+                context_dim,
+            )?],
+            proj_out: Projection::load(&p.sub("proj_out"), channels, channels, linear_projection)?,
+        })
+    }
+
+    /// `x` is `[(B·F), C, H, W]`; `context` is `[(B·F), M, Cc]` (the text repeated per frame).
+    pub fn forward(
+        &self,
+        x: Tensor<4>,
+        context: Tensor<3>,
+        frames: usize,
+        options: VideoAttentionOptions,
+    ) -> Tensor<4> {
+        let [n, c, h, w] = x.dims();
+        let residual = x.clone();
+        // GroupNorm per frame, as the reference applies it after `(b f) c h w`.
+        let normed = self.norm.forward(x);
+        let tokens = match &self.proj_in {
+            Projection::Conv(conv) => to_tokens(conv.forward(normed)),
+            Projection::Linear(linear) => linear.forward(to_tokens(normed)),
+        };
+        let mut tokens = tokens;
+        for block in &self.blocks {
+            tokens = block.forward(tokens, context.clone(), frames, options);
+        }
+        let out = match &self.proj_out {
+            Projection::Conv(conv) => conv.forward(from_tokens(tokens, h, w)),
+            Projection::Linear(linear) => from_tokens(linear.forward(tokens), h, w),
+        };
+        debug_assert_eq!(out.dims(), [n, c, h, w]);
+        out + residual
+    }
+}
+
+/// `[N, C, H, W]` → `[N, H·W, C]`.
+fn to_tokens(x: Tensor<4>) -> Tensor<3> {
+    let [n, c, h, w] = x.dims();
+    x.reshape([n, c, h * w]).swap_dims(1, 2)
+}
+
+/// `[N, H·W, C]` → `[N, C, H, W]`.
+fn from_tokens(x: Tensor<3>, h: usize, w: usize) -> Tensor<4> {
+    let [n, _, c] = x.dims();
+    x.swap_dims(1, 2).reshape([n, c, h, w])
+}

@@ -1,0 +1,280 @@
+//! The VAE (diffusers' `AutoencoderKL`): images to the posterior over latents, and latents
+//! back to images. Frames go through it independently.
+
+use burn::module::Module;
+use burn::tensor::Tensor;
+use burn::tensor::activation::silu;
+
+use crate::attention::multi_head;
+use crate::config::VaeConfig;
+use crate::error::{Result, TavError};
+use crate::layers::{Conv2d, GroupNorm, Linear};
+use crate::resnet::{Downsample, ResnetBlock, ResnetSpec, Upsample};
+use crate::weights::ParamBuilder;
+
+const VAE_EPS: f64 = 1e-6;
+
+/// The VAE's single-head self-attention over pixels of the mid block. Checkpoints name its
+/// layers `to_q/to_k/to_v/to_out.0` (new) or `query/key/value/proj_attn` (old); both load.
+#[derive(Module, Debug)]
+pub struct VaeAttention {
+    pub group_norm: GroupNorm,
+    pub to_q: Linear,
+    pub to_k: Linear,
+    pub to_v: Linear,
+    pub to_out: Linear,
+}
+
+impl VaeAttention {
+    pub fn load(p: &ParamBuilder, channels: usize, groups: usize) -> Result<Self> {
+        let old_names = !p.has("to_q.weight") && p.has("query.weight");
+        let [q, k, v, o] = if old_names {
+            ["query", "key", "value", "proj_attn"]
+        } else {
+            ["to_q", "to_k", "to_v", "to_out.0"]
+        };
+        Ok(Self {
+            group_norm: GroupNorm::load(&p.sub("group_norm"), groups, channels, VAE_EPS)?,
+            to_q: Linear::load(&p.sub(q), channels, channels, true)?,
+            to_k: Linear::load(&p.sub(k), channels, channels, true)?,
+            to_v: Linear::load(&p.sub(v), channels, channels, true)?,
+            to_out: Linear::load(&p.sub(o), channels, channels, true)?,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [n, c, h, w] = x.dims();
+        let tokens = self
+            .group_norm
+            .forward(x.clone())
+            .reshape([n, c, h * w])
+            .swap_dims(1, 2);
+        let q = self.to_q.forward(tokens.clone());
+        let k = self.to_k.forward(tokens.clone());
+        let v = self.to_v.forward(tokens);
+        let out = self.to_out.forward(multi_head(q, k, v, 1, None));
+        out.swap_dims(1, 2).reshape([n, c, h, w]) + x
+    }
+}
+
+/// ResNet, attention, ResNet.
+#[derive(Module, Debug)]
+pub struct VaeMidBlock {
+    pub resnet_0: ResnetBlock,
+    pub attention: VaeAttention,
+    pub resnet_1: ResnetBlock,
+}
+
+impl VaeMidBlock {
+    fn load(p: &ParamBuilder, channels: usize, groups: usize) -> Result<Self> {
+        let spec = resnet_spec(channels, channels, groups);
+        Ok(Self {
+            resnet_0: ResnetBlock::load(&p.sub("resnets.0"), spec)?,
+            attention: VaeAttention::load(&p.sub("attentions.0"), channels, groups)?,
+            resnet_1: ResnetBlock::load(&p.sub("resnets.1"), spec)?,
+        })
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = self.resnet_0.forward(x, None, 1);
+        let x = self.attention.forward(x);
+        self.resnet_1.forward(x, None, 1)
+    }
+}
+
+fn resnet_spec(c_in: usize, c_out: usize, groups: usize) -> ResnetSpec {
+    ResnetSpec {
+        c_in,
+        c_out,
+        temb: None,
+        groups,
+        eps: VAE_EPS,
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct EncoderBlock {
+    pub resnets: Vec<ResnetBlock>,
+    pub downsampler: Option<Downsample>,
+}
+
+#[derive(Module, Debug)]
+pub struct DecoderBlock {
+    pub resnets: Vec<ResnetBlock>,
+    pub upsampler: Option<Upsample>,
+}
+
+#[derive(Module, Debug)]
+pub struct Encoder {
+    pub conv_in: Conv2d,
+    pub down_blocks: Vec<EncoderBlock>,
+    pub mid_block: VaeMidBlock,
+    pub conv_norm_out: GroupNorm,
+    pub conv_out: Conv2d,
+}
+
+#[derive(Module, Debug)]
+pub struct Decoder {
+    pub conv_in: Conv2d,
+    pub mid_block: VaeMidBlock,
+    pub up_blocks: Vec<DecoderBlock>,
+    pub conv_norm_out: GroupNorm,
+    pub conv_out: Conv2d,
+}
+
+/// The approximate posterior `q(z | x)`: a diagonal Gaussian per latent cell.
+#[derive(Debug, Clone)]
+pub struct Posterior {
+    pub mean: Tensor<4>,
+    /// Clamped to [-30, 20], as the reference does.
+    pub logvar: Tensor<4>,
+}
+
+impl Posterior {
+    /// `mean + exp(logvar / 2) · eps`, with `eps` a standard-normal draw of the same shape.
+    pub fn sample(&self, eps: Tensor<4>) -> Tensor<4> {
+        self.mean.clone() + self.logvar.clone().mul_scalar(0.5).exp() * eps
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Vae {
+    pub encoder: Encoder,
+    pub quant_conv: Conv2d,
+    pub post_quant_conv: Conv2d,
+    pub decoder: Decoder,
+    pub latent_channels: usize,
+    pub in_channels: usize,
+    pub downscale: usize,
+    pub scaling_factor: f64,
+}
+
+impl Vae {
+    pub fn load(p: &ParamBuilder, cfg: &VaeConfig) -> Result<Self> {
+        cfg.validate("vae/config.json")?;
+        let ch = &cfg.block_out_channels;
+        let groups = cfg.norm_num_groups;
+        let latent = cfg.latent_channels;
+        let blocks = ch.len();
+
+        let ep = p.sub("encoder");
+        let mut down_blocks = Vec::new();
+        let mut output = ch[0];
+        for i in 0..blocks {
+            let input = output;
+            output = ch[i];
+            let bp = ep.sub(format!("down_blocks.{i}"));
+            let resnets = (0..cfg.layers_per_block)
+                .map(|l| {
+                    let c_in = if l == 0 { input } else { output };
+                    ResnetBlock::load(&bp.sub(format!("resnets.{l}")), resnet_spec(c_in, output, groups))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let downsampler = if i + 1 < blocks {
+                Some(Downsample::load(&bp.sub("downsamplers.0"), output, 0)?)
+            } else {
+                None
+            };
+            down_blocks.push(EncoderBlock { resnets, downsampler });
+        }
+        let top = ch[blocks - 1];
+        let encoder = Encoder {
+            conv_in: Conv2d::load(&ep.sub("conv_in"), cfg.in_channels, ch[0], 3, 1, 1)?,
+            down_blocks,
+            mid_block: VaeMidBlock::load(&ep.sub("mid_block"), top, groups)?,
+            conv_norm_out: GroupNorm::load(&ep.sub("conv_norm_out"), groups, top, VAE_EPS)?,
+            conv_out: Conv2d::load(&ep.sub("conv_out"), top, 2 * latent, 3, 1, 1)?,
+        };
+
+        let dp = p.sub("decoder");
+        let reversed: Vec<usize> = ch.iter().rev().copied().collect();
+        let mut up_blocks = Vec::new();
+        let mut output = reversed[0];
+        for i in 0..blocks {
+            let previous = output;
+            output = reversed[i];
+            let bp = dp.sub(format!("up_blocks.{i}"));
+            let resnets = (0..cfg.layers_per_block + 1)
+                .map(|l| {
+                    let c_in = if l == 0 { previous } else { output };
+                    ResnetBlock::load(&bp.sub(format!("resnets.{l}")), resnet_spec(c_in, output, groups))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let upsampler = if i + 1 < blocks {
+                Some(Upsample::load(&bp.sub("upsamplers.0"), output)?)
+            } else {
+                None
+            };
+            up_blocks.push(DecoderBlock { resnets, upsampler });
+        }
+        let decoder = Decoder {
+            conv_in: Conv2d::load(&dp.sub("conv_in"), latent, top, 3, 1, 1)?,
+            mid_block: VaeMidBlock::load(&dp.sub("mid_block"), top, groups)?,
+            up_blocks,
+            conv_norm_out: GroupNorm::load(&dp.sub("conv_norm_out"), groups, ch[0], VAE_EPS)?,
+            conv_out: Conv2d::load(&dp.sub("conv_out"), ch[0], cfg.out_channels, 3, 1, 1)?,
+        };
+
+        Ok(Self {
+            encoder,
+            quant_conv: Conv2d::load(&p.sub("quant_conv"), 2 * latent, 2 * latent, 1, 1, 0)?,
+            post_quant_conv: Conv2d::load(&p.sub("post_quant_conv"), latent, latent, 1, 1, 0)?,
+            decoder,
+            latent_channels: latent,
+            in_channels: cfg.in_channels,
+            downscale: cfg.downscale(),
+            scaling_factor: cfg.scaling_factor,
+        })
+    }
+
+    /// Images `[N, 3, H, W]` in [-1, 1] to the posterior over unscaled latents.
+    pub fn encode(&self, pixels: Tensor<4>) -> Result<Posterior> {
+        let [_, c, h, w] = pixels.dims();
+        if c != self.in_channels {
+            return Err(TavError::InvalidInput(format!(
+                "the VAE takes {} channels, the frames have {c}",
+                self.in_channels
+            )));
+        }
+        if h % self.downscale != 0 || w % self.downscale != 0 {
+            return Err(TavError::InvalidInput(format!(
+                "frame size {w}×{h} is not a multiple of the VAE's downscale {}",
+                self.downscale
+            )));
+        }
+        let e = &self.encoder;
+        let mut x = e.conv_in.forward(pixels);
+        for block in &e.down_blocks {
+            for resnet in &block.resnets {
+                x = resnet.forward(x, None, 1);
+            }
+            if let Some(down) = &block.downsampler {
+                x = down.forward(x);
+            }
+        }
+        let x = e.mid_block.forward(x);
+        let x = e.conv_out.forward(silu(e.conv_norm_out.forward(x)));
+        let moments = self.quant_conv.forward(x);
+        let [mean, logvar] = moments.chunk(2, 1).try_into().expect("two halves");
+        Ok(Posterior {
+            mean,
+            logvar: logvar.clamp(-30.0, 20.0),
+        })
+    }
+
+    /// Unscaled latents `[N, C, h, w]` to images `[N, 3, H, W]` (not clamped).
+    pub fn decode(&self, latents: Tensor<4>) -> Tensor<4> {
+        let d = &self.decoder;
+        let x = self.post_quant_conv.forward(latents);
+        let mut x = d.mid_block.forward(d.conv_in.forward(x));
+        for block in &d.up_blocks {
+            for resnet in &block.resnets {
+                x = resnet.forward(x, None, 1);
+            }
+            if let Some(up) = &block.upsampler {
+                x = up.forward(x);
+            }
+        }
+        d.conv_out.forward(silu(d.conv_norm_out.forward(x)))
+    }
+}

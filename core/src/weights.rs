@@ -1,0 +1,409 @@
+//! Reading safetensors and turning named tensors into burn parameters.
+//!
+//! Key names are the reference's module paths everywhere
+//! (`down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight`), so checkpoints,
+//! goldens and tuned deltas line up without mapping tables.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+
+use burn::module::{Param, ParamId};
+use burn::tensor::{Device, Tensor, TensorData};
+use safetensors::tensor::{Dtype, Metadata, SafeTensors};
+
+use crate::error::{Result, Shape, TavError};
+
+/// A tensor in host memory, always f32 (f16/bf16/f64 are converted on read).
+#[derive(Debug, Clone)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Self { shape, data }
+    }
+
+    /// PyTorch's `[out, in]` linear weight as burn's `[in, out]`.
+    pub fn transposed_2d(&self) -> HostTensor {
+        let (rows, cols) = (self.shape[0], self.shape[1]);
+        let mut data = vec![0.0; self.data.len()];
+        for r in 0..rows {
+            for c in 0..cols {
+                data[c * rows + r] = self.data[r * cols + c];
+            }
+        }
+        HostTensor::new(vec![cols, rows], data)
+    }
+
+    pub fn to_device<const D: usize>(&self, device: &Device) -> Tensor<D> {
+        Tensor::from_data(TensorData::new(self.data.clone(), self.shape.clone()), device)
+    }
+}
+
+/// Anything that hands out named tensors: a safetensors file, a stack of files, generated
+/// initial values.
+pub trait TensorSource {
+    /// Where the tensors come from, for error messages.
+    fn origin(&self) -> String;
+    /// The tensor named `key`, or `None` if this source does not have it.
+    fn fetch(&self, key: &str) -> Result<Option<HostTensor>>;
+    /// Every key this source holds.
+    fn keys(&self) -> Vec<String>;
+    /// Whether the source holds `key`.
+    fn contains(&self, key: &str) -> bool {
+        self.keys().iter().any(|k| k == key)
+    }
+}
+
+/// A parsed safetensors file held in memory.
+pub struct SafetensorsFile {
+    path: String,
+    bytes: Vec<u8>,
+    data_start: usize,
+    metadata: Metadata,
+}
+
+impl SafetensorsFile {
+    /// Parses the header and checks that every tensor's bytes are inside the buffer.
+    pub fn from_bytes(path: impl Into<String>, bytes: Vec<u8>) -> Result<Self> {
+        let path = path.into();
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&bytes).map_err(|e| TavError::CorruptWeights {
+                path: path.clone(),
+                reason: describe_safetensors_error(&e, bytes.len()),
+            })?;
+        Ok(Self {
+            path,
+            bytes,
+            data_start: 8 + header_len,
+            metadata,
+        })
+    }
+
+    /// Reads a file from disk (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open(path: &std::path::Path) -> Result<Self> {
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                TavError::MissingFile {
+                    path: shown.clone(),
+                    what: "safetensors weights".into(),
+                }
+            } else {
+                TavError::Io {
+                    path: shown.clone(),
+                    reason: e.to_string(),
+                }
+            }
+        })?;
+        Self::from_bytes(shown, bytes)
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// String metadata stored in the header (`__metadata__`).
+    pub fn metadata(&self) -> BTreeMap<String, String> {
+        self.metadata
+            .metadata()
+            .clone()
+            .map(|m| m.into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// Shape of `key` without reading its data.
+    pub fn shape_of(&self, key: &str) -> Option<Vec<usize>> {
+        self.metadata.info(key).map(|i| i.shape.clone())
+    }
+}
+
+fn describe_safetensors_error(e: &safetensors::SafeTensorError, len: usize) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::MetadataIncompleteBuffer => {
+            format!("the header describes more bytes than the file holds ({len} bytes): the file is truncated")
+        }
+        E::HeaderTooSmall | E::InvalidHeaderLength => {
+            format!("the file ({len} bytes) is too short to hold its header: truncated or not safetensors")
+        }
+        other => other.to_string(),
+    }
+}
+
+impl TensorSource for SafetensorsFile {
+    fn origin(&self) -> String {
+        self.path.clone()
+    }
+
+    fn fetch(&self, key: &str) -> Result<Option<HostTensor>> {
+        let Some(info) = self.metadata.info(key) else {
+            return Ok(None);
+        };
+        let (start, end) = info.data_offsets;
+        let raw = &self.bytes[self.data_start + start..self.data_start + end];
+        let data = decode_floats(raw, info.dtype).ok_or_else(|| TavError::UnsupportedDtype {
+            path: self.path.clone(),
+            tensor: key.to_string(),
+            dtype: format!("{:?}", info.dtype),
+        })?;
+        Ok(Some(HostTensor::new(info.shape.clone(), data)))
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.metadata.tensors().into_keys().collect()
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.metadata.info(key).is_some()
+    }
+}
+
+/// Little-endian float bytes to f32; `None` for non-float dtypes.
+pub fn decode_floats(raw: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => raw
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => raw
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => raw
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::F64 => raw
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// Several sources tried in order: the first that has a key wins.
+pub struct LayeredSource<'a> {
+    pub layers: Vec<&'a dyn TensorSource>,
+}
+
+impl TensorSource for LayeredSource<'_> {
+    fn origin(&self) -> String {
+        let names: Vec<String> = self.layers.iter().map(|l| l.origin()).collect();
+        names.join(" + ")
+    }
+
+    fn fetch(&self, key: &str) -> Result<Option<HostTensor>> {
+        for layer in &self.layers {
+            if let Some(t) = layer.fetch(key)? {
+                return Ok(Some(t));
+            }
+        }
+        Ok(None)
+    }
+
+    fn keys(&self) -> Vec<String> {
+        let set: BTreeSet<String> = self.layers.iter().flat_map(|l| l.keys()).collect();
+        set.into_iter().collect()
+    }
+}
+
+/// How a stored tensor maps onto a burn parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Stored as is.
+    Same,
+    /// A PyTorch `[out, in]` linear weight, kept by burn as `[in, out]`.
+    LinearWeight,
+}
+
+/// One parameter the model asked for: its reference key and its reference (PyTorch) shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamEntry {
+    pub key: String,
+    pub shape: Vec<usize>,
+    pub id: ParamId,
+}
+
+/// Builds the parameters of a model, either from a tensor source (checked against the
+/// shapes the config implies) or lazily, as shapes only (to count parameters of SD-sized
+/// models without allocating anything).
+/// Makes the value of a tensor that the source lacks (e.g. new temporal layers), from its
+/// key and reference shape; `None` if it cannot.
+pub type Fallback = Rc<dyn Fn(&str, &[usize]) -> Option<HostTensor>>;
+
+#[derive(Clone)]
+pub struct ParamBuilder<'a> {
+    source: Option<&'a dyn TensorSource>,
+    fallback: Option<Fallback>,
+    device: Device,
+    prefix: String,
+    record: Rc<RefCell<Vec<ParamEntry>>>,
+}
+
+impl<'a> ParamBuilder<'a> {
+    pub fn from_source(source: &'a dyn TensorSource, device: &Device) -> Self {
+        Self {
+            source: Some(source),
+            fallback: None,
+            device: device.clone(),
+            prefix: String::new(),
+            record: Rc::default(),
+        }
+    }
+
+    /// Shapes only: every parameter is left uninitialised (and never will be unless used).
+    pub fn shapes_only(device: &Device) -> Self {
+        Self {
+            source: None,
+            fallback: None,
+            device: device.clone(),
+            prefix: String::new(),
+            record: Rc::default(),
+        }
+    }
+
+    /// Values for keys the source lacks.
+    pub fn with_fallback(mut self, fallback: Fallback) -> Self {
+        self.fallback = Some(fallback);
+        self
+    }
+
+    /// A builder for the sub-module `name` (keys get `name.` in front).
+    pub fn sub(&self, name: impl AsRef<str>) -> Self {
+        let name = name.as_ref();
+        Self {
+            prefix: if self.prefix.is_empty() {
+                name.to_string()
+            } else {
+                format!("{}.{}", self.prefix, name)
+            },
+            ..self.clone()
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{}", self.prefix, name)
+        }
+    }
+
+    /// Whether the source holds the tensor `name` (false when building shapes only).
+    pub fn has(&self, name: &str) -> bool {
+        self.source.is_some_and(|s| s.contains(&self.key(name)))
+    }
+
+    /// Every parameter requested so far (shared by all sub-builders).
+    pub fn entries(&self) -> Vec<ParamEntry> {
+        self.record.borrow().clone()
+    }
+
+    /// Keys in the source that no parameter asked for.
+    pub fn unused_keys(&self) -> Vec<String> {
+        let Some(source) = self.source else {
+            return Vec::new();
+        };
+        let used: BTreeSet<String> = self.record.borrow().iter().map(|e| e.key.clone()).collect();
+        source
+            .keys()
+            .into_iter()
+            .filter(|k| !used.contains(k))
+            .collect()
+    }
+
+    /// A tensor kept in host memory (e.g. CLIP's token table, gathered on the CPU because at
+    /// SD size it exceeds WebGPU's 128 MiB binding limit). Empty data when building shapes only.
+    pub fn host(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        let key = self.key(name);
+        self.record.borrow_mut().push(ParamEntry {
+            key: key.clone(),
+            shape: shape.to_vec(),
+            id: ParamId::new(),
+        });
+        let Some(source) = self.source else {
+            return Ok(HostTensor {
+                shape: shape.to_vec(),
+                data: Vec::new(),
+            });
+        };
+        let host = source.fetch(&key)?.ok_or_else(|| TavError::MissingTensor {
+            path: source.origin(),
+            tensor: key.clone(),
+        })?;
+        if host.shape != shape {
+            return Err(TavError::ShapeMismatch {
+                path: source.origin(),
+                tensor: key,
+                expected: Shape(shape.to_vec()),
+                found: Shape(host.shape),
+            });
+        }
+        Ok(host)
+    }
+
+    /// The parameter `name` with the reference shape `shape`.
+    pub fn param<const D: usize>(
+        &self,
+        name: &str,
+        shape: [usize; D],
+        layout: Layout,
+    ) -> Result<Param<Tensor<D>>> {
+        let key = self.key(name);
+        let id = ParamId::new();
+        self.record.borrow_mut().push(ParamEntry {
+            key: key.clone(),
+            shape: shape.to_vec(),
+            id,
+        });
+        let stored_shape = match layout {
+            Layout::Same => shape,
+            Layout::LinearWeight => {
+                let mut s = shape;
+                s.reverse();
+                s
+            }
+        };
+        let Some(source) = self.source else {
+            return Ok(Param::uninitialized(
+                id,
+                move |device, _| Tensor::zeros(stored_shape, device),
+                self.device.clone(),
+                false,
+                stored_shape.into(),
+            ));
+        };
+        let fetched = match source.fetch(&key)? {
+            Some(t) => Some(t),
+            None => self.fallback.as_ref().and_then(|f| f(&key, &shape)),
+        };
+        let host = fetched.ok_or_else(|| TavError::MissingTensor {
+                path: source.origin(),
+                tensor: key.clone(),
+            })?;
+        if host.shape != shape {
+            return Err(TavError::ShapeMismatch {
+                path: source.origin(),
+                tensor: key,
+                expected: Shape(shape.to_vec()),
+                found: Shape(host.shape),
+            });
+        }
+        let host = match layout {
+            Layout::Same => host,
+            Layout::LinearWeight => host.transposed_2d(),
+        };
+        let tensor = host.to_device::<D>(&self.device);
+        Ok(Param::initialized(id, tensor))
+    }
+}

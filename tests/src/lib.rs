@@ -1,0 +1,109 @@
+//! Shared helpers for the integration tests: the device, golden sets, error measures.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, DeviceKind, Tensor};
+use tav_core::weights::{HostTensor, SafetensorsFile, TensorSource};
+
+/// The wgpu device (lavapipe where there is no GPU).
+pub fn device() -> Device {
+    Device::wgpu(DeviceKind::DefaultDevice)
+}
+
+/// The project's root folder.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `../shared` beside the project root.
+pub fn shared_dir() -> PathBuf {
+    repo_root().join("..").join("shared")
+}
+
+/// The golden directories: `TAV_GOLDEN_DIRS` (colon-separated), or every directory under
+/// `../shared/golden/`.
+pub fn golden_dirs() -> Vec<PathBuf> {
+    if let Ok(list) = std::env::var("TAV_GOLDEN_DIRS") {
+        return list
+            .split(':')
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .collect();
+    }
+    let root = shared_dir().join("golden");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", root.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// One golden set: its reference tensors and its JSON facts.
+pub struct Golden {
+    pub dir: PathBuf,
+    pub tensors: SafetensorsFile,
+    pub json: serde_json::Value,
+}
+
+impl Golden {
+    pub fn open(dir: &Path) -> Self {
+        let tensors = SafetensorsFile::open(&dir.join("cases.safetensors"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let text = std::fs::read_to_string(dir.join("cases.json"))
+            .unwrap_or_else(|e| panic!("cannot read {}/cases.json: {e}", dir.display()));
+        let json = serde_json::from_str(&text).expect("cases.json is JSON");
+        Self { dir: dir.to_path_buf(), tensors, json }
+    }
+
+    pub fn name(&self) -> String {
+        self.dir.file_name().unwrap().to_string_lossy().into_owned()
+    }
+
+    /// The f32 tensor `key` (panics with the key if absent).
+    pub fn host(&self, key: &str) -> HostTensor {
+        self.tensors
+            .fetch(key)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("golden tensor `{key}` missing in {}", self.dir.display()))
+    }
+
+    /// An integer tensor (timesteps, token ids) as i64 values.
+    pub fn ints(&self, key: &str) -> Vec<i64> {
+        let bytes = std::fs::read(self.dir.join("cases.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let view = st.tensor(key).unwrap_or_else(|_| panic!("golden tensor `{key}` missing"));
+        assert_eq!(view.dtype(), safetensors::Dtype::I64, "{key} is not I64");
+        view.data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    }
+
+    pub fn tensor<const D: usize>(&self, key: &str, device: &Device) -> Tensor<D> {
+        self.host(key).to_device(device)
+    }
+
+    /// Every tensor key of the golden set.
+    pub fn keys(&self) -> Vec<String> {
+        self.tensors.keys()
+    }
+}
+
+/// Reads a tensor back to the host as f32.
+pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.try_into_vec_as::<f32>().expect("f32 readback")
+}
+
+/// ‖out − ref‖ / ‖ref‖.
+pub fn rel_error(out: &[f32], reference: &[f32]) -> f64 {
+    assert_eq!(out.len(), reference.len(), "length mismatch");
+    let diff: f64 = out
+        .iter()
+        .zip(reference)
+        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+        .sum();
+    let norm: f64 = reference.iter().map(|b| (*b as f64).powi(2)).sum();
+    (diff / norm.max(1e-30)).sqrt()
+}

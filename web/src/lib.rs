@@ -1,0 +1,1 @@
+//! The browser build of tav lands with the browser issue.
