@@ -25,7 +25,10 @@ fn write_stored(path: &Path, tensors: &Stored) {
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
         .map(|(k, (dtype, shape, data))| {
-            (k.clone(), safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap())
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap(),
+            )
         })
         .collect();
     let bytes = safetensors::serialize(views, None).unwrap();
@@ -59,7 +62,11 @@ fn vae_file(model: &Path) -> PathBuf {
 }
 
 fn vae_error(model: &Path) -> TavError {
-    match load_vae(&Folder(model.to_path_buf()), &LoadOptions::default(), &device()) {
+    match load_vae(
+        &Folder(model.to_path_buf()),
+        &LoadOptions::default(),
+        &device(),
+    ) {
         Ok(_) => panic!("loading {} should fail", model.display()),
         Err(e) => e,
     }
@@ -82,7 +89,10 @@ fn missing_weights_file_names_the_path() {
     let message = vae_error(&model).to_string();
     println!("{message}");
     assert!(message.contains("missing file"), "{message}");
-    assert!(message.contains("vae/diffusion_pytorch_model.safetensors"), "{message}");
+    assert!(
+        message.contains("vae/diffusion_pytorch_model.safetensors"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -102,8 +112,14 @@ fn missing_tensor_names_file_and_tensor() {
     write_stored(&vae_file(&model), &tensors);
     let message = vae_error(&model).to_string();
     println!("{message}");
-    assert!(message.contains("missing tensor `decoder.conv_out.weight`"), "{message}");
-    assert!(message.contains("vae/diffusion_pytorch_model.safetensors"), "{message}");
+    assert!(
+        message.contains("missing tensor `decoder.conv_out.weight`"),
+        "{message}"
+    );
+    assert!(
+        message.contains("vae/diffusion_pytorch_model.safetensors"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -117,8 +133,14 @@ fn shape_mismatch_shows_expected_and_found() {
     write_stored(&vae_file(&model), &tensors);
     let message = vae_error(&model).to_string();
     println!("{message}");
-    assert!(message.contains("shape mismatch for tensor `quant_conv.bias`"), "{message}");
-    assert!(message.contains(&format!("expected [{n}], found [{}]", n + 1)), "{message}");
+    assert!(
+        message.contains("shape mismatch for tensor `quant_conv.bias`"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("expected [{n}], found [{}]", n + 1)),
+        "{message}"
+    );
 }
 
 #[test]
@@ -129,7 +151,10 @@ fn truncated_file_is_reported_as_truncated() {
     let message = vae_error(&model).to_string();
     println!("{message}");
     assert!(message.contains("truncated"), "{message}");
-    assert!(message.contains("vae/diffusion_pytorch_model.safetensors"), "{message}");
+    assert!(
+        message.contains("vae/diffusion_pytorch_model.safetensors"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -142,7 +167,10 @@ fn corrupt_header_is_reported() {
     std::fs::write(vae_file(&model), &bytes).unwrap();
     let message = vae_error(&model).to_string();
     println!("{message}");
-    assert!(message.contains("corrupt or truncated safetensors file"), "{message}");
+    assert!(
+        message.contains("corrupt or truncated safetensors file"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -153,18 +181,27 @@ fn unsupported_dtype_names_tensor_and_dtype() {
     write_stored(&vae_file(&model), &tensors);
     let message = vae_error(&model).to_string();
     println!("{message}");
-    assert!(message.contains("unsupported dtype I32 for tensor `quant_conv.bias`"), "{message}");
+    assert!(
+        message.contains("unsupported dtype I32 for tensor `quant_conv.bias`"),
+        "{message}"
+    );
 }
 
 #[test]
 fn extra_tensors_are_reported_not_dropped() {
     let model = scratch_model("extra");
     let mut tensors = read_stored(&vae_file(&model));
-    tensors.insert("encoder.surprise.weight".into(), (Dtype::F32, vec![1], 1f32.to_le_bytes().to_vec()));
+    tensors.insert(
+        "encoder.surprise.weight".into(),
+        (Dtype::F32, vec![1], 1f32.to_le_bytes().to_vec()),
+    );
     write_stored(&vae_file(&model), &tensors);
     let (_, _, report) = load_vae(&Folder(model), &LoadOptions::default(), &device()).unwrap();
     println!("unexpected: {:?}", report.unexpected);
-    assert_eq!(report.unexpected, vec!["encoder.surprise.weight".to_string()]);
+    assert_eq!(
+        report.unexpected,
+        vec!["encoder.surprise.weight".to_string()]
+    );
 }
 
 #[test]
@@ -180,8 +217,13 @@ fn fp16_variant_file_loads_and_converts() {
     write_stored(&model.join("text_encoder/model.fp16.safetensors"), &tensors);
     let folder = Folder(model.clone());
     let device = device();
-    let (encoder, _, report) = load_text_encoder(&folder, &LoadOptions::default(), &device).unwrap();
-    assert!(report.file.ends_with("model.fp16.safetensors"), "{}", report.file);
+    let (encoder, _, report) =
+        load_text_encoder(&folder, &LoadOptions::default(), &device).unwrap();
+    assert!(
+        report.file.ends_with("model.fp16.safetensors"),
+        "{}",
+        report.file
+    );
     // The position embedding arrives as f32 equal to the f16-rounded original.
     let original = read_stored(&golden_dirs()[0].join("model/text_encoder/model.safetensors"));
     let (_, _, bytes) = &original["text_model.embeddings.position_embedding.weight"];
@@ -191,7 +233,10 @@ fn fp16_variant_file_loads_and_converts() {
         .collect();
     assert_eq!(to_vec(encoder.position_embedding.val()), rounded);
     // An explicit variant that does not exist is a clear error.
-    let options = LoadOptions { variant: Some("bf16".into()), ..Default::default() };
+    let options = LoadOptions {
+        variant: Some("bf16".into()),
+        ..Default::default()
+    };
     let message = match load_text_encoder(&folder, &options, &device) {
         Ok(_) => panic!("bf16 variant should be missing"),
         Err(e) => e.to_string(),
@@ -205,12 +250,22 @@ fn bf16_tensors_are_converted() {
     let model = scratch_model("bf16");
     let mut tensors = read_stored(&vae_file(&model));
     let entry = tensors.get_mut("quant_conv.bias").unwrap();
-    let values: Vec<f32> = entry.2.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    let values: Vec<f32> = entry
+        .2
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
     entry.0 = Dtype::BF16;
-    entry.2 = values.iter().flat_map(|&v| burn::tensor::bf16::from_f32(v).to_le_bytes()).collect();
+    entry.2 = values
+        .iter()
+        .flat_map(|&v| burn::tensor::bf16::from_f32(v).to_le_bytes())
+        .collect();
     write_stored(&vae_file(&model), &tensors);
     let (vae, _, _) = load_vae(&Folder(model), &LoadOptions::default(), &device()).unwrap();
-    let expected: Vec<f32> = values.iter().map(|&v| burn::tensor::bf16::from_f32(v).to_f32()).collect();
+    let expected: Vec<f32> = values
+        .iter()
+        .map(|&v| burn::tensor::bf16::from_f32(v).to_f32())
+        .collect();
     assert_eq!(to_vec(vae.quant_conv.bias.val()), expected);
 }
 
@@ -229,15 +284,30 @@ fn old_vae_attention_names_load_the_same_weights() {
             (k, v.clone())
         })
         .collect();
-    assert!(renamed.keys().any(|k| k.contains(".query.")), "the VAE has attention to rename");
+    assert!(
+        renamed.keys().any(|k| k.contains(".query.")),
+        "the VAE has attention to rename"
+    );
     let old_query = renamed["encoder.mid_block.attentions.0.query.weight"].clone();
     tensors = renamed;
     write_stored(&vae_file(&model), &tensors);
     let (vae, _, report) = load_vae(&Folder(model), &LoadOptions::default(), &device()).unwrap();
     assert!(report.unexpected.is_empty(), "{:?}", report.unexpected);
     // burn keeps [in, out]; the file has [out, in].
-    let loaded = to_vec(vae.encoder.mid_block.attention.to_q.weight.val().transpose());
-    let stored: Vec<f32> = old_query.2.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    let loaded = to_vec(
+        vae.encoder
+            .mid_block
+            .attention
+            .to_q
+            .weight
+            .val()
+            .transpose(),
+    );
+    let stored: Vec<f32> = old_query
+        .2
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
     assert_eq!(loaded, stored);
 }
 
@@ -250,6 +320,14 @@ fn unet_with_missing_temporal_file_tensor_uses_init_and_reports_extras() {
     let (unet, _, report) = load_unet(&folder, None, &LoadOptions::default(), &device).unwrap();
     assert!(report.unexpected.is_empty(), "{:?}", report.unexpected);
     let to_out = &unet.down_blocks[0].attentions[0].blocks[0].attn_temp.to_out;
-    assert!(to_vec(to_out.weight.val()).iter().all(|&v| v == 0.0), "attn_temp.to_out.0.weight starts at zero");
-    assert!(to_vec(to_out.bias.as_ref().unwrap().val()).iter().any(|&v| v != 0.0), "its bias does not");
+    assert!(
+        to_vec(to_out.weight.val()).iter().all(|&v| v == 0.0),
+        "attn_temp.to_out.0.weight starts at zero"
+    );
+    assert!(
+        to_vec(to_out.bias.as_ref().unwrap().val())
+            .iter()
+            .any(|&v| v != 0.0),
+        "its bias does not"
+    );
 }

@@ -37,7 +37,8 @@ impl Run {
         if ok {
             self.passed.push(case.to_string());
         } else {
-            self.failed.push(format!("{case}: rel.err {err:.3e} > {tol:.0e}"));
+            self.failed
+                .push(format!("{case}: rel.err {err:.3e} > {tol:.0e}"));
         }
     }
 
@@ -79,7 +80,8 @@ fn golden_parity() {
             later.len()
         );
         for key in &unknown {
-            run.failed.push(format!("no case can run golden tensor `{key}`"));
+            run.failed
+                .push(format!("no case can run golden tensor `{key}`"));
         }
         println!(
             "  {}: {} passed, {} failed",
@@ -89,7 +91,11 @@ fn golden_parity() {
         );
         failures.extend(run.failed.iter().map(|f| format!("{}: {f}", golden.name())));
     }
-    assert!(failures.is_empty(), "golden failures:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "golden failures:\n{}",
+        failures.join("\n")
+    );
 }
 
 fn run_set(golden: &Golden, device: &Device, run: &mut Run) {
@@ -119,15 +125,26 @@ fn tokenizer_cases(golden: &Golden, models: &Models, run: &mut Run) {
     let mut exact = 0;
     for (prompt, ids) in prompts.iter().zip(expected) {
         let prompt = prompt.as_str().unwrap();
-        let ids: Vec<u32> = ids.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let ids: Vec<u32> = ids
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         let ours = models.tokenizer.encode(prompt).unwrap();
         if ours == ids {
             exact += 1;
         } else {
-            run.failed.push(format!("tokenizer: {prompt:?}: got {ours:?}, expected {ids:?}"));
+            run.failed.push(format!(
+                "tokenizer: {prompt:?}: got {ours:?}, expected {ids:?}"
+            ));
         }
     }
-    println!("  {:<8} tokenizer: {exact}/{} prompts exact", if exact == prompts.len() { "ok" } else { "FAIL" }, prompts.len());
+    println!(
+        "  {:<8} tokenizer: {exact}/{} prompts exact",
+        if exact == prompts.len() { "ok" } else { "FAIL" },
+        prompts.len()
+    );
     if exact == prompts.len() {
         run.passed.push("tokenizer".into());
     }
@@ -137,7 +154,10 @@ fn text_cases(golden: &Golden, models: &Models, device: &Device, run: &mut Run) 
     let ids = golden.ints("text.input_ids");
     let reference = golden.host("text.hidden");
     let len = reference.shape[1];
-    let rows: Vec<Vec<u32>> = ids.chunks(len).map(|r| r.iter().map(|&v| v as u32).collect()).collect();
+    let rows: Vec<Vec<u32>> = ids
+        .chunks(len)
+        .map(|r| r.iter().map(|&v| v as u32).collect())
+        .collect();
     let hidden = models.text_encoder.forward(&rows, device).unwrap();
     run.check("text.hidden", &to_vec(hidden), &reference.data, TOL);
     run.cover(&["text.input_ids", "text.hidden"]);
@@ -146,12 +166,35 @@ fn text_cases(golden: &Golden, models: &Models, device: &Device, run: &mut Run) 
 fn vae_cases(golden: &Golden, models: &Models, device: &Device, run: &mut Run) {
     let pixels: Tensor<4> = golden.tensor("vae.pixels", device);
     let posterior = models.vae.encode(pixels).unwrap();
-    run.check("vae.mean", &to_vec(posterior.mean), &golden.host("vae.mean").data, TOL);
-    run.check("vae.logvar", &to_vec(posterior.logvar), &golden.host("vae.logvar").data, TOL);
+    run.check(
+        "vae.mean",
+        &to_vec(posterior.mean),
+        &golden.host("vae.mean").data,
+        TOL,
+    );
+    run.check(
+        "vae.logvar",
+        &to_vec(posterior.logvar),
+        &golden.host("vae.logvar").data,
+        TOL,
+    );
     let latents: Tensor<4> = golden.tensor("vae.latents", device);
-    let decoded = models.vae.decode(latents.div_scalar(models.vae.scaling_factor));
-    run.check("vae.decoded", &to_vec(decoded), &golden.host("vae.decoded").data, TOL);
-    run.cover(&["vae.pixels", "vae.mean", "vae.logvar", "vae.latents", "vae.decoded"]);
+    let decoded = models
+        .vae
+        .decode(latents.div_scalar(models.vae.scaling_factor));
+    run.check(
+        "vae.decoded",
+        &to_vec(decoded),
+        &golden.host("vae.decoded").data,
+        TOL,
+    );
+    run.cover(&[
+        "vae.pixels",
+        "vae.mean",
+        "vae.logvar",
+        "vae.latents",
+        "vae.decoded",
+    ]);
 }
 
 fn unet_cases(golden: &Golden, models: &Models, folder: &Folder, device: &Device, run: &mut Run) {
@@ -160,7 +203,10 @@ fn unet_cases(golden: &Golden, models: &Models, folder: &Folder, device: &Device
         .into_iter()
         .filter(|k| k.starts_with("unet.") && k.ends_with(".out"))
         .collect();
-    let variants: BTreeSet<String> = outs.iter().map(|k| k.split('.').nth(1).unwrap().to_string()).collect();
+    let variants: BTreeSet<String> = outs
+        .iter()
+        .map(|k| k.split('.').nth(1).unwrap().to_string())
+        .collect();
     for variant in variants {
         let temporal_path = golden.dir.join(format!("temporal_{variant}.safetensors"));
         let temporal = SafetensorsFile::open(&temporal_path).unwrap_or_else(|e| panic!("{e}"));
@@ -168,15 +214,23 @@ fn unet_cases(golden: &Golden, models: &Models, folder: &Folder, device: &Device
         let unet = if variant == "init" {
             &models.unet
         } else {
-            reloaded = load_unet(folder, Some(&temporal), &LoadOptions::default(), device).unwrap().0;
+            reloaded = load_unet(folder, Some(&temporal), &LoadOptions::default(), device)
+                .unwrap()
+                .0;
             &reloaded
         };
-        for out_key in outs.iter().filter(|k| k.split('.').nth(1) == Some(variant.as_str())) {
+        for out_key in outs
+            .iter()
+            .filter(|k| k.split('.').nth(1) == Some(variant.as_str()))
+        {
             let case = out_key.trim_end_matches(".out");
             let sample: Tensor<5> = golden.tensor(&format!("{case}.sample"), device);
-            let context: Tensor<3> = golden.tensor(&format!("{case}.encoder_hidden_states"), device);
+            let context: Tensor<3> =
+                golden.tensor(&format!("{case}.encoder_hidden_states"), device);
             let t = golden.ints(&format!("{case}.timestep"))[0] as f64;
-            let out = unet.forward(sample, &[t], context, VideoAttentionOptions::default()).unwrap();
+            let out = unet
+                .forward(sample, &[t], context, VideoAttentionOptions::default())
+                .unwrap();
             run.check(case, &to_vec(out), &golden.host(out_key).data, TOL);
             run.cover(&[
                 &format!("{case}.sample"),
@@ -198,17 +252,30 @@ fn schedule_cases(golden: &Golden, models: &Models, device: &Device, run: &mut R
     );
     run.cover(&["sched.alphas_cumprod"]);
 
-    let table = golden.json["ddim_timesteps"].as_object().expect("ddim_timesteps");
+    let table = golden.json["ddim_timesteps"]
+        .as_object()
+        .expect("ddim_timesteps");
     let mut exact = 0;
     for (steps, expected) in table {
         let steps: usize = steps.parse().unwrap();
-        let expected: Vec<usize> = expected.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let expected: Vec<usize> = expected
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
         match schedule.ddim_timesteps(steps) {
             Ok(ours) if ours == expected => exact += 1,
-            other => run.failed.push(format!("ddim_timesteps({steps}): got {other:?}")),
+            other => run
+                .failed
+                .push(format!("ddim_timesteps({steps}): got {other:?}")),
         }
     }
-    println!("  {:<8} ddim_timesteps: {exact}/{} step counts exact", if exact == table.len() { "ok" } else { "FAIL" }, table.len());
+    println!(
+        "  {:<8} ddim_timesteps: {exact}/{} step counts exact",
+        if exact == table.len() { "ok" } else { "FAIL" },
+        table.len()
+    );
     if exact == table.len() {
         run.passed.push("ddim_timesteps".into());
     }
@@ -218,7 +285,12 @@ fn schedule_cases(golden: &Golden, models: &Models, device: &Device, run: &mut R
     let eps: Tensor<5> = golden.tensor("ddim.eps", device);
     let t = golden.ints("ddim.t")[0] as usize;
     let prev = schedule.ddim_step(eps, t, x, steps);
-    run.check("ddim.prev", &to_vec(prev), &golden.host("ddim.prev").data, TOL);
+    run.check(
+        "ddim.prev",
+        &to_vec(prev),
+        &golden.host("ddim.prev").data,
+        TOL,
+    );
     run.cover(&["ddim.x", "ddim.eps", "ddim.t", "ddim.prev"]);
 }
 

@@ -21,7 +21,8 @@ fn golden_trainable_counts_match() {
         let cfg: UNetConfig = serde_json::from_str(&text).unwrap();
         let counts = unet_param_counts(&cfg, &device()).unwrap();
         let cases: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap())
+                .unwrap();
         if let Some(expected) = cases["train.trainable_count"].as_u64() {
             assert_eq!(counts.trainable as u64, expected, "{}", dir.display());
         }

@@ -27,7 +27,9 @@ pub fn multi_head(
     let d = inner / heads;
     let split = |t: Tensor<3>, l: usize| t.reshape([n, l, heads, d]).swap_dims(1, 2);
     let (q, k, v) = (split(q, lq), split(k, lk), split(v, lk));
-    let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar((d as f64).powf(-0.5));
+    let mut scores = q
+        .matmul(k.swap_dims(2, 3))
+        .mul_scalar((d as f64).powf(-0.5));
     if let Some(mask) = mask {
         let mask = mask.reshape([1, 1, lq, lk]).expand([n, heads, lq, lk]);
         scores = scores.mask_fill(mask, f32::MIN);

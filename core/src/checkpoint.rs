@@ -90,7 +90,10 @@ fn required(files: &dyn CheckpointFiles, relative: &str, what: &str) -> Result<V
     })
 }
 
-fn config<T: for<'de> serde::Deserialize<'de>>(files: &dyn CheckpointFiles, relative: &str) -> Result<T> {
+fn config<T: for<'de> serde::Deserialize<'de>>(
+    files: &dyn CheckpointFiles,
+    relative: &str,
+) -> Result<T> {
     let bytes = required(files, relative, "component config")?;
     let text = String::from_utf8(bytes).map_err(|_| TavError::Config {
         path: files.show(relative),
@@ -109,7 +112,10 @@ pub fn weights_file(
     let plain = format!("{component}/{stem}.safetensors");
     let candidates: Vec<String> = match variant {
         Some(v) => vec![format!("{component}/{stem}.{v}.safetensors")],
-        None => vec![plain.clone(), format!("{component}/{stem}.fp16.safetensors")],
+        None => vec![
+            plain.clone(),
+            format!("{component}/{stem}.fp16.safetensors"),
+        ],
     };
     for candidate in &candidates {
         if let Some(bytes) = files.read(candidate)? {
@@ -139,7 +145,10 @@ fn report(component: &str, source: &dyn TensorSource, p: &ParamBuilder) -> Compo
         component: component.to_string(),
         file: source.origin(),
         tensors: entries.len(),
-        parameters: entries.iter().map(|e| e.shape.iter().product::<usize>()).sum(),
+        parameters: entries
+            .iter()
+            .map(|e| e.shape.iter().product::<usize>())
+            .sum(),
         unexpected,
     }
 }
@@ -147,10 +156,22 @@ fn report(component: &str, source: &dyn TensorSource, p: &ParamBuilder) -> Compo
 /// Loads the tokenizer from `tokenizer/tokenizer.json`, or `vocab.json` + `merges.txt`.
 pub fn load_tokenizer(files: &dyn CheckpointFiles, max_len: usize) -> Result<ClipTokenizer> {
     if let Some(json) = files.read("tokenizer/tokenizer.json")? {
-        return ClipTokenizer::from_tokenizer_json(&files.show("tokenizer/tokenizer.json"), &json, max_len);
+        return ClipTokenizer::from_tokenizer_json(
+            &files.show("tokenizer/tokenizer.json"),
+            &json,
+            max_len,
+        );
     }
-    let vocab = required(files, "tokenizer/vocab.json", "tokenizer vocabulary (or tokenizer.json)")?;
-    let merges = required(files, "tokenizer/merges.txt", "tokenizer merges (or tokenizer.json)")?;
+    let vocab = required(
+        files,
+        "tokenizer/vocab.json",
+        "tokenizer vocabulary (or tokenizer.json)",
+    )?;
+    let merges = required(
+        files,
+        "tokenizer/merges.txt",
+        "tokenizer merges (or tokenizer.json)",
+    )?;
     let merges = String::from_utf8(merges).map_err(|_| TavError::Tokenizer {
         path: files.show("tokenizer/merges.txt"),
         reason: "not UTF-8 text".into(),
@@ -178,7 +199,12 @@ pub fn load_vae(
     device: &Device,
 ) -> Result<(Vae, VaeConfig, ComponentReport)> {
     let cfg: VaeConfig = config(files, "vae/config.json")?;
-    let file = weights_file(files, "vae", "diffusion_pytorch_model", options.variant.as_deref())?;
+    let file = weights_file(
+        files,
+        "vae",
+        "diffusion_pytorch_model",
+        options.variant.as_deref(),
+    )?;
     let p = ParamBuilder::from_source(&file, device);
     let model = Vae::load(&p, &cfg)?;
     Ok((model, cfg, report("vae", &file, &p)))
@@ -194,13 +220,19 @@ pub fn load_unet(
     device: &Device,
 ) -> Result<(UNet3D, UNetConfig, ComponentReport)> {
     let cfg: UNetConfig = config(files, "unet/config.json")?;
-    let file = weights_file(files, "unet", "diffusion_pytorch_model", options.variant.as_deref())?;
+    let file = weights_file(
+        files,
+        "unet",
+        "diffusion_pytorch_model",
+        options.variant.as_deref(),
+    )?;
     let mut layers: Vec<&dyn TensorSource> = vec![&file];
     if let Some(t) = temporal {
         layers.insert(0, t);
     }
     let source = LayeredSource { layers };
-    let p = ParamBuilder::from_source(&source, device).with_fallback(temporal_init(options.temporal_seed));
+    let p = ParamBuilder::from_source(&source, device)
+        .with_fallback(temporal_init(options.temporal_seed));
     let model = UNet3D::load(&p, &cfg)?;
     Ok((model, cfg, report("unet", &source, &p)))
 }
@@ -219,7 +251,11 @@ impl Models {
         options: &LoadOptions,
         device: &Device,
     ) -> Result<Self> {
-        required(files, "model_index.json", "the checkpoint's model_index.json (is this a diffusers folder?)")?;
+        required(
+            files,
+            "model_index.json",
+            "the checkpoint's model_index.json (is this a diffusers folder?)",
+        )?;
         let (text_encoder, clip_config, r_text) = load_text_encoder(files, options, device)?;
         let tokenizer = load_tokenizer(files, clip_config.max_position_embeddings)?;
         let (vae, vae_config, r_vae) = load_vae(files, options, device)?;

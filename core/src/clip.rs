@@ -57,7 +57,10 @@ impl ClipLayer {
         let q = self.q_proj.forward(h.clone());
         let k = self.k_proj.forward(h.clone());
         let v = self.v_proj.forward(h);
-        let x = self.out_proj.forward(multi_head(q, k, v, heads, Some(mask))) + x;
+        let x = self
+            .out_proj
+            .forward(multi_head(q, k, v, heads, Some(mask)))
+            + x;
         let h = self.fc1.forward(self.layer_norm2.forward(x.clone()));
         let h = if quick {
             h.clone() * sigmoid(h.mul_scalar(1.702))
@@ -111,7 +114,11 @@ impl ClipTextEncoder {
             rows.extend_from_slice(&self.token_embedding.data[id * d..(id + 1) * d]);
         }
         let tokens = Tensor::<3>::from_data(TensorData::new(rows, [prompts, len, d]), device);
-        let position = self.position_embedding.val().narrow(0, 0, len).unsqueeze::<3>();
+        let position = self
+            .position_embedding
+            .val()
+            .narrow(0, 0, len)
+            .unsqueeze::<3>();
         let mut x = tokens + position;
         let mask = causal_mask(len, device);
         for layer in &self.layers {

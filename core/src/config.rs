@@ -254,36 +254,62 @@ impl UNetConfig {
         if let PerBlock::Each(v) = &self.attention_head_dim
             && v.len() != blocks
         {
-            return Err(bad(path, "attention_head_dim has one entry per block, but the counts differ"));
+            return Err(bad(
+                path,
+                "attention_head_dim has one entry per block, but the counts differ",
+            ));
         }
         for (i, &c) in self.block_out_channels.iter().enumerate() {
             if c % self.norm_num_groups != 0 {
-                return Err(bad(path, format!("block_out_channels[{i}] = {c} is not a multiple of norm_num_groups = {}", self.norm_num_groups)));
+                return Err(bad(
+                    path,
+                    format!(
+                        "block_out_channels[{i}] = {c} is not a multiple of norm_num_groups = {}",
+                        self.norm_num_groups
+                    ),
+                ));
             }
             let heads = self.attention_head_dim.get(i);
             if heads == 0 || c % heads != 0 {
-                return Err(bad(path, format!("block_out_channels[{i}] = {c} is not divisible into {heads} heads")));
+                return Err(bad(
+                    path,
+                    format!("block_out_channels[{i}] = {c} is not divisible into {heads} heads"),
+                ));
             }
         }
         for t in self.down_block_types.iter().chain(&self.up_block_types) {
             if !matches!(
                 t.as_str(),
-                "CrossAttnDownBlock2D" | "DownBlock2D" | "CrossAttnUpBlock2D" | "UpBlock2D"
-                    | "CrossAttnDownBlock3D" | "DownBlock3D" | "CrossAttnUpBlock3D" | "UpBlock3D"
+                "CrossAttnDownBlock2D"
+                    | "DownBlock2D"
+                    | "CrossAttnUpBlock2D"
+                    | "UpBlock2D"
+                    | "CrossAttnDownBlock3D"
+                    | "DownBlock3D"
+                    | "CrossAttnUpBlock3D"
+                    | "UpBlock3D"
             ) {
                 return Err(bad(path, format!("unsupported block type {t}")));
             }
         }
         if self.act_fn != "silu" {
-            return Err(bad(path, format!("unsupported act_fn {} (only silu)", self.act_fn)));
+            return Err(bad(
+                path,
+                format!("unsupported act_fn {} (only silu)", self.act_fn),
+            ));
         }
         if self.class_embed_type.is_some() || self.num_class_embeds.is_some() {
             return Err(bad(path, "class embeddings are not supported"));
         }
         if self.resnet_time_scale_shift != "default" {
-            return Err(bad(path, "only resnet_time_scale_shift = \"default\" is supported"));
+            return Err(bad(
+                path,
+                "only resnet_time_scale_shift = \"default\" is supported",
+            ));
         }
-        if self.only_cross_attention.as_bool().unwrap_or(false) || self.only_cross_attention.is_array() {
+        if self.only_cross_attention.as_bool().unwrap_or(false)
+            || self.only_cross_attention.is_array()
+        {
             return Err(bad(path, "only_cross_attention is not supported"));
         }
         Ok(())
@@ -314,11 +340,20 @@ impl VaeConfig {
             return Err(bad(path, "block_out_channels is empty"));
         }
         if self.act_fn != "silu" {
-            return Err(bad(path, format!("unsupported act_fn {} (only silu)", self.act_fn)));
+            return Err(bad(
+                path,
+                format!("unsupported act_fn {} (only silu)", self.act_fn),
+            ));
         }
         for (i, &c) in self.block_out_channels.iter().enumerate() {
             if c % self.norm_num_groups != 0 {
-                return Err(bad(path, format!("block_out_channels[{i}] = {c} is not a multiple of norm_num_groups = {}", self.norm_num_groups)));
+                return Err(bad(
+                    path,
+                    format!(
+                        "block_out_channels[{i}] = {c} is not a multiple of norm_num_groups = {}",
+                        self.norm_num_groups
+                    ),
+                ));
             }
         }
         Ok(())
@@ -346,11 +381,17 @@ impl ClipConfig {
     }
 
     pub fn validate(&self, path: &str) -> Result<()> {
-        if self.hidden_size % self.num_attention_heads != 0 {
-            return Err(bad(path, "hidden_size is not divisible by num_attention_heads"));
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(bad(
+                path,
+                "hidden_size is not divisible by num_attention_heads",
+            ));
         }
         if !matches!(self.hidden_act.as_str(), "quick_gelu" | "gelu") {
-            return Err(bad(path, format!("unsupported hidden_act {}", self.hidden_act)));
+            return Err(bad(
+                path,
+                format!("unsupported hidden_act {}", self.hidden_act),
+            ));
         }
         Ok(())
     }
@@ -372,11 +413,22 @@ impl SchedulerConfig {
     }
 
     pub fn validate(&self, path: &str) -> Result<()> {
-        if !matches!(self.beta_schedule.as_str(), "scaled_linear" | "linear") && self.trained_betas.is_none() {
-            return Err(bad(path, format!("unsupported beta_schedule {}", self.beta_schedule)));
+        if !matches!(self.beta_schedule.as_str(), "scaled_linear" | "linear")
+            && self.trained_betas.is_none()
+        {
+            return Err(bad(
+                path,
+                format!("unsupported beta_schedule {}", self.beta_schedule),
+            ));
         }
         if self.prediction_type != "epsilon" {
-            return Err(bad(path, format!("unsupported prediction_type {} (only epsilon)", self.prediction_type)));
+            return Err(bad(
+                path,
+                format!(
+                    "unsupported prediction_type {} (only epsilon)",
+                    self.prediction_type
+                ),
+            ));
         }
         if self.num_train_timesteps < 2 {
             return Err(bad(path, "num_train_timesteps must be at least 2"));

@@ -74,12 +74,8 @@ impl Conv2d {
     /// Convolution after zero-padding only the bottom and right by one, as the VAE
     /// encoder's downsampler (`padding=0` plus `F.pad(x, (0, 1, 0, 1))`).
     pub fn forward_pad_end(&self, x: Tensor<4>) -> Tensor<4> {
-        let options = ConvOptions::new_with_padding(
-            [self.stride, self.stride],
-            [(0, 1), (0, 1)],
-            [1, 1],
-            1,
-        );
+        let options =
+            ConvOptions::new_with_padding([self.stride, self.stride], [(0, 1), (0, 1)], [1, 1], 1);
         conv2d(x, self.weight.val(), Some(self.bias.val()), options)
     }
 }

@@ -32,12 +32,14 @@ impl Schedule {
                 }
                 b.iter().map(|&v| v as f32).collect()
             }
-            (None, "scaled_linear") => {
-                linspace_f32((cfg.beta_start as f32).sqrt(), (cfg.beta_end as f32).sqrt(), n)
-                    .into_iter()
-                    .map(|b| b * b)
-                    .collect()
-            }
+            (None, "scaled_linear") => linspace_f32(
+                (cfg.beta_start as f32).sqrt(),
+                (cfg.beta_end as f32).sqrt(),
+                n,
+            )
+            .into_iter()
+            .map(|b| b * b)
+            .collect(),
             (None, _) => linspace_f32(cfg.beta_start as f32, cfg.beta_end as f32, n),
         };
         let mut alphas_cumprod = Vec::with_capacity(n);
@@ -72,7 +74,10 @@ impl Schedule {
             )));
         }
         let ratio = n / steps;
-        Ok((0..steps).rev().map(|i| i * ratio + self.steps_offset).collect())
+        Ok((0..steps)
+            .rev()
+            .map(|i| i * ratio + self.steps_offset)
+            .collect())
     }
 
     /// The spacing between DDIM timesteps.
@@ -89,7 +94,12 @@ impl Schedule {
     }
 
     /// DDPM forward noising: `√ᾱ_t · x0 + √(1−ᾱ_t) · noise`.
-    pub fn add_noise<const D: usize>(&self, x0: Tensor<D>, noise: Tensor<D>, t: usize) -> Tensor<D> {
+    pub fn add_noise<const D: usize>(
+        &self,
+        x0: Tensor<D>,
+        noise: Tensor<D>,
+        t: usize,
+    ) -> Tensor<D> {
         let a = self.alpha_at(t as i64);
         x0.mul_scalar(a.sqrt()) + noise.mul_scalar((1.0 - a).sqrt())
     }
@@ -120,7 +130,13 @@ impl Schedule {
     }
 
     /// `√ᾱ_to · x̂0 + √(1−ᾱ_to) · eps` with `x̂0 = (x − √(1−ᾱ_from) · eps) / √ᾱ_from`.
-    fn move_along<const D: usize>(&self, eps: Tensor<D>, x: Tensor<D>, from: f64, to: f64) -> Tensor<D> {
+    fn move_along<const D: usize>(
+        &self,
+        eps: Tensor<D>,
+        x: Tensor<D>,
+        from: f64,
+        to: f64,
+    ) -> Tensor<D> {
         let x0 = (x - eps.clone().mul_scalar((1.0 - from).sqrt())).div_scalar(from.sqrt());
         x0.mul_scalar(to.sqrt()) + eps.mul_scalar((1.0 - to).sqrt())
     }

@@ -27,7 +27,12 @@ impl ClipTokenizer {
     /// From `vocab.json` and `merges.txt`, as SD checkpoints ship them, assembled into the
     /// same pipeline that CLIP's `tokenizer.json` describes (NFC, whitespace collapse,
     /// lowercase, CLIP's split regex, byte-level BPE with `</w>` word ends).
-    pub fn from_vocab_merges(path: &str, vocab: &[u8], merges: &str, max_len: usize) -> Result<Self> {
+    pub fn from_vocab_merges(
+        path: &str,
+        vocab: &[u8],
+        merges: &str,
+        max_len: usize,
+    ) -> Result<Self> {
         let err = |reason: String| TavError::Tokenizer {
             path: path.to_string(),
             reason,
@@ -71,10 +76,12 @@ impl ClipTokenizer {
     }
 
     fn wrap(path: &str, inner: tokenizers::Tokenizer, max_len: usize) -> Result<Self> {
-        let end_id = inner.token_to_id("<|endoftext|>").ok_or_else(|| TavError::Tokenizer {
-            path: path.to_string(),
-            reason: "no <|endoftext|> token".into(),
-        })?;
+        let end_id = inner
+            .token_to_id("<|endoftext|>")
+            .ok_or_else(|| TavError::Tokenizer {
+                path: path.to_string(),
+                reason: "no <|endoftext|> token".into(),
+            })?;
         Ok(Self {
             inner,
             max_len,

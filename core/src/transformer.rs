@@ -105,7 +105,10 @@ impl TransformerBlock {
             SelfAttentionKind::PerFrame => self.attn1.forward_self(normed),
         };
         let x = attended + x;
-        let x = self.attn2.forward_cross(self.norm2.forward(x.clone()), context) + x;
+        let x = self
+            .attn2
+            .forward_cross(self.norm2.forward(x.clone()), context)
+            + x;
         let x = self.ff.forward(self.norm3.forward(x.clone())) + x;
         if !options.temporal {
             return x;

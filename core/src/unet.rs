@@ -121,7 +121,12 @@ impl Widths<'_> {
         }
     }
 
-    fn transformer(&self, p: &ParamBuilder, channels: usize, heads: usize) -> Result<Transformer3D> {
+    fn transformer(
+        &self,
+        p: &ParamBuilder,
+        channels: usize,
+        heads: usize,
+    ) -> Result<Transformer3D> {
         Transformer3D::load(
             p,
             channels,
@@ -155,13 +160,24 @@ impl UNet3D {
             let mut attentions = Vec::new();
             for l in 0..cfg.layers_per_block {
                 let c_in = if l == 0 { input } else { output };
-                resnets.push(ResnetBlock::load(&bp.sub(format!("resnets.{l}")), w.resnet(c_in, output))?);
+                resnets.push(ResnetBlock::load(
+                    &bp.sub(format!("resnets.{l}")),
+                    w.resnet(c_in, output),
+                )?);
                 if cross {
-                    attentions.push(w.transformer(&bp.sub(format!("attentions.{l}")), output, heads)?);
+                    attentions.push(w.transformer(
+                        &bp.sub(format!("attentions.{l}")),
+                        output,
+                        heads,
+                    )?);
                 }
             }
             let downsampler = if i + 1 < blocks {
-                Some(Downsample::load(&bp.sub("downsamplers.0"), output, cfg.downsample_padding)?)
+                Some(Downsample::load(
+                    &bp.sub("downsamplers.0"),
+                    output,
+                    cfg.downsample_padding,
+                )?)
             } else {
                 None
             };
@@ -199,9 +215,16 @@ impl UNet3D {
             for l in 0..layers {
                 let skip = if l + 1 == layers { input } else { output };
                 let c_in = if l == 0 { previous } else { output };
-                resnets.push(ResnetBlock::load(&bp.sub(format!("resnets.{l}")), w.resnet(c_in + skip, output))?);
+                resnets.push(ResnetBlock::load(
+                    &bp.sub(format!("resnets.{l}")),
+                    w.resnet(c_in + skip, output),
+                )?);
                 if cross {
-                    attentions.push(w.transformer(&bp.sub(format!("attentions.{l}")), output, heads)?);
+                    attentions.push(w.transformer(
+                        &bp.sub(format!("attentions.{l}")),
+                        output,
+                        heads,
+                    )?);
                 }
             }
             let upsampler = if i + 1 < blocks {
@@ -225,7 +248,12 @@ impl UNet3D {
             down_blocks,
             mid_block,
             up_blocks,
-            conv_norm_out: GroupNorm::load(&p.sub("conv_norm_out"), cfg.norm_num_groups, ch[0], cfg.norm_eps)?,
+            conv_norm_out: GroupNorm::load(
+                &p.sub("conv_norm_out"),
+                cfg.norm_num_groups,
+                ch[0],
+                cfg.norm_eps,
+            )?,
             conv_out: Conv2d::load(&p.sub("conv_out"), ch[0], cfg.out_channels, 3, 1, 1)?,
             base_channels: ch[0],
             flip_sin_to_cos: cfg.flip_sin_to_cos,
@@ -295,7 +323,12 @@ impl UNet3D {
         }
 
         x = self.mid_block.resnets[0].forward(x, Some(temb.clone()), frames);
-        for (attn, resnet) in self.mid_block.attentions.iter().zip(&self.mid_block.resnets[1..]) {
+        for (attn, resnet) in self
+            .mid_block
+            .attentions
+            .iter()
+            .zip(&self.mid_block.resnets[1..])
+        {
             x = attn.forward(x, context.clone(), frames, options);
             x = resnet.forward(x, Some(temb.clone()), frames);
         }

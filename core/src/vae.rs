@@ -160,14 +160,17 @@ impl Vae {
         let ep = p.sub("encoder");
         let mut down_blocks = Vec::new();
         let mut output = ch[0];
-        for i in 0..blocks {
+        for (i, &width) in ch.iter().enumerate() {
             let input = output;
-            output = ch[i];
+            output = width;
             let bp = ep.sub(format!("down_blocks.{i}"));
             let resnets = (0..cfg.layers_per_block)
                 .map(|l| {
                     let c_in = if l == 0 { input } else { output };
-                    ResnetBlock::load(&bp.sub(format!("resnets.{l}")), resnet_spec(c_in, output, groups))
+                    ResnetBlock::load(
+                        &bp.sub(format!("resnets.{l}")),
+                        resnet_spec(c_in, output, groups),
+                    )
                 })
                 .collect::<Result<Vec<_>>>()?;
             let downsampler = if i + 1 < blocks {
@@ -175,7 +178,10 @@ impl Vae {
             } else {
                 None
             };
-            down_blocks.push(EncoderBlock { resnets, downsampler });
+            down_blocks.push(EncoderBlock {
+                resnets,
+                downsampler,
+            });
         }
         let top = ch[blocks - 1];
         let encoder = Encoder {
@@ -190,14 +196,17 @@ impl Vae {
         let reversed: Vec<usize> = ch.iter().rev().copied().collect();
         let mut up_blocks = Vec::new();
         let mut output = reversed[0];
-        for i in 0..blocks {
+        for (i, &width) in reversed.iter().enumerate() {
             let previous = output;
-            output = reversed[i];
+            output = width;
             let bp = dp.sub(format!("up_blocks.{i}"));
             let resnets = (0..cfg.layers_per_block + 1)
                 .map(|l| {
                     let c_in = if l == 0 { previous } else { output };
-                    ResnetBlock::load(&bp.sub(format!("resnets.{l}")), resnet_spec(c_in, output, groups))
+                    ResnetBlock::load(
+                        &bp.sub(format!("resnets.{l}")),
+                        resnet_spec(c_in, output, groups),
+                    )
                 })
                 .collect::<Result<Vec<_>>>()?;
             let upsampler = if i + 1 < blocks {

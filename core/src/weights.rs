@@ -40,7 +40,10 @@ impl HostTensor {
     }
 
     pub fn to_device<const D: usize>(&self, device: &Device) -> Tensor<D> {
-        Tensor::from_data(TensorData::new(self.data.clone(), self.shape.clone()), device)
+        Tensor::from_data(
+            TensorData::new(self.data.clone(), self.shape.clone()),
+            device,
+        )
     }
 }
 
@@ -127,10 +130,14 @@ fn describe_safetensors_error(e: &safetensors::SafeTensorError, len: usize) -> S
     use safetensors::SafeTensorError as E;
     match e {
         E::MetadataIncompleteBuffer => {
-            format!("the header describes more bytes than the file holds ({len} bytes): the file is truncated")
+            format!(
+                "the header describes more bytes than the file holds ({len} bytes): the file is truncated"
+            )
         }
         E::HeaderTooSmall | E::InvalidHeaderLength => {
-            format!("the file ({len} bytes) is too short to hold its header: truncated or not safetensors")
+            format!(
+                "the file ({len} bytes) is too short to hold its header: truncated or not safetensors"
+            )
         }
         other => other.to_string(),
     }
@@ -388,9 +395,9 @@ impl<'a> ParamBuilder<'a> {
             None => self.fallback.as_ref().and_then(|f| f(&key, &shape)),
         };
         let host = fetched.ok_or_else(|| TavError::MissingTensor {
-                path: source.origin(),
-                tensor: key.clone(),
-            })?;
+            path: source.origin(),
+            tensor: key.clone(),
+        })?;
         if host.shape != shape {
             return Err(TavError::ShapeMismatch {
                 path: source.origin(),

@@ -49,12 +49,16 @@ pub struct Golden {
 
 impl Golden {
     pub fn open(dir: &Path) -> Self {
-        let tensors = SafetensorsFile::open(&dir.join("cases.safetensors"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let tensors =
+            SafetensorsFile::open(&dir.join("cases.safetensors")).unwrap_or_else(|e| panic!("{e}"));
         let text = std::fs::read_to_string(dir.join("cases.json"))
             .unwrap_or_else(|e| panic!("cannot read {}/cases.json: {e}", dir.display()));
         let json = serde_json::from_str(&text).expect("cases.json is JSON");
-        Self { dir: dir.to_path_buf(), tensors, json }
+        Self {
+            dir: dir.to_path_buf(),
+            tensors,
+            json,
+        }
     }
 
     pub fn name(&self) -> String {
@@ -73,7 +77,9 @@ impl Golden {
     pub fn ints(&self, key: &str) -> Vec<i64> {
         let bytes = std::fs::read(self.dir.join("cases.safetensors")).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let view = st.tensor(key).unwrap_or_else(|_| panic!("golden tensor `{key}` missing"));
+        let view = st
+            .tensor(key)
+            .unwrap_or_else(|_| panic!("golden tensor `{key}` missing"));
         assert_eq!(view.dtype(), safetensors::Dtype::I64, "{key} is not I64");
         view.data()
             .chunks_exact(8)
