@@ -2,18 +2,28 @@
 //! every directory under `../shared/golden/`), on the wgpu device.
 //!
 //! Every case is run and its relative error printed; a case that fails its tolerance, or a
-//! golden tensor no case can run, fails the test. `train.*` and `e2e.*` belong to the tuning
-//! issue: they are listed as not yet covered and not counted as passes.
+//! golden tensor no case can run, fails the test.
 
 use std::collections::BTreeSet;
 
 use burn::tensor::{Device, Tensor};
 use tav_core::checkpoint::{Folder, LoadOptions, Models, load_unet};
+use tav_core::edit::{decode_video, invert, sample};
+use tav_core::progress::silent;
 use tav_core::transformer::VideoAttentionOptions;
-use tav_core::weights::SafetensorsFile;
+use tav_core::tune::{StepDraws, TuneBatch, TuneSettings, Tuner, clip_latents};
+use tav_core::unet::UNet3D;
+use tav_core::weights::{HostTensor, SafetensorsFile};
 use tav_tests::{Golden, device, golden_dirs, rel_error, to_vec};
 
+/// Components, UNet, DDIM step.
 const TOL: f64 = 1e-4;
+/// Training loss and step-0 gradients.
+const TOL_TRAIN: f64 = 1e-3;
+/// Parameters after the steps, relative to how far they moved.
+const TOL_AFTER: f64 = 1e-2;
+/// Inversion trajectory and edited videos.
+const TOL_E2E: f64 = 1e-3;
 
 /// Runs cases and keeps the score.
 struct Run {
@@ -45,6 +55,10 @@ impl Run {
     fn cover(&mut self, keys: &[&str]) {
         self.covered.extend(keys.iter().map(|k| k.to_string()));
     }
+
+    fn cover_all(&mut self, keys: impl Iterator<Item = String>) {
+        self.covered.extend(keys);
+    }
 }
 
 #[test]
@@ -62,24 +76,11 @@ fn golden_parity() {
             covered: BTreeSet::new(),
         };
         run_set(&golden, &device, &mut run);
-        let uncovered: Vec<String> = golden
+        for key in golden
             .keys()
             .into_iter()
             .filter(|k| !run.covered.contains(k))
-            .collect();
-        let later: Vec<&String> = uncovered
-            .iter()
-            .filter(|k| k.starts_with("train.") || k.starts_with("e2e."))
-            .collect();
-        let unknown: Vec<&String> = uncovered
-            .iter()
-            .filter(|k| !(k.starts_with("train.") || k.starts_with("e2e.")))
-            .collect();
-        println!(
-            "  not yet covered (tuning issue): {} train.*/e2e.* tensors, not counted as passes",
-            later.len()
-        );
-        for key in &unknown {
+        {
             run.failed
                 .push(format!("no case can run golden tensor `{key}`"));
         }
@@ -116,6 +117,15 @@ fn run_set(golden: &Golden, device: &Device, run: &mut Run) {
     vae_cases(golden, &models, device, run);
     unet_cases(golden, &models, &folder, device, run);
     schedule_cases(golden, &models, device, run);
+    if golden.json.get("train.steps").is_some() {
+        let trained = train_cases(golden, &models, "train", device, run);
+        drop(trained);
+    }
+    if golden.json.get("e2e.train.steps").is_some() && std::env::var("TAV_GOLDEN_SKIP_E2E").is_err()
+    {
+        let tuned = train_cases(golden, &models, "e2e.train", device, run);
+        e2e_cases(golden, &models, tuned, device, run);
+    }
 }
 
 fn tokenizer_cases(golden: &Golden, models: &Models, run: &mut Run) {
@@ -304,4 +314,318 @@ fn ddim_case_steps(golden: &Golden) -> usize {
         .find(|(_, next)| next.starts_with("inference"))
         .and_then(|(n, _)| n.parse().ok())
         .expect("ddim.t's description names its inference step count")
+}
+
+/// Tuning with the golden draws: losses, step-0 intermediates and gradients, parameters
+/// after the steps. Returns the tuned UNet (inference mode).
+fn train_cases(
+    golden: &Golden,
+    models: &Models,
+    prefix: &str,
+    device: &Device,
+    run: &mut Run,
+) -> UNet3D {
+    let json = &golden.json;
+    let steps = json[format!("{prefix}.steps")].as_u64().unwrap() as usize;
+    let lr = json[format!("{prefix}.lr")].as_f64().unwrap();
+    let prompt = json[format!("{prefix}.prompt")].as_str().unwrap();
+    let ids = models.tokenizer.encode(prompt).unwrap();
+    let context = models.text_encoder.forward(&[ids], device).unwrap();
+    let pixels: Tensor<4> = golden.tensor(&format!("{prefix}.pixels"), device);
+    let batch = TuneBatch {
+        posterior: models.vae.encode(pixels).unwrap(),
+        context,
+        scaling_factor: models.vae.scaling_factor,
+    };
+    let draws = |step: usize| StepDraws {
+        vae_eps: golden.tensor(&format!("{prefix}.step{step}.vae_eps"), device),
+        noise: golden.tensor(&format!("{prefix}.step{step}.noise"), device),
+        timestep: golden.ints(&format!("{prefix}.step{step}.timestep"))[0] as usize,
+    };
+
+    // Step-0 intermediates, through the same code the tuner uses.
+    let first = draws(0);
+    let latents = clip_latents(
+        batch.posterior.sample(first.vae_eps.clone()),
+        batch.scaling_factor,
+    );
+    let noisy = models
+        .schedule
+        .add_noise(latents, first.noise.clone(), first.timestep);
+    run.check(
+        &format!("{prefix}.noisy0"),
+        &to_vec(noisy.clone()),
+        &golden.host(&format!("{prefix}.noisy0")).data,
+        TOL,
+    );
+    let predicted = models
+        .unet
+        .forward(
+            noisy,
+            &[first.timestep as f64],
+            batch.context.clone(),
+            VideoAttentionOptions::default(),
+        )
+        .unwrap();
+    run.check(
+        &format!("{prefix}.pred0"),
+        &to_vec(predicted),
+        &golden.host(&format!("{prefix}.pred0")).data,
+        TOL,
+    );
+
+    let mut tuner = Tuner::new(
+        &models.unet,
+        TuneSettings {
+            learning_rate: lr,
+            ..TuneSettings::default()
+        },
+    );
+    let expected_keys: Vec<String> = json[format!("{prefix}.trainable")]
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default();
+    let mut sorted = expected_keys.clone();
+    sorted.sort();
+    if tuner.trainable_keys() == sorted {
+        run.passed.push(format!("{prefix}.trainable"));
+        println!(
+            "  ok       {prefix}.trainable: {} tensors, the reference's set",
+            sorted.len()
+        );
+    } else {
+        run.failed.push(format!(
+            "{prefix}.trainable: the trainable set differs from the reference's"
+        ));
+    }
+    let initial = tuner.trainable_values(&models.unet);
+    let mut unet = tuner.train_mode(models.unet.clone());
+    let mut losses = Vec::new();
+    let mut grads0 = None;
+    for step in 0..steps {
+        let (next, outcome) = tuner
+            .step(unet, &batch, draws(step), &models.schedule, step == 0)
+            .unwrap();
+        unet = next;
+        losses.push(outcome.loss);
+        if step == 0 {
+            grads0 = outcome.grads;
+        }
+        run.cover(&[
+            &format!("{prefix}.step{step}.vae_eps"),
+            &format!("{prefix}.step{step}.noise"),
+            &format!("{prefix}.step{step}.timestep"),
+        ]);
+    }
+    run.check(
+        &format!("{prefix}.losses"),
+        &losses,
+        &golden.host(&format!("{prefix}.losses")).data,
+        TOL_TRAIN,
+    );
+
+    let grads0 = grads0.unwrap();
+    let reference_grads: Vec<HostTensor> = expected_keys
+        .iter()
+        .map(|k| golden.host(&format!("{prefix}.grad0.{k}")))
+        .collect();
+    let ours_grads: Vec<Vec<f32>> = expected_keys
+        .iter()
+        .map(|k| grads0.get(k).map(|g| g.data.clone()).unwrap_or_default())
+        .collect();
+    let grad_report = compare_sets(&expected_keys, &ours_grads, &reference_grads, None);
+    grad_report.judge(&format!("{prefix}.grad0"), TOL_TRAIN, true, run);
+    run.cover_all(expected_keys.iter().map(|k| format!("{prefix}.grad0.{k}")));
+
+    let unet = Tuner::eval_mode(unet);
+    let after = tuner.trainable_values(&unet);
+    let reference_after: Vec<HostTensor> = expected_keys
+        .iter()
+        .map(|k| golden.host(&format!("{prefix}.after.{k}")))
+        .collect();
+    let ours_after: Vec<Vec<f32>> = expected_keys
+        .iter()
+        .map(|k| after[k].data.clone())
+        .collect();
+    let initial: Vec<HostTensor> = expected_keys.iter().map(|k| initial[k].clone()).collect();
+    let after_report = compare_sets(
+        &expected_keys,
+        &ours_after,
+        &reference_after,
+        Some(&initial),
+    );
+    after_report.judge(&format!("{prefix}.after"), TOL_AFTER, false, run);
+    run.cover_all(expected_keys.iter().map(|k| format!("{prefix}.after.{k}")));
+    run.cover(&[
+        &format!("{prefix}.pixels"),
+        &format!("{prefix}.noisy0"),
+        &format!("{prefix}.pred0"),
+        &format!("{prefix}.losses"),
+    ]);
+    unet
+}
+
+/// A set of tensors compared with their references, relative to `‖ref − base‖` (base zero
+/// when absent): the global error over all tensors, and each tensor's.
+struct SetReport {
+    global: f64,
+    /// (key, error relative to its own scale, whether its reference is numerically zero)
+    per_tensor: Vec<(String, f64, bool)>,
+}
+
+fn compare_sets(
+    keys: &[String],
+    ours: &[Vec<f32>],
+    reference: &[HostTensor],
+    base: Option<&[HostTensor]>,
+) -> SetReport {
+    let mut total_diff = 0.0f64;
+    let mut total_scale = 0.0f64;
+    let mut per = Vec::new();
+    let mut scales = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let r = &reference[i].data;
+        let o = &ours[i];
+        let diff: f64 = if o.len() == r.len() {
+            o.iter()
+                .zip(r)
+                .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+                .sum()
+        } else {
+            f64::INFINITY
+        };
+        let scale: f64 = match base {
+            Some(b) => r
+                .iter()
+                .zip(&b[i].data)
+                .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+                .sum(),
+            None => r.iter().map(|x| (*x as f64).powi(2)).sum(),
+        };
+        total_diff += diff;
+        total_scale += scale;
+        scales.push(scale.sqrt());
+        per.push((key.clone(), diff.sqrt()));
+    }
+    let total_scale = total_scale.sqrt();
+    let per_tensor = per
+        .into_iter()
+        .zip(scales)
+        .map(|((key, diff), scale)| {
+            // A tensor whose reference is ~0 next to the others (its true value is zero and
+            // both sides hold rounding noise) is measured against the set's scale instead.
+            let negligible = scale < 1e-3 * total_scale;
+            let err = if negligible {
+                diff / (1e-3 * total_scale)
+            } else {
+                diff / scale
+            };
+            (key, err, negligible)
+        })
+        .collect();
+    SetReport {
+        global: total_diff.sqrt() / total_scale.max(1e-30),
+        per_tensor,
+    }
+}
+
+impl SetReport {
+    /// Passes on the global error; with `per_tensor_gate`, every tensor must pass too.
+    fn judge(&self, case: &str, tol: f64, per_tensor_gate: bool, run: &mut Run) {
+        let worst = self
+            .per_tensor
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .cloned()
+            .unwrap_or_default();
+        let negligible = self.per_tensor.iter().filter(|t| t.2).count();
+        let bad: Vec<&(String, f64, bool)> = self.per_tensor.iter().filter(|t| t.1 > tol).collect();
+        let ok = self.global <= tol && (!per_tensor_gate || bad.is_empty());
+        println!(
+            "  {:<8} {case:<40} rel.err {:.3e} (tol {tol:.0e}) over {} tensors; worst tensor {:.3e} at {}{}",
+            if ok { "ok" } else { "FAIL" },
+            self.global,
+            self.per_tensor.len(),
+            worst.1,
+            worst.0,
+            if negligible > 0 {
+                format!("; {negligible} with a numerically zero reference")
+            } else {
+                String::new()
+            }
+        );
+        if ok {
+            run.passed.push(case.to_string());
+        } else {
+            run.failed
+                .push(format!("{case}: global rel.err {:.3e}", self.global));
+            if per_tensor_gate {
+                for (key, err, _) in bad {
+                    run.failed.push(format!("{case}.{key}: rel.err {err:.3e}"));
+                }
+            }
+        }
+    }
+}
+
+/// DDIM inversion with the tuned UNet and the two guided edits, decoded.
+fn e2e_cases(golden: &Golden, models: &Models, unet: UNet3D, device: &Device, run: &mut Run) {
+    let json = &golden.json;
+    let options = VideoAttentionOptions::default();
+    let pixels: Tensor<4> = golden.tensor("e2e.train.pixels", device);
+    let posterior = models.vae.encode(pixels).unwrap();
+    let latents = clip_latents(posterior.mean, models.vae.scaling_factor);
+    run.check(
+        "e2e.inv.latents_in",
+        &to_vec(latents.clone()),
+        &golden.host("e2e.inv.latents_in").data,
+        TOL,
+    );
+
+    let empty = models.tokenizer.encode("").unwrap();
+    let uncond = models.text_encoder.forward(&[empty], device).unwrap();
+    let inv_steps = json["e2e.inv.steps"].as_u64().unwrap() as usize;
+    let trajectory = invert(
+        &unet,
+        &models.schedule,
+        latents,
+        uncond.clone(),
+        inv_steps,
+        options,
+        &mut silent,
+    )
+    .unwrap();
+    let stacked: Vec<f32> = trajectory.iter().flat_map(|t| to_vec(t.clone())).collect();
+    run.check(
+        "e2e.inv.trajectory",
+        &stacked,
+        &golden.host("e2e.inv.trajectory").data,
+        TOL_E2E,
+    );
+
+    let guidance = json["e2e.edit.guidance_scale"].as_f64().unwrap();
+    let steps = json["e2e.edit.steps"].as_u64().unwrap() as usize;
+    let prompts = json["e2e.edit.prompts"].as_array().unwrap();
+    let start = trajectory.last().unwrap().clone();
+    for (i, prompt) in prompts.iter().enumerate() {
+        let ids = models.tokenizer.encode(prompt.as_str().unwrap()).unwrap();
+        let cond = models.text_encoder.forward(&[ids], device).unwrap();
+        let edited = sample(
+            &unet,
+            &models.schedule,
+            start.clone(),
+            cond,
+            uncond.clone(),
+            guidance,
+            steps,
+            options,
+            &mut silent,
+        )
+        .unwrap();
+        let video = decode_video(&models.vae, edited, usize::MAX, &mut silent);
+        let key = format!("e2e.edit{i}.video");
+        run.check(&key, &to_vec(video), &golden.host(&key).data, TOL_E2E);
+        run.cover(&[&key]);
+    }
+    run.cover(&["e2e.inv.latents_in", "e2e.inv.trajectory"]);
 }

@@ -44,6 +44,9 @@ pub enum TavError {
     #[error("invalid input: {0}")]
     InvalidInput(String),
 
+    #[error("numerical failure: {0}")]
+    NonFinite(String),
+
     #[error("GPU error: {0}")]
     Device(String),
 }

@@ -19,7 +19,7 @@ use crate::error::{Result, TavError};
 use crate::layers::{Conv2d, GroupNorm, Linear};
 use crate::resnet::{Downsample, ResnetBlock, ResnetSpec, Upsample};
 use crate::transformer::{Transformer3D, VideoAttentionOptions};
-use crate::weights::{HostTensor, ParamBuilder};
+use crate::weights::{HostTensor, ParamBuilder, ParamEntry};
 
 /// The modules Tune-A-Video tunes: key fragments of the trainable parameters.
 pub const TRAINABLE_MODULES: [&str; 3] = ["attn1.to_q", "attn2.to_q", "attn_temp"];
@@ -99,6 +99,9 @@ pub struct UNet3D {
     pub up_blocks: Vec<UpBlock>,
     pub conv_norm_out: GroupNorm,
     pub conv_out: Conv2d,
+    /// Every parameter's reference key, shape and id, in creation order.
+    #[module(skip)]
+    pub params: Vec<ParamEntry>,
     pub base_channels: usize,
     pub flip_sin_to_cos: bool,
     pub freq_shift: usize,
@@ -143,6 +146,7 @@ impl UNet3D {
     /// given, temporal weights); missing temporal weights come from `p`'s fallback.
     pub fn load(p: &ParamBuilder, cfg: &UNetConfig) -> Result<Self> {
         cfg.validate("unet/config.json")?;
+        let first_entry = p.entries().len();
         let ch = &cfg.block_out_channels;
         let blocks = ch.len();
         let temb = ch[0] * 4;
@@ -239,22 +243,27 @@ impl UNet3D {
             });
         }
 
+        let conv_in = Conv2d::load(&p.sub("conv_in"), cfg.in_channels, ch[0], 3, 1, 1)?;
+        let time_embedding = TimestepEmbedding {
+            linear_1: Linear::load(&p.sub("time_embedding.linear_1"), ch[0], temb, true)?,
+            linear_2: Linear::load(&p.sub("time_embedding.linear_2"), temb, temb, true)?,
+        };
+        let conv_norm_out = GroupNorm::load(
+            &p.sub("conv_norm_out"),
+            cfg.norm_num_groups,
+            ch[0],
+            cfg.norm_eps,
+        )?;
+        let conv_out = Conv2d::load(&p.sub("conv_out"), ch[0], cfg.out_channels, 3, 1, 1)?;
         Ok(Self {
-            conv_in: Conv2d::load(&p.sub("conv_in"), cfg.in_channels, ch[0], 3, 1, 1)?,
-            time_embedding: TimestepEmbedding {
-                linear_1: Linear::load(&p.sub("time_embedding.linear_1"), ch[0], temb, true)?,
-                linear_2: Linear::load(&p.sub("time_embedding.linear_2"), temb, temb, true)?,
-            },
+            conv_in,
+            time_embedding,
             down_blocks,
             mid_block,
             up_blocks,
-            conv_norm_out: GroupNorm::load(
-                &p.sub("conv_norm_out"),
-                cfg.norm_num_groups,
-                ch[0],
-                cfg.norm_eps,
-            )?,
-            conv_out: Conv2d::load(&p.sub("conv_out"), ch[0], cfg.out_channels, 3, 1, 1)?,
+            conv_norm_out,
+            conv_out,
+            params: p.entries()[first_entry..].to_vec(),
             base_channels: ch[0],
             flip_sin_to_cos: cfg.flip_sin_to_cos,
             freq_shift: cfg.freq_shift,

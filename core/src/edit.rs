@@ -1,0 +1,120 @@
+//! Inversion and editing: DDIM-invert the clip's latents with the empty prompt, then
+//! sample from the inverted latents with classifier-free guidance for each new prompt, and
+//! decode the result to frames.
+
+use burn::tensor::Tensor;
+
+use crate::error::Result;
+use crate::progress::{Event, Phase, Progress};
+use crate::schedule::Schedule;
+use crate::transformer::VideoAttentionOptions;
+use crate::unet::UNet3D;
+use crate::vae::Vae;
+
+/// DDIM inversion (Tune-A-Video's `ddim_loop`): from clean latents `[1, C, F, h, w]`
+/// towards noise, predicting with `context` (the empty prompt's embedding). Returns the
+/// trajectory, `steps + 1` latents with the input first.
+pub fn invert(
+    unet: &UNet3D,
+    schedule: &Schedule,
+    latents: Tensor<5>,
+    context: Tensor<3>,
+    steps: usize,
+    options: VideoAttentionOptions,
+    progress: Progress,
+) -> Result<Vec<Tensor<5>>> {
+    let timesteps = schedule.ddim_timesteps(steps)?;
+    let mut trajectory = vec![latents.clone()];
+    let mut x = latents;
+    for (i, &t) in timesteps.iter().rev().enumerate() {
+        let eps = unet.forward(x.clone(), &[t as f64], context.clone(), options)?;
+        x = schedule.ddim_inversion_step(eps, t, x, steps);
+        trajectory.push(x.clone());
+        progress(Event {
+            phase: Phase::Invert,
+            step: i + 1,
+            total: steps,
+            loss: None,
+        });
+    }
+    Ok(trajectory)
+}
+
+/// DDIM sampling (eta 0) from `latents` with classifier-free guidance: the unconditional
+/// and conditional predictions come from one batch of 2. A guidance of 1 skips the
+/// unconditional pass.
+#[allow(clippy::too_many_arguments)]
+pub fn sample(
+    unet: &UNet3D,
+    schedule: &Schedule,
+    latents: Tensor<5>,
+    cond: Tensor<3>,
+    uncond: Tensor<3>,
+    guidance: f64,
+    steps: usize,
+    options: VideoAttentionOptions,
+    progress: Progress,
+) -> Result<Tensor<5>> {
+    let timesteps = schedule.ddim_timesteps(steps)?;
+    let guided = guidance != 1.0;
+    let context = if guided {
+        Tensor::cat(vec![uncond, cond], 0)
+    } else {
+        cond
+    };
+    let mut x = latents;
+    for (i, &t) in timesteps.iter().enumerate() {
+        let input = if guided {
+            Tensor::cat(vec![x.clone(), x.clone()], 0)
+        } else {
+            x.clone()
+        };
+        let eps = unet.forward(input, &[t as f64], context.clone(), options)?;
+        let eps = if guided {
+            let [e_uncond, e_cond] = eps.chunk(2, 0).try_into().expect("two halves");
+            e_uncond.clone() + (e_cond - e_uncond).mul_scalar(guidance)
+        } else {
+            eps
+        };
+        x = schedule.ddim_step(eps, t, x, steps);
+        progress(Event {
+            phase: Phase::Sample,
+            step: i + 1,
+            total: steps,
+            loss: None,
+        });
+    }
+    Ok(x)
+}
+
+/// Latents `[1, C, F, h, w]` to a video `[1, 3, F, H, W]` in [0, 1], decoding `chunk`
+/// frames at a time to bound memory.
+pub fn decode_video(vae: &Vae, latents: Tensor<5>, chunk: usize, progress: Progress) -> Tensor<5> {
+    let [b, c, f, h, w] = latents.dims();
+    let frames = latents
+        .div_scalar(vae.scaling_factor)
+        .swap_dims(1, 2)
+        .reshape([b * f, c, h, w]);
+    let chunk = chunk.max(1);
+    let mut decoded = Vec::new();
+    let mut done = 0;
+    while done < b * f {
+        let n = chunk.min(b * f - done);
+        decoded.push(vae.decode(frames.clone().narrow(0, done, n)));
+        done += n;
+        progress(Event {
+            phase: Phase::Decode,
+            step: done,
+            total: b * f,
+            loss: None,
+        });
+    }
+    let video = Tensor::cat(decoded, 0);
+    let [_, co, hh, ww] = video.dims();
+    video
+        .reshape([b, f, co, hh, ww])
+        .swap_dims(1, 2)
+        .div_scalar(2.0)
+        .add_scalar(0.5)
+        .clamp(0.0, 1.0)
+}
