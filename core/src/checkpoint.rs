@@ -58,6 +58,8 @@ pub struct ComponentReport {
     pub parameters: usize,
     /// Tensors in the file that the model did not use (reported, never silently dropped).
     pub unexpected: Vec<String>,
+    /// Fingerprint of the component's own weights file (see [`crate::delta::fingerprint`]).
+    pub fingerprint: String,
 }
 
 /// Options for loading a checkpoint.
@@ -134,7 +136,12 @@ pub fn weights_file(
     })
 }
 
-fn report(component: &str, source: &dyn TensorSource, p: &ParamBuilder) -> ComponentReport {
+fn report(
+    component: &str,
+    source: &dyn TensorSource,
+    file: &SafetensorsFile,
+    p: &ParamBuilder,
+) -> ComponentReport {
     let entries = p.entries();
     let unexpected: Vec<String> = p
         .unused_keys()
@@ -150,6 +157,7 @@ fn report(component: &str, source: &dyn TensorSource, p: &ParamBuilder) -> Compo
             .map(|e| e.shape.iter().product::<usize>())
             .sum(),
         unexpected,
+        fingerprint: crate::delta::fingerprint(file),
     }
 }
 
@@ -189,7 +197,7 @@ pub fn load_text_encoder(
     let file = weights_file(files, "text_encoder", "model", options.variant.as_deref())?;
     let p = ParamBuilder::from_source(&file, device);
     let model = ClipTextEncoder::load(&p, &cfg)?;
-    Ok((model, cfg, report("text_encoder", &file, &p)))
+    Ok((model, cfg, report("text_encoder", &file, &file, &p)))
 }
 
 /// Loads the VAE from `vae/`.
@@ -207,7 +215,7 @@ pub fn load_vae(
     )?;
     let p = ParamBuilder::from_source(&file, device);
     let model = Vae::load(&p, &cfg)?;
-    Ok((model, cfg, report("vae", &file, &p)))
+    Ok((model, cfg, report("vae", &file, &file, &p)))
 }
 
 /// Loads the 2D UNet from `unet/` and inflates it. Temporal layers come from `temporal`
@@ -234,7 +242,7 @@ pub fn load_unet(
     let p = ParamBuilder::from_source(&source, device)
         .with_fallback(temporal_init(options.temporal_seed));
     let model = UNet3D::load(&p, &cfg)?;
-    Ok((model, cfg, report("unet", &source, &p)))
+    Ok((model, cfg, report("unet", &source, &file, &p)))
 }
 
 /// Loads the DDPM/DDIM schedule from `scheduler/scheduler_config.json`.
@@ -244,6 +252,14 @@ pub fn load_schedule(files: &dyn CheckpointFiles) -> Result<Schedule> {
 }
 
 impl Models {
+    /// Fingerprint of the base UNet weights: what tuned weights are tied to.
+    pub fn base_fingerprint(&self) -> &str {
+        self.report
+            .iter()
+            .find(|r| r.component == "unet")
+            .map_or("", |r| r.fingerprint.as_str())
+    }
+
     /// Loads every component of the checkpoint.
     pub fn load(
         files: &dyn CheckpointFiles,

@@ -7,6 +7,7 @@ pub mod attention;
 pub mod checkpoint;
 pub mod clip;
 pub mod config;
+pub mod delta;
 pub mod draws;
 pub mod edit;
 pub mod error;

@@ -200,6 +200,50 @@ impl Tuner {
         ))
     }
 
+    /// The AdamW moments by reference key (flat, as kept), for a checkpoint.
+    pub fn export_moments(&self) -> BTreeMap<String, (HostTensor, HostTensor)> {
+        let host = |t: &Tensor<1>| {
+            let data: Vec<f32> = t.clone().try_into_vec_as::<f32>().expect("f32 readback");
+            HostTensor::new(vec![data.len()], data)
+        };
+        self.moments
+            .iter()
+            .map(|(id, m)| (self.trainable[id].clone(), (host(&m.m), host(&m.v))))
+            .collect()
+    }
+
+    /// Restores the optimiser from a checkpoint: its moments and step count.
+    pub fn import_state(
+        &mut self,
+        moments: &BTreeMap<String, (HostTensor, HostTensor)>,
+        steps_done: usize,
+        device: &burn::tensor::Device,
+    ) -> Result<()> {
+        let ids: HashMap<&str, ParamId> = self
+            .trainable
+            .iter()
+            .map(|(id, k)| (k.as_str(), *id))
+            .collect();
+        let mut restored = HashMap::new();
+        for (key, (m, v)) in moments {
+            let id = ids.get(key.as_str()).ok_or_else(|| {
+                TavError::InvalidInput(format!(
+                    "checkpoint has optimiser state for `{key}`, which is not trainable"
+                ))
+            })?;
+            restored.insert(
+                *id,
+                Moments {
+                    m: m.to_device::<1>(device),
+                    v: v.to_device::<1>(device),
+                },
+            );
+        }
+        self.moments = restored;
+        self.steps_done = steps_done;
+        Ok(())
+    }
+
     /// The trainable parameters' current values by reference key, in PyTorch layout.
     pub fn trainable_values(&self, unet: &UNet3D) -> BTreeMap<String, HostTensor> {
         let mut reader = ValueReader {
@@ -208,6 +252,28 @@ impl Tuner {
         };
         unet.visit(&mut reader);
         reader.out
+    }
+}
+
+/// The draws of tuning step `step` from `seed`: each step has its own stream, so a resumed
+/// run draws exactly what an uninterrupted one would.
+pub fn seeded_draws(
+    seed: u64,
+    step: usize,
+    latent_frames: [usize; 4],
+    num_train_timesteps: usize,
+    device: &burn::tensor::Device,
+) -> StepDraws {
+    let [f, c, h, w] = latent_frames;
+    let mut rng = crate::draws::SeededRng::for_stream(seed, &format!("tune-step-{step}"));
+    let n = f * c * h * w;
+    let vae_eps = HostTensor::new(vec![f, c, h, w], rng.normal_vec(n)).to_device::<4>(device);
+    let noise = HostTensor::new(vec![1, c, f, h, w], rng.normal_vec(n)).to_device::<5>(device);
+    let timestep = rng.below(num_train_timesteps as u64) as usize;
+    StepDraws {
+        vae_eps,
+        noise,
+        timestep,
     }
 }
 

@@ -1,66 +1,185 @@
-//! `tav`: Tune-A-Video on any GPU.
+//! `tav`: Tune-A-Video on any GPU. Tune on a clip, invert it, edit it with new prompts.
+
+mod demo;
+mod gpu;
+mod job;
+mod jobfile;
+mod plot;
+mod ui;
+mod video;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use burn::tensor::{Device, DeviceKind, Distribution, Tensor};
-use clap::{Parser, Subcommand};
+use burn::tensor::{Distribution, Tensor};
+use clap::{Args, Parser, Subcommand};
 use tav_core::checkpoint::{Folder, LoadOptions, Models};
 use tav_core::transformer::VideoAttentionOptions;
+use tav_core::{Result, TavError};
+
+use crate::job::Session;
+use crate::ui::{Mode, Ui};
 
 #[derive(Parser)]
 #[command(
     name = "tav",
     version,
-    about = "Tune-A-Video on WebGPU: one-shot video editing with Stable Diffusion"
+    about = "Tune-A-Video on WebGPU: one-shot video editing with Stable Diffusion v1.x",
+    long_about = "Tune-A-Video on WebGPU: tune a Stable Diffusion v1.x model on one clip, DDIM-invert \
+                  the clip, and sample edited videos for new prompts.\n\nStart with \
+                  `tav run jobs/demo.toml` (no download), then `tav run jobs/car-turn.toml --model PATH/TO/stable-diffusion-v1-5`."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Args, Clone)]
+struct Common {
+    /// The Stable Diffusion v1.x checkpoint folder (diffusers layout), or `demo` for the
+    /// built-in random demo model.
+    #[arg(long, default_value = "demo")]
+    model: PathBuf,
+    /// Weights variant to read, e.g. `fp16` for `*.fp16.safetensors` (default: plain files,
+    /// or fp16 if only those exist).
+    #[arg(long)]
+    variant: Option<String>,
+    /// GPU adapter: auto, discrete[:N], integrated[:N], virtual[:N] or cpu.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Output folder.
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+    /// No progress bars or messages (errors still go to stderr).
+    #[arg(long, conflicts_with = "json")]
+    quiet: bool,
+    /// Machine-readable JSON lines on stdout instead of progress bars.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Clone)]
+struct ClipArgs {
+    /// The input clip: .mp4 (H.264), .gif, or a folder of PNG/JPEG frames; `demo` for the
+    /// built-in procedural clip.
+    #[arg(long)]
+    video: Option<PathBuf>,
+    /// Number of frames to sample [default: 24, or the tuned weights' value].
+    #[arg(long)]
+    frames: Option<usize>,
+    /// First frame [default: 0].
+    #[arg(long)]
+    start: Option<usize>,
+    /// Take every Nth frame [default: 2].
+    #[arg(long)]
+    stride: Option<usize>,
+    /// Width in pixels, a multiple of 64 [default: 512].
+    #[arg(long)]
+    width: Option<usize>,
+    /// Height in pixels, a multiple of 64 [default: 512].
+    #[arg(long)]
+    height: Option<usize>,
+    /// Stretch to the size instead of centre-cropping to its aspect ratio.
+    #[arg(long)]
+    no_crop: bool,
+}
+
+#[derive(Args, Clone)]
+struct TuneArgs {
+    /// Tuning steps [default: 500].
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Learning rate (AdamW, constant) [default: 3e-5].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Seed of every random draw [default: 33].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Save a resumable checkpoint every N steps [default: 100].
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    /// Ignore an existing checkpoint in the output folder instead of resuming from it.
+    #[arg(long)]
+    restart: bool,
+}
+
+#[derive(Args, Clone, Default)]
+struct EditArgs {
+    /// DDIM inversion steps [default: 50].
+    #[arg(long)]
+    inversion_steps: Option<usize>,
+    /// DDIM sampling steps per edit [default: 50].
+    #[arg(long)]
+    inference_steps: Option<usize>,
+    /// Classifier-free guidance scale [default: 12.5].
+    #[arg(long)]
+    guidance: Option<f64>,
+    /// Also write every edited frame as PNG.
+    #[arg(long)]
+    png: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Load a diffusers checkpoint folder, inflate its UNet to video and run every component
-    /// once on random input, printing what was loaded and checked.
-    Check {
-        /// The checkpoint folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/,
-        /// scheduler/).
-        #[arg(long, default_value = "../shared/golden/tiny-a/model")]
-        model: PathBuf,
-        /// Temporal-layer weights (safetensors, reference key names); default: new layers
-        /// initialised as the reference does.
+    /// Tune the model on a clip and its prompt; writes tuned.safetensors (+ checkpoint, loss.png).
+    Tune {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        clip: ClipArgs,
+        #[command(flatten)]
+        tune: TuneArgs,
+        /// The prompt that describes the clip, e.g. "a man is skiing".
         #[arg(long)]
-        temporal: Option<PathBuf>,
+        prompt: String,
+    },
+    /// Invert the clip with tuned weights and sample one edited video per prompt.
+    Edit {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        clip: ClipArgs,
+        #[command(flatten)]
+        edit: EditArgs,
+        /// Tuned weights from `tav tune` (the clip defaults to the one they were tuned on).
+        #[arg(long)]
+        tuned: PathBuf,
+        /// An edit prompt; repeat for several edits.
+        #[arg(long = "prompt", required = true)]
+        prompts: Vec<String>,
+    },
+    /// The whole job from a job file (tune, invert, edit), e.g. jobs/car-turn.toml.
+    /// Flags override the file.
+    Run {
+        /// The job file (TOML).
+        job: PathBuf,
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        clip: ClipArgs,
+        #[command(flatten)]
+        tune: TuneArgs,
+        #[command(flatten)]
+        edit: EditArgs,
+    },
+    /// Load a checkpoint folder and run every component once on random input, printing
+    /// what was loaded and checked.
+    Check {
+        #[command(flatten)]
+        common: Common,
         /// Frames of the random test video.
         #[arg(long, default_value_t = 4)]
         frames: usize,
         /// Width and height of the random test video, in pixels (a multiple of 64).
         #[arg(long, default_value_t = 128)]
         size: usize,
-        /// Prompt to encode.
-        #[arg(long, default_value = "a man is skiing")]
-        prompt: String,
-        /// Weights variant to read, e.g. `fp16` for `*.fp16.safetensors`.
-        #[arg(long)]
-        variant: Option<String>,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Check {
-            model,
-            temporal,
-            frames,
-            size,
-            prompt,
-            variant,
-        } => check(model, temporal, frames, size, &prompt, variant),
-    };
-    match result {
+    match run_catching_oom(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -69,34 +188,176 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(
-    model: PathBuf,
-    temporal: Option<PathBuf>,
-    frames: usize,
-    size: usize,
-    prompt: &str,
-    variant: Option<String>,
-) -> tav_core::Result<()> {
+/// Runs the command; a panic inside the GPU stack (e.g. an allocation that failed) becomes
+/// an error that says what to reduce.
+fn run_catching_oom(cli: Cli) -> Result<()> {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(cli)));
+    std::panic::set_hook(default_hook);
+    match outcome {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown failure".into());
+            let lower = message.to_lowercase();
+            if lower.contains("memory") || lower.contains("allocate") || lower.contains("out of") {
+                Err(TavError::Device(format!(
+                    "out of GPU memory ({message}). Reduce --frames, --width/--height, or close other GPU programs"
+                )))
+            } else {
+                Err(TavError::Device(format!("the GPU stack failed: {message}")))
+            }
+        }
+    }
+}
+
+fn ui_for(common: &Common) -> Ui {
+    Ui::new(if common.quiet {
+        Mode::Quiet
+    } else if common.json {
+        Mode::Json
+    } else {
+        Mode::Bars
+    })
+}
+
+fn open_session(common: &Common, ui: &mut Ui) -> Result<Session> {
+    let (device, adapter) = gpu::open(&common.device).map_err(TavError::Device)?;
+    ui.say(&format!("GPU adapter: {adapter}"));
+    ui.record(serde_json::json!({"event": "adapter", "adapter": adapter}));
+    Session::load(&common.model, common.variant.clone(), device, ui)
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Tune {
+            common,
+            clip,
+            tune,
+            prompt,
+        } => {
+            let spec = jobfile::Job::from_flags(
+                &common,
+                &clip,
+                &tune,
+                &EditArgs::default(),
+                Some(prompt),
+                vec![],
+            )?;
+            run_job(&common, &spec, false)
+        }
+        Command::Edit {
+            common,
+            clip,
+            edit,
+            tuned,
+            prompts,
+        } => edit_only(&common, &clip, &edit, &tuned, prompts),
+        Command::Run {
+            job,
+            common,
+            clip,
+            tune,
+            edit,
+        } => {
+            let spec = jobfile::Job::from_file(&job)?.with_overrides(&common, &clip, &tune, &edit);
+            run_job(&common, &spec, true)
+        }
+        Command::Check {
+            common,
+            frames,
+            size,
+        } => check(&common, frames, size),
+    }
+}
+
+/// Tunes, then (with `edit`) inverts and edits.
+fn run_job(common: &Common, spec: &jobfile::Job, edit: bool) -> Result<()> {
+    let mut ui = ui_for(common);
+    let out = spec.out.clone();
+    std::fs::create_dir_all(&out).map_err(|e| TavError::Io {
+        path: out.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let _ = ui.log_to(&out.join("log.jsonl"));
+    spec.clip.validate()?;
+    let mut session_common = common.clone();
+    session_common.model = spec.model.clone();
+    let session = open_session(&session_common, &mut ui)?;
+    let started = Instant::now();
+    let (unet, clip) = job::tune(&session, &spec.clip, &spec.tune, &out, &mut ui)?;
+    ui.say(&format!(
+        "tuned in {:.0} s",
+        started.elapsed().as_secs_f64()
+    ));
+    if edit {
+        let written = job::edit(&session, &unet, &clip, &spec.edit, &out, &mut ui)?;
+        ui.finish();
+        ui.say(&format!(
+            "wrote {} files to {} in {:.0} s",
+            written.len() + 2,
+            out.display(),
+            started.elapsed().as_secs_f64()
+        ));
+    }
+    ui.finish();
+    Ok(())
+}
+
+fn edit_only(
+    common: &Common,
+    clip_args: &ClipArgs,
+    edit: &EditArgs,
+    tuned: &std::path::Path,
+    prompts: Vec<String>,
+) -> Result<()> {
+    let mut ui = ui_for(common);
+    let session = open_session(common, &mut ui)?;
+    let (unet, meta) = job::load_tuned(&session, tuned)?;
+    let spec = jobfile::Job::for_edit(common, clip_args, edit, &meta, prompts, tuned)?;
+    std::fs::create_dir_all(&spec.out).map_err(|e| TavError::Io {
+        path: spec.out.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let _ = ui.log_to(&spec.out.join("log.jsonl"));
+    let clip = spec.clip.read()?;
+    let written = job::edit(&session, &unet, &clip, &spec.edit, &spec.out, &mut ui)?;
+    ui.finish();
+    ui.say(&format!(
+        "wrote {} files to {}",
+        written.len(),
+        spec.out.display()
+    ));
+    Ok(())
+}
+
+fn check(common: &Common, frames: usize, size: usize) -> Result<()> {
     if size == 0 || !size.is_multiple_of(64) {
-        return Err(tav_core::TavError::InvalidInput(format!(
+        return Err(TavError::InvalidInput(format!(
             "--size {size} is not a positive multiple of 64"
         )));
     }
     if frames == 0 {
-        return Err(tav_core::TavError::InvalidInput(
-            "--frames must be at least 1".into(),
-        ));
+        return Err(TavError::InvalidInput("--frames must be at least 1".into()));
     }
-    let device = Device::wgpu(DeviceKind::DefaultDevice);
-    let temporal = temporal
-        .map(|p| tav_core::weights::SafetensorsFile::open(&p))
-        .transpose()?;
+    let mut ui = ui_for(common);
+    let (device, adapter) = gpu::open(&common.device).map_err(TavError::Device)?;
+    println!("GPU adapter: {adapter}");
+    let model = if common.model.as_os_str() == "demo" {
+        demo::ensure_demo_model()?
+    } else {
+        common.model.clone()
+    };
     let started = Instant::now();
     let options = LoadOptions {
-        variant,
+        variant: common.variant.clone(),
         ..Default::default()
     };
-    let models = Models::load(&Folder(model.clone()), temporal.as_ref(), &options, &device)?;
+    let models = Models::load(&Folder(model.clone()), None, &options, &device)?;
     println!(
         "loaded {} in {:.1} s",
         model.display(),
@@ -112,11 +373,9 @@ fn check(
         }
     }
     if models.unet_config.block_out_channels[0] < 320 {
-        println!(
-            "note: this is a tiny test model: real edits need Stable Diffusion v1.x weights (--model PATH_TO_SD_FOLDER)"
-        );
+        ui.say("note: this is a small test model: real edits need Stable Diffusion v1.x weights (--model PATH_TO_SD_FOLDER)");
     }
-
+    let prompt = "a man is skiing";
     let ids = models.tokenizer.encode(prompt)?;
     let used = ids
         .iter()
@@ -128,7 +387,6 @@ fn check(
     );
     let text = models.text_encoder.forward(&[ids], &device)?;
     report("text encoder", &text.clone().reshape([-1]))?;
-
     let latent_size = size / models.vae.downscale;
     let pixels = Tensor::<4>::random(
         [frames, 3, size, size],
@@ -137,9 +395,10 @@ fn check(
     );
     let posterior = models.vae.encode(pixels)?;
     report("vae encode", &posterior.mean.clone().reshape([-1]))?;
-    let decoded = models.vae.decode(posterior.mean.clone());
-    report("vae decode", &decoded.reshape([-1]))?;
-
+    report(
+        "vae decode",
+        &models.vae.decode(posterior.mean.clone()).reshape([-1]),
+    )?;
     let channels = models.vae.latent_channels;
     let latents = Tensor::<5>::random(
         [1, channels, frames, latent_size, latent_size],
@@ -166,11 +425,11 @@ fn check(
 }
 
 /// Prints a tensor's size and statistics; NaN or infinity is an error.
-fn report(name: &str, t: &Tensor<1>) -> tav_core::Result<()> {
+fn report(name: &str, t: &Tensor<1>) -> Result<()> {
     let values: Vec<f32> = t
         .clone()
         .try_into_vec_as::<f32>()
-        .map_err(|e| tav_core::TavError::Device(format!("reading back {name}: {e:?}")))?;
+        .map_err(|e| TavError::Device(format!("reading back {name}: {e:?}")))?;
     let finite = values.iter().all(|v| v.is_finite());
     let mean = values.iter().map(|&v| v as f64).sum::<f64>() / values.len() as f64;
     let std = (values
@@ -180,12 +439,11 @@ fn report(name: &str, t: &Tensor<1>) -> tav_core::Result<()> {
         / values.len() as f64)
         .sqrt();
     println!(
-        "{name:<13} {} values, mean {mean:+.4}, std {std:.4}{}",
-        values.len(),
-        if finite { "" } else { "  NOT FINITE" }
+        "{name:<13} {} values, mean {mean:+.4}, std {std:.4}",
+        values.len()
     );
     if !finite {
-        return Err(tav_core::TavError::Device(format!(
+        return Err(TavError::NonFinite(format!(
             "{name} produced NaN or infinity"
         )));
     }

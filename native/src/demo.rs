@@ -1,0 +1,228 @@
+//! The built-in demo: a small SD-shaped model with random weights (made here, deterministically,
+//! in a few MB, with the real CLIP tokenizer) and a procedural clip, so `tav run jobs/demo.toml`
+//! runs the whole job on any machine with no download. Its edits are noise: real edits need
+//! Stable Diffusion weights.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use burn::tensor::{Device, DeviceKind};
+use safetensors::Dtype;
+use safetensors::tensor::TensorView;
+use tav_core::clip::ClipTextEncoder;
+use tav_core::config::{ClipConfig, UNetConfig, VaeConfig};
+use tav_core::draws::SeededRng;
+use tav_core::unet::{UNet3D, is_temporal};
+use tav_core::vae::Vae;
+use tav_core::weights::{ParamBuilder, ParamEntry};
+use tav_core::{Result, TavError};
+
+use crate::job::write_atomic;
+use crate::video::{Clip, Sampling};
+
+const VERSION: &str = "demo-model-v1";
+const SEED: u64 = 2023;
+
+fn unet_config() -> serde_json::Value {
+    serde_json::json!({
+        "_class_name": "UNet2DConditionModel",
+        "attention_head_dim": 4,
+        "block_out_channels": [32, 64, 64, 64],
+        "cross_attention_dim": 32,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        "in_channels": 4, "out_channels": 4, "layers_per_block": 2, "norm_num_groups": 32,
+        "norm_eps": 1e-5, "flip_sin_to_cos": true, "freq_shift": 0, "sample_size": 16
+    })
+}
+
+fn vae_config() -> serde_json::Value {
+    serde_json::json!({
+        "_class_name": "AutoencoderKL",
+        "block_out_channels": [32, 32, 64, 64],
+        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+        "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+        "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 1,
+        "norm_num_groups": 32, "sample_size": 128, "scaling_factor": 0.18215
+    })
+}
+
+fn clip_config() -> serde_json::Value {
+    serde_json::json!({
+        "architectures": ["CLIPTextModel"], "model_type": "clip_text_model",
+        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "quick_gelu",
+        "layer_norm_eps": 1e-5, "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407
+    })
+}
+
+fn scheduler_config() -> serde_json::Value {
+    serde_json::json!({
+        "_class_name": "DDIMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+        "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
+        "set_alpha_to_one": false, "steps_offset": 1, "clip_sample": false
+    })
+}
+
+/// A value for a parameter: PyTorch-like uniform init for weights, ones for norm scales,
+/// small normals for embeddings, zeros for biases.
+fn init_value(entry: &ParamEntry) -> Vec<f32> {
+    let n: usize = entry.shape.iter().product();
+    let mut rng = SeededRng::for_stream(SEED, &entry.key);
+    let key = entry.key.as_str();
+    if key.contains("embedding") {
+        return rng.normal_vec(n).into_iter().map(|v| v * 0.02).collect();
+    }
+    if key.ends_with(".bias") {
+        return vec![0.0; n];
+    }
+    if entry.shape.len() == 1 {
+        return vec![1.0; n];
+    }
+    let fan_in: usize = entry.shape[1..].iter().product();
+    let bound = (1.0 / fan_in as f32).sqrt();
+    rng.uniform_vec(n, -bound, bound)
+}
+
+fn safetensors_bytes(entries: &[ParamEntry]) -> Result<Vec<u8>> {
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = entries
+        .iter()
+        .map(|e| {
+            let bytes = init_value(e).iter().flat_map(|v| v.to_le_bytes()).collect();
+            (e.key.clone(), e.shape.clone(), bytes)
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = data
+        .iter()
+        .map(|(k, s, b)| {
+            (
+                k.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).expect("consistent view"),
+            )
+        })
+        .collect();
+    safetensors::serialize(views, None::<HashMap<String, String>>)
+        .map_err(|e| TavError::InvalidInput(format!("demo model: {e}")))
+}
+
+fn parse<T: for<'de> serde::Deserialize<'de>>(v: &serde_json::Value) -> T {
+    serde_json::from_value(v.clone()).expect("demo config is valid")
+}
+
+/// Where the demo model lives: `$XDG_CACHE_HOME/tav` or `~/.cache/tav`, else the temp dir.
+fn cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("tav").join(VERSION)
+}
+
+/// Makes the demo model folder if it does not exist yet, and returns its path.
+pub fn ensure_demo_model() -> Result<PathBuf> {
+    let dir = cache_dir();
+    if dir.join("model_index.json").exists() {
+        return Ok(dir);
+    }
+    // Shapes come from the model code itself, so the folder always matches what tav loads.
+    let device = Device::wgpu(DeviceKind::DefaultDevice);
+    let shapes = |build: &dyn Fn(&ParamBuilder) -> Result<()>| -> Result<Vec<ParamEntry>> {
+        let p = ParamBuilder::shapes_only(&device);
+        build(&p)?;
+        Ok(p.entries())
+    };
+    let (ucfg, vcfg, ccfg) = (unet_config(), vae_config(), clip_config());
+    let unet: Vec<ParamEntry> =
+        shapes(&|p| UNet3D::load(p, &parse::<UNetConfig>(&ucfg)).map(drop))?
+            .into_iter()
+            .filter(|e| !is_temporal(&e.key))
+            .collect();
+    let vae = shapes(&|p| Vae::load(p, &parse::<VaeConfig>(&vcfg)).map(drop))?;
+    let text = shapes(&|p| ClipTextEncoder::load(p, &parse::<ClipConfig>(&ccfg)).map(drop))?;
+    let json = |v: &serde_json::Value| serde_json::to_vec_pretty(v).expect("json");
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("unet/config.json", json(&ucfg)),
+        (
+            "unet/diffusion_pytorch_model.safetensors",
+            safetensors_bytes(&unet)?,
+        ),
+        ("vae/config.json", json(&vcfg)),
+        (
+            "vae/diffusion_pytorch_model.safetensors",
+            safetensors_bytes(&vae)?,
+        ),
+        ("text_encoder/config.json", json(&ccfg)),
+        ("text_encoder/model.safetensors", safetensors_bytes(&text)?),
+        ("scheduler/scheduler_config.json", json(&scheduler_config())),
+        (
+            "tokenizer/vocab.json",
+            include_bytes!("../../assets/clip-tokenizer/vocab.json").to_vec(),
+        ),
+        (
+            "tokenizer/merges.txt",
+            include_bytes!("../../assets/clip-tokenizer/merges.txt").to_vec(),
+        ),
+    ];
+    for (relative, bytes) in files {
+        write_atomic(&dir.join(relative), &bytes)?;
+    }
+    // Written last: its presence means the folder is complete.
+    let index = serde_json::json!({"_class_name": "StableDiffusionPipeline", "_tav": VERSION});
+    write_atomic(&dir.join("model_index.json"), &json(&index))?;
+    Ok(dir)
+}
+
+/// The demo clip: a red ball rolling along a textured road, `total` frames at 256×256,
+/// then sampled.
+pub fn demo_clip(total: usize, sampling: Sampling) -> Clip {
+    let (w, h) = (256usize, 256usize);
+    let mut rng = SeededRng::new(7);
+    // Asphalt: grey noise, blurred a little along rows so it reads as texture.
+    let grain: Vec<f32> = rng.normal_vec(w * h);
+    let frames = (0..total)
+        .map(|t| {
+            let progress = t as f32 / total.max(2) as f32;
+            let (cx, cy) = (
+                30.0 + progress * 196.0,
+                150.0 - 20.0 * (progress * std::f32::consts::TAU).sin().abs(),
+            );
+            let mut rgb = vec![0u8; w * h * 3];
+            for y in 0..h {
+                for x in 0..w {
+                    let i = y * w + x;
+                    let g = grain[i] * 0.6 + grain[y * w + (x + 1) % w] * 0.4;
+                    let mut px = if y < 90 {
+                        [120.0 + y as f32 * 0.8, 170.0 + y as f32 * 0.5, 235.0]
+                    } else {
+                        let base = 95.0 + g * 14.0;
+                        let stripe = (y as i32 - 170).abs() < 3 && ((x + t * 8) / 24) % 2 == 0;
+                        if stripe {
+                            [230.0, 200.0, 60.0]
+                        } else {
+                            [base, base, base + 4.0]
+                        }
+                    };
+                    let (dx, dy) = (x as f32 - cx, y as f32 - cy);
+                    let d = (dx * dx + dy * dy).sqrt();
+                    if d < 26.0 {
+                        let shade = 1.0 - 0.5 * (dx + dy + 26.0) / 52.0;
+                        px = [220.0 * shade + 30.0, 30.0 * shade, 30.0 * shade];
+                    }
+                    for c in 0..3 {
+                        rgb[i * 3 + c] = px[c].clamp(0.0, 255.0) as u8;
+                    }
+                }
+            }
+            rgb
+        })
+        .collect::<Vec<_>>();
+    let frames = (0..sampling.count)
+        .filter_map(|k| frames.get(sampling.start + k * sampling.stride).cloned())
+        .collect();
+    Clip {
+        width: w as u32,
+        height: h as u32,
+        fps: 8.0,
+        frames,
+    }
+}

@@ -1,0 +1,463 @@
+//! The whole job, as the command line runs it: clip → latents → tuned model → inverted
+//! latents → edited videos. Files in and out live here; the models and steps are `tav-core`'s.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor};
+use tav_core::checkpoint::{Folder, LoadOptions, Models};
+use tav_core::delta::{TuneMeta, TunedWeights, apply_tuned};
+use tav_core::edit::{decode_video, invert, sample};
+use tav_core::progress::{Event, Phase};
+use tav_core::transformer::VideoAttentionOptions;
+use tav_core::tune::{TuneBatch, TuneSettings, Tuner, clip_latents, seeded_draws};
+use tav_core::unet::UNet3D;
+use tav_core::vae::Posterior;
+use tav_core::weights::{HostTensor, SafetensorsFile};
+use tav_core::{Result, TavError};
+
+use crate::ui::Ui;
+use crate::video::{self, Clip, Sampling};
+
+/// Which frames of which video, at what size.
+#[derive(Debug, Clone)]
+pub struct ClipSpec {
+    pub video: PathBuf,
+    pub start: usize,
+    pub stride: usize,
+    pub frames: usize,
+    pub width: usize,
+    pub height: usize,
+    pub crop: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TuneSpec {
+    pub prompt: String,
+    pub steps: usize,
+    pub learning_rate: f64,
+    pub seed: u64,
+    pub checkpoint_every: usize,
+    pub restart: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct EditSpec {
+    pub prompts: Vec<String>,
+    pub inversion_steps: usize,
+    pub steps: usize,
+    pub guidance: f64,
+    pub png: bool,
+}
+
+/// The loaded models on their device.
+pub struct Session {
+    pub device: Device,
+    pub models: Models,
+}
+
+fn io_error(path: &Path, e: impl std::fmt::Display) -> TavError {
+    TavError::Io {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn video_error(e: video::VideoError) -> TavError {
+    TavError::InvalidInput(e.to_string())
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename: never half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let partial = dir.join(format!(".{name}.partial"));
+    std::fs::write(&partial, bytes).map_err(|e| io_error(&partial, e))?;
+    std::fs::rename(&partial, path).map_err(|e| io_error(path, e))
+}
+
+impl ClipSpec {
+    /// Checks sizes before any work is done.
+    pub fn validate(&self) -> Result<()> {
+        for (name, v) in [("width", self.width), ("height", self.height)] {
+            if v == 0 || !v.is_multiple_of(64) {
+                return Err(TavError::InvalidInput(format!(
+                    "--{name} {v} is not a positive multiple of 64 (try {})",
+                    (v.max(64) / 64) * 64
+                )));
+            }
+        }
+        if self.frames == 0 || self.stride == 0 {
+            return Err(TavError::InvalidInput(
+                "--frames and --stride must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The sampled, resized frames.
+    pub fn read(&self) -> Result<Clip> {
+        self.validate()?;
+        let sampling = Sampling {
+            start: self.start,
+            stride: self.stride,
+            count: self.frames,
+        };
+        let clip = if self.video.as_os_str() == "demo" {
+            crate::demo::demo_clip(self.start + self.stride * (self.frames - 1) + 1, sampling)
+        } else {
+            video::read_clip(&self.video, sampling).map_err(video_error)?
+        };
+        Ok(video::resize(
+            &clip,
+            self.width as u32,
+            self.height as u32,
+            self.crop,
+        ))
+    }
+}
+
+/// RGB8 frames → `[F, 3, H, W]` in [-1, 1].
+pub fn clip_to_tensor(clip: &Clip, device: &Device) -> Tensor<4> {
+    let (w, h) = (clip.width as usize, clip.height as usize);
+    let f = clip.frames.len();
+    let mut data = vec![0f32; f * 3 * h * w];
+    for (i, frame) in clip.frames.iter().enumerate() {
+        for (p, rgb) in frame.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                data[((i * 3 + c) * h * w) + p] = rgb[c] as f32 / 127.5 - 1.0;
+            }
+        }
+    }
+    HostTensor::new(vec![f, 3, h, w], data).to_device(device)
+}
+
+/// `[1, 3, F, H, W]` in [0, 1] → RGB8 frames.
+pub fn tensor_to_clip(video: Tensor<5>, fps: f32) -> Clip {
+    let [_, _, f, h, w] = video.dims();
+    let data: Vec<f32> = video.try_into_vec_as::<f32>().expect("f32 readback");
+    let frames = (0..f)
+        .map(|i| {
+            let mut rgb = vec![0u8; h * w * 3];
+            for p in 0..h * w {
+                for c in 0..3 {
+                    let v = data[((c * f + i) * h * w) + p];
+                    rgb[p * 3 + c] = (v * 255.0).round().clamp(0.0, 255.0) as u8;
+                }
+            }
+            rgb
+        })
+        .collect();
+    Clip {
+        width: w as u32,
+        height: h as u32,
+        fps,
+        frames,
+    }
+}
+
+impl Session {
+    pub fn load(
+        model: &Path,
+        variant: Option<String>,
+        device: Device,
+        ui: &mut Ui,
+    ) -> Result<Self> {
+        let model = if model.as_os_str() == "demo" {
+            let dir = crate::demo::ensure_demo_model()?;
+            ui.say(&format!(
+                "using tav's built-in demo model ({}): random weights, so the edits are noise. \
+                 Real edits need Stable Diffusion v1.x weights: pass --model PATH/TO/stable-diffusion-v1-5",
+                dir.display()
+            ));
+            dir
+        } else {
+            model.to_path_buf()
+        };
+        let options = LoadOptions {
+            variant,
+            ..Default::default()
+        };
+        let models = Models::load(&Folder(model.clone()), None, &options, &device)?;
+        for r in &models.report {
+            ui.record(serde_json::json!({"event": "loaded", "component": r.component, "file": r.file, "parameters": r.parameters}));
+            for extra in &r.unexpected {
+                ui.say(&format!(
+                    "warning: {} has an unexpected tensor `{extra}` (not used)",
+                    r.file
+                ));
+            }
+        }
+        if models.unet_config.block_out_channels[0] < 320 {
+            ui.say("note: this is a small test model, not Stable Diffusion: real edits need SD v1.x weights (--model)");
+        }
+        Ok(Self { device, models })
+    }
+
+    fn embed(&self, prompt: &str) -> Result<Tensor<3>> {
+        let ids = self.models.tokenizer.encode(prompt)?;
+        self.models.text_encoder.forward(&[ids], &self.device)
+    }
+
+    fn encode(&self, clip: &Clip, ui: &mut Ui) -> Result<Posterior> {
+        let pixels = clip_to_tensor(clip, &self.device);
+        let posterior = self.models.vae.encode(pixels)?;
+        ui.event(Event {
+            phase: Phase::Encode,
+            step: 1,
+            total: 1,
+            loss: None,
+        });
+        Ok(posterior)
+    }
+}
+
+fn meta_for(session: &Session, clip: &ClipSpec, tune: &TuneSpec) -> TuneMeta {
+    TuneMeta {
+        base_fingerprint: session.models.base_fingerprint().to_string(),
+        prompt: tune.prompt.clone(),
+        video: clip.video.display().to_string(),
+        start: clip.start,
+        stride: clip.stride,
+        frames: clip.frames,
+        width: clip.width,
+        height: clip.height,
+        steps: tune.steps,
+        steps_done: 0,
+        seed: tune.seed,
+        learning_rate: tune.learning_rate,
+        losses: Vec::new(),
+    }
+}
+
+/// Whether a checkpoint belongs to this very run (same inputs and settings).
+fn same_run(a: &TuneMeta, b: &TuneMeta) -> bool {
+    let strip = |m: &TuneMeta| TuneMeta {
+        steps: 0,
+        steps_done: 0,
+        losses: Vec::new(),
+        ..m.clone()
+    };
+    strip(a) == strip(b)
+}
+
+/// Tunes on the clip; writes `tuned.safetensors`, `checkpoint.safetensors`, `loss.png` in
+/// `out`. Resumes from `out/checkpoint.safetensors` when it belongs to the same run.
+pub fn tune(
+    session: &Session,
+    clip_spec: &ClipSpec,
+    spec: &TuneSpec,
+    out: &Path,
+    ui: &mut Ui,
+) -> Result<(UNet3D, Clip)> {
+    let clip = clip_spec.read()?;
+    let models = &session.models;
+    let posterior = session.encode(&clip, ui)?;
+    let batch = TuneBatch {
+        posterior,
+        context: session.embed(&spec.prompt)?,
+        scaling_factor: models.vae.scaling_factor,
+    };
+    let settings = TuneSettings {
+        learning_rate: spec.learning_rate,
+        ..TuneSettings::default()
+    };
+    let mut meta = meta_for(session, clip_spec, spec);
+    let mut tuner = Tuner::new(&models.unet, settings);
+    let mut unet = models.unet.clone();
+    let checkpoint_path = out.join("checkpoint.safetensors");
+    if checkpoint_path.exists() && !spec.restart {
+        let file = SafetensorsFile::open(&checkpoint_path)?;
+        let saved = TunedWeights::from_file(&file)?;
+        if same_run(&saved.meta, &meta) && saved.meta.steps_done <= spec.steps {
+            unet = apply_tuned(unet, &saved, file.path())?;
+            tuner.import_state(&saved.moments, saved.meta.steps_done, &session.device)?;
+            meta.losses = saved.meta.losses.clone();
+            ui.say(&format!(
+                "resuming from {} at step {}",
+                checkpoint_path.display(),
+                saved.meta.steps_done
+            ));
+        } else {
+            ui.say(&format!(
+                "{} is from another run (other inputs or settings): starting afresh (it will be replaced)",
+                checkpoint_path.display()
+            ));
+        }
+    }
+
+    let [_, c, h, w] = batch.posterior.mean.dims();
+    let frames = clip.frames.len();
+    let timesteps = models.schedule.num_train_timesteps();
+    let mut unet = tuner.train_mode(unet);
+    while tuner.steps_done < spec.steps {
+        let step = tuner.steps_done;
+        let draws = seeded_draws(
+            spec.seed,
+            step,
+            [frames, c, h, w],
+            timesteps,
+            &session.device,
+        );
+        let (next, outcome) = match tuner.step(unet, &batch, draws, &models.schedule, false) {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(TavError::NonFinite(format!(
+                    "{e}. The last good checkpoint is kept at {}",
+                    checkpoint_path.display()
+                )));
+            }
+        };
+        unet = next;
+        meta.losses.push(outcome.loss);
+        ui.event(Event {
+            phase: Phase::Tune,
+            step: tuner.steps_done,
+            total: spec.steps,
+            loss: Some(outcome.loss),
+        });
+        let due =
+            spec.checkpoint_every > 0 && tuner.steps_done.is_multiple_of(spec.checkpoint_every);
+        if due || tuner.steps_done == spec.steps {
+            meta.steps_done = tuner.steps_done;
+            let weights = TunedWeights {
+                meta: meta.clone(),
+                tensors: tuner.trainable_values(&unet),
+                moments: tuner.export_moments(),
+            };
+            write_atomic(&checkpoint_path, &weights.to_bytes()?)?;
+        }
+    }
+    let unet = Tuner::eval_mode(unet);
+    meta.steps_done = tuner.steps_done;
+    let tuned = TunedWeights {
+        meta: meta.clone(),
+        tensors: tuner.trainable_values(&unet),
+        moments: Default::default(),
+    };
+    let tuned_path = out.join("tuned.safetensors");
+    write_atomic(&tuned_path, &tuned.to_bytes()?)?;
+    ui.record(serde_json::json!({"event": "written", "file": tuned_path.display().to_string(), "tensors": tuned.tensors.len()}));
+    if let Some(rgb) = crate::plot::loss_curve(&meta.losses, 480, 240) {
+        let path = out.join("loss.png");
+        video::write_png(&path, 480, 240, &rgb).map_err(video_error)?;
+        ui.record(serde_json::json!({"event": "written", "file": path.display().to_string()}));
+    }
+    Ok((unet, clip))
+}
+
+/// Loads tuned weights for `edit`, refusing weights of another base model.
+pub fn load_tuned(session: &Session, path: &Path) -> Result<(UNet3D, TuneMeta)> {
+    let file = SafetensorsFile::open(path)?;
+    let tuned = TunedWeights::from_file(&file)?;
+    tuned.check_base(session.models.base_fingerprint(), file.path())?;
+    let unet = apply_tuned(session.models.unet.clone(), &tuned, file.path())?;
+    Ok((unet, tuned.meta))
+}
+
+/// Inverts the clip and writes one video per prompt, plus a grid of source and edits.
+pub fn edit(
+    session: &Session,
+    unet: &UNet3D,
+    clip: &Clip,
+    spec: &EditSpec,
+    out: &Path,
+    ui: &mut Ui,
+) -> Result<Vec<PathBuf>> {
+    if spec.prompts.is_empty() {
+        return Err(TavError::InvalidInput(
+            "no edit prompts given (--prompt)".into(),
+        ));
+    }
+    let models = &session.models;
+    let options = VideoAttentionOptions::default();
+    let posterior = session.encode(clip, ui)?;
+    let latents = clip_latents(posterior.mean, models.vae.scaling_factor);
+    let uncond = session.embed("")?;
+    let mut progress = |e: Event| ui.event(e);
+    let trajectory = invert(
+        unet,
+        &models.schedule,
+        latents,
+        uncond.clone(),
+        spec.inversion_steps,
+        options,
+        &mut progress,
+    )?;
+    let start = trajectory.last().expect("trajectory has the input").clone();
+    let mut written = Vec::new();
+    let mut rows = vec![clip.clone()];
+    for (i, prompt) in spec.prompts.iter().enumerate() {
+        ui.say(&format!("edit {}: {prompt}", i + 1));
+        let cond = session.embed(prompt)?;
+        let mut progress = |e: Event| ui.event(e);
+        let edited = sample(
+            unet,
+            &models.schedule,
+            start.clone(),
+            cond,
+            uncond.clone(),
+            spec.guidance,
+            spec.steps,
+            options,
+            &mut progress,
+        )?;
+        let video = decode_video(&models.vae, edited, 4, &mut progress);
+        let edited = tensor_to_clip(video, clip.fps);
+        let stem = format!("{:02}-{}", i + 1, slug(prompt));
+        for ext in ["gif", "mp4"] {
+            let path = out.join(format!("{stem}.{ext}"));
+            match ext {
+                "gif" => video::write_gif(&path, &edited),
+                _ => video::write_mp4(&path, &edited),
+            }
+            .map_err(video_error)?;
+            ui.record(serde_json::json!({"event": "written", "file": path.display().to_string(), "prompt": prompt}));
+            written.push(path);
+        }
+        if spec.png {
+            let dir = out.join(format!("{stem}-frames"));
+            video::write_png_frames(&dir, &edited).map_err(video_error)?;
+            written.push(dir);
+        }
+        rows.push(edited);
+    }
+    let grid = video::grid(&rows);
+    for ext in ["gif", "mp4"] {
+        let path = out.join(format!("grid.{ext}"));
+        match ext {
+            "gif" => video::write_gif(&path, &grid),
+            _ => video::write_mp4(&path, &grid),
+        }
+        .map_err(video_error)?;
+        ui.record(serde_json::json!({"event": "written", "file": path.display().to_string()}));
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// A file-name-safe short form of a prompt.
+pub fn slug(prompt: &str) -> String {
+    let mut s: String = prompt
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    while s.contains("--") {
+        s = s.replace("--", "-");
+    }
+    let s = s.trim_matches('-');
+    let s: String = s.chars().take(48).collect();
+    if s.is_empty() { "edit".into() } else { s }
+}

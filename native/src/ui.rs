@@ -1,0 +1,116 @@
+//! What the user sees while tav works: progress bars with ETA (live loss while tuning), or
+//! nothing (`--quiet`), or JSON lines (`--json`); every event also goes to a log file.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use tav_core::progress::{Event, Phase};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Bars,
+    Quiet,
+    Json,
+}
+
+pub struct Ui {
+    mode: Mode,
+    bar: Option<(Phase, ProgressBar)>,
+    log: Option<File>,
+}
+
+impl Ui {
+    pub fn new(mode: Mode) -> Self {
+        Self {
+            mode,
+            bar: None,
+            log: None,
+        }
+    }
+
+    /// Also append every event, as JSON lines, to `path`.
+    pub fn log_to(&mut self, path: &Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        self.log = Some(File::options().create(true).append(true).open(path)?);
+        Ok(())
+    }
+
+    /// A plain message (not shown with `--quiet`; a JSON record with `--json`).
+    pub fn say(&mut self, message: &str) {
+        let record = serde_json::json!({ "event": "message", "message": message });
+        self.write_log(&record);
+        match self.mode {
+            Mode::Bars => match &self.bar {
+                Some((_, bar)) => bar.println(message),
+                None => eprintln!("{message}"),
+            },
+            Mode::Json => println!("{record}"),
+            Mode::Quiet => {}
+        }
+    }
+
+    /// A structured record (e.g. an output file written).
+    pub fn record(&mut self, value: serde_json::Value) {
+        self.write_log(&value);
+        if self.mode == Mode::Json {
+            println!("{value}");
+        }
+    }
+
+    pub fn event(&mut self, e: Event) {
+        let record = serde_json::json!({
+            "event": "progress",
+            "phase": e.phase.name(),
+            "step": e.step,
+            "total": e.total,
+            "loss": e.loss,
+        });
+        self.write_log(&record);
+        match self.mode {
+            Mode::Json => println!("{record}"),
+            Mode::Quiet => {}
+            Mode::Bars => self.draw(e),
+        }
+    }
+
+    fn draw(&mut self, e: Event) {
+        let same = matches!(&self.bar, Some((p, _)) if *p == e.phase);
+        if !same {
+            self.finish();
+            let bar = ProgressBar::new(e.total as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix:>7} [{bar:30}] {pos}/{len} {msg} (ETA {eta})",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(e.phase.name());
+            self.bar = Some((e.phase, bar));
+        }
+        let (_, bar) = self.bar.as_ref().expect("bar exists");
+        bar.set_position(e.step as u64);
+        if let Some(loss) = e.loss {
+            bar.set_message(format!("loss {loss:.5}"));
+        }
+        if e.step >= e.total {
+            self.finish();
+        }
+    }
+
+    pub fn finish(&mut self) {
+        if let Some((_, bar)) = self.bar.take() {
+            bar.finish();
+        }
+    }
+
+    fn write_log(&mut self, value: &serde_json::Value) {
+        if let Some(f) = &mut self.log {
+            let _ = writeln!(f, "{value}");
+        }
+    }
+}

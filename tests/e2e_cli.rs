@@ -1,0 +1,400 @@
+//! The `tav` binary end to end, on the tiny golden checkpoint and the reference's
+//! `car-turn.mp4`, at a small size and a few steps: outputs, resume after a kill, and the
+//! error for every bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn tav() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tav"));
+    cmd.env("XDG_CACHE_HOME", scratch("cache"));
+    cmd
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn tiny_model() -> PathBuf {
+    repo().join("../shared/golden/tiny-a/model")
+}
+
+fn car_turn() -> PathBuf {
+    repo().join("../shared/videos/car-turn.mp4")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("tav-e2e-{name}-{}", std::process::id()))
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("tav runs");
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Small-size flags shared by the runs below.
+fn small(cmd: &mut Command) -> &mut Command {
+    cmd.args([
+        "--frames", "4", "--stride", "8", "--width", "64", "--height", "64", "--quiet",
+    ])
+}
+
+/// Decodes a GIF into (width, height, RGBA frames).
+fn gif_frames(path: &Path) -> (u16, u16, Vec<Vec<u8>>) {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut options = gif::DecodeOptions::new();
+    options.set_color_output(gif::ColorOutput::RGBA);
+    let mut decoder = options.read_info(file).unwrap();
+    let (w, h) = (decoder.width(), decoder.height());
+    let mut frames = Vec::new();
+    while let Some(frame) = decoder.read_next_frame().unwrap() {
+        frames.push(frame.buffer.to_vec());
+    }
+    (w, h, frames)
+}
+
+fn variance(pixels: &[u8]) -> f64 {
+    let mean = pixels.iter().map(|&p| p as f64).sum::<f64>() / pixels.len() as f64;
+    pixels
+        .iter()
+        .map(|&p| (p as f64 - mean).powi(2))
+        .sum::<f64>()
+        / pixels.len() as f64
+}
+
+fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).abs())
+        .sum::<f64>()
+        / a.len() as f64
+}
+
+#[test]
+fn run_job_on_car_turn_writes_edited_videos() {
+    let out = scratch("run");
+    let _ = std::fs::remove_dir_all(&out);
+    let started = Instant::now();
+    let result = run(small(
+        tav()
+            .arg("run")
+            .arg(repo().join("jobs/car-turn.toml"))
+            .arg("--model")
+            .arg(tiny_model())
+            .arg("--video")
+            .arg(car_turn())
+            .arg("--out")
+            .arg(&out)
+            .args([
+                "--steps",
+                "2",
+                "--inversion-steps",
+                "2",
+                "--inference-steps",
+                "2",
+                "--png",
+            ]),
+    ));
+    println!("tav run took {:.0} s", started.elapsed().as_secs_f64());
+    assert!(
+        result.status.success(),
+        "tav run failed: {}",
+        stderr(&result)
+    );
+    for name in [
+        "tuned.safetensors",
+        "checkpoint.safetensors",
+        "loss.png",
+        "log.jsonl",
+        "grid.gif",
+        "grid.mp4",
+    ] {
+        assert!(out.join(name).is_file(), "{name} written");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "no partial files left");
+
+    // The source frames as the job saw them: the first edit's PNG folder has one file per frame.
+    let edits: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "gif") && !p.ends_with("grid.gif"))
+        .collect();
+    assert_eq!(
+        edits.len(),
+        4,
+        "one GIF per edit prompt of the job: {edits:?}"
+    );
+    let (gw, gh, grid) = gif_frames(&out.join("grid.gif"));
+    assert_eq!(grid.len(), 4);
+    assert!(
+        gw as usize >= 64 * 5 && gh as usize >= 64,
+        "grid holds source + 4 edits: {gw}x{gh}"
+    );
+    for edit in &edits {
+        let (w, h, frames) = gif_frames(edit);
+        assert_eq!((w, h), (64, 64), "{}", edit.display());
+        assert_eq!(frames.len(), 4, "{}", edit.display());
+        assert!(
+            variance(&frames[0]) > 1.0,
+            "{} is not blank",
+            edit.display()
+        );
+        let mp4 = edit.with_extension("mp4");
+        assert!(
+            std::fs::metadata(&mp4).unwrap().len() > 100,
+            "{} written",
+            mp4.display()
+        );
+        let png_dir = PathBuf::from(format!("{}-frames", edit.with_extension("").display()));
+        assert_eq!(
+            std::fs::read_dir(&png_dir).unwrap().count(),
+            4,
+            "PNG frames in {}",
+            png_dir.display()
+        );
+    }
+    // The grid's first column is the source: the edits differ from it.
+    let (_, _, first_edit) = gif_frames(&edits[0]);
+    let source_row: Vec<u8> = {
+        let row_bytes = gw as usize * 4;
+        grid[0]
+            .chunks(row_bytes)
+            .take(64)
+            .flat_map(|r| r[..64 * 4].to_vec())
+            .collect()
+    };
+    assert!(
+        mean_abs_diff(&source_row, &first_edit[0]) > 2.0,
+        "the edit is not the input"
+    );
+    let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
+    assert!(log.contains("\"adapter\""), "the adapter is logged");
+    assert!(
+        log.contains("\"phase\":\"tune\""),
+        "tuning progress is logged"
+    );
+}
+
+fn tune_cmd(out: &Path, steps: &str) -> Command {
+    let mut cmd = tav();
+    cmd.arg("tune")
+        .arg("--model")
+        .arg(tiny_model())
+        .arg("--video")
+        .arg(car_turn())
+        .arg("--out")
+        .arg(out)
+        .args([
+            "--prompt",
+            "a jeep car is moving on the road",
+            "--steps",
+            steps,
+            "--checkpoint-every",
+            "1",
+        ]);
+    small(&mut cmd);
+    cmd
+}
+
+fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut all: Vec<(String, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.data().to_vec()))
+        .collect();
+    all.sort();
+    all
+}
+
+#[test]
+fn killed_tuning_resumes_with_nothing_lost() {
+    let whole = scratch("whole");
+    let resumed = scratch("resumed");
+    let _ = std::fs::remove_dir_all(&whole);
+    let _ = std::fs::remove_dir_all(&resumed);
+    assert!(run(&mut tune_cmd(&whole, "4")).status.success());
+
+    let mut child = tune_cmd(&resumed, "4").spawn().unwrap();
+    let checkpoint = resumed.join("checkpoint.safetensors");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !checkpoint.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        checkpoint.exists(),
+        "a checkpoint was written before the kill"
+    );
+
+    let again = run(tune_cmd(&resumed, "4").arg("--json"));
+    assert!(again.status.success(), "{}", stderr(&again));
+    let said = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        said.contains("resuming from"),
+        "the second run resumes: {said}"
+    );
+    assert_eq!(
+        tensors(&whole.join("tuned.safetensors")),
+        tensors(&resumed.join("tuned.safetensors")),
+        "resumed tuning ends with the same weights as an uninterrupted run"
+    );
+}
+
+fn expect_error(cmd: &mut Command, needle: &str) {
+    let out = run(cmd);
+    assert!(!out.status.success(), "should fail with {needle:?}");
+    let message = stderr(&out);
+    assert!(
+        message.contains(needle),
+        "error mentions {needle:?}: {message}"
+    );
+    assert!(!message.contains("panicked"), "no panic: {message}");
+}
+
+#[test]
+fn bad_inputs_get_clear_errors() {
+    let out = scratch("bad");
+    let _ = std::fs::remove_dir_all(&out);
+    let tune = |extra: &[&str]| {
+        let mut cmd = tav();
+        cmd.arg("tune")
+            .arg("--model")
+            .arg(tiny_model())
+            .arg("--out")
+            .arg(&out)
+            .args([
+                "--prompt", "x", "--steps", "1", "--frames", "4", "--stride", "8", "--quiet",
+            ])
+            .args(extra);
+        cmd
+    };
+    let car = car_turn().display().to_string();
+    // Size not a multiple of 64.
+    expect_error(
+        &mut tune(&["--video", &car, "--width", "100", "--height", "64"]),
+        "not a positive multiple of 64",
+    );
+    // Too short: 80 frames, asking for 50 at stride 2.
+    expect_error(
+        &mut tune(&[
+            "--video", &car, "--frames", "50", "--stride", "2", "--width", "64", "--height", "64",
+        ]),
+        "80",
+    );
+    // Unreadable video.
+    std::fs::create_dir_all(&out).unwrap();
+    let junk = out.join("junk.mp4");
+    std::fs::write(&junk, b"this is not a video at all").unwrap();
+    expect_error(
+        &mut tune(&[
+            "--video",
+            junk.to_str().unwrap(),
+            "--width",
+            "64",
+            "--height",
+            "64",
+        ]),
+        "junk.mp4",
+    );
+    // Missing video.
+    expect_error(
+        &mut tune(&[
+            "--video",
+            "/nonexistent/clip.mp4",
+            "--width",
+            "64",
+            "--height",
+            "64",
+        ]),
+        "/nonexistent/clip.mp4",
+    );
+    // Missing model folder.
+    let mut cmd = tav();
+    cmd.args(["check", "--model", "/nonexistent/model", "--quiet"]);
+    expect_error(&mut cmd, "model_index.json");
+    // No such adapter.
+    let mut cmd = tav();
+    cmd.args(["check", "--device", "discrete:7", "--model"])
+        .arg(tiny_model());
+    expect_error(&mut cmd, "no usable GPU adapter");
+    // A NaN loss stops tuning and keeps the last good checkpoint.
+    let nan_out = scratch("nan");
+    let _ = std::fs::remove_dir_all(&nan_out);
+    let mut cmd = tav();
+    cmd.arg("tune")
+        .arg("--model")
+        .arg(tiny_model())
+        .arg("--video")
+        .arg(&car)
+        .arg("--out")
+        .arg(&nan_out);
+    cmd.args([
+        "--prompt",
+        "x",
+        "--steps",
+        "3",
+        "--checkpoint-every",
+        "1",
+        "--lr",
+        "1e30",
+    ]);
+    small(&mut cmd);
+    expect_error(&mut cmd, "last good checkpoint");
+    assert!(
+        nan_out.join("checkpoint.safetensors").exists(),
+        "the good checkpoint is kept"
+    );
+    assert!(
+        !nan_out.join("tuned.safetensors").exists(),
+        "no tuned weights from a failed run"
+    );
+}
+
+#[test]
+fn edit_refuses_weights_of_another_base_model() {
+    let out = scratch("other-base");
+    let _ = std::fs::remove_dir_all(&out);
+    // Tune on the built-in demo model ...
+    let mut cmd = tav();
+    cmd.args([
+        "tune", "--model", "demo", "--video", "demo", "--prompt", "a ball", "--steps", "1", "--out",
+    ])
+    .arg(&out);
+    cmd.args([
+        "--frames", "2", "--stride", "1", "--width", "64", "--height", "64", "--quiet",
+    ]);
+    assert!(run(&mut cmd).status.success());
+    // ... then edit with the golden model: refused.
+    let mut cmd = tav();
+    cmd.arg("edit")
+        .arg("--model")
+        .arg(tiny_model())
+        .arg("--tuned")
+        .arg(out.join("tuned.safetensors"));
+    cmd.args(["--prompt", "a blue ball", "--quiet"]);
+    expect_error(&mut cmd, "tuned on another base model");
+    // A file that is not tuned weights at all.
+    let mut cmd = tav();
+    cmd.arg("edit")
+        .arg("--model")
+        .arg(tiny_model())
+        .arg("--tuned")
+        .arg(tiny_model().join("vae/diffusion_pytorch_model.safetensors"));
+    cmd.args(["--prompt", "x", "--quiet"]);
+    expect_error(&mut cmd, "not a tav tuned-weights file");
+}
