@@ -42,7 +42,7 @@ fn stderr(out: &Output) -> String {
 /// Small-size flags shared by the runs below.
 fn small(cmd: &mut Command) -> &mut Command {
     cmd.args([
-        "--frames", "4", "--stride", "8", "--width", "64", "--height", "64", "--quiet",
+        "--frames", "4", "--stride", "8", "--width", "64", "--height", "64",
     ])
 }
 
@@ -100,6 +100,7 @@ fn run_job_on_car_turn_writes_edited_videos() {
                 "--inference-steps",
                 "2",
                 "--png",
+                "--quiet",
             ]),
     ));
     println!("tav run took {:.0} s", started.elapsed().as_secs_f64());
@@ -277,9 +278,7 @@ fn bad_inputs_get_clear_errors() {
             .arg(tiny_model())
             .arg("--out")
             .arg(&out)
-            .args([
-                "--prompt", "x", "--steps", "1", "--frames", "4", "--stride", "8", "--quiet",
-            ])
+            .args(["--prompt", "x", "--steps", "1", "--quiet"])
             .args(extra);
         cmd
     };

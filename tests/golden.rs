@@ -99,6 +99,74 @@ fn golden_parity() {
     );
 }
 
+/// f16 weight storage (arithmetic in f32): the stated bound on the components' and the
+/// UNet's outputs, where the adapter supports f16.
+const TOL_F16: f64 = 1e-2;
+
+#[test]
+fn golden_f16_weights_within_bound() {
+    let device = device();
+    if !tav_core::precision::supports_f16(&device) {
+        println!("this adapter has no f16 support: the f16 bound is not checked here");
+        return;
+    }
+    let mut failures = Vec::new();
+    for dir in golden_dirs() {
+        let golden = Golden::open(&dir);
+        let folder = Folder(golden.dir.join("model"));
+        let temporal =
+            SafetensorsFile::open(&golden.dir.join("temporal_rand.safetensors")).unwrap();
+        let models = Models::load(&folder, Some(&temporal), &LoadOptions::default(), &device)
+            .unwrap()
+            .weights_to_f16(&device)
+            .unwrap();
+        let mut run = Run {
+            passed: Vec::new(),
+            failed: Vec::new(),
+            covered: BTreeSet::new(),
+        };
+        println!("golden set {} with f16 weights", golden.name());
+        text_cases(&golden, &models, &device, &mut run, TOL_F16);
+        let latents: Tensor<4> = golden.tensor("vae.latents", &device);
+        let decoded = models
+            .vae
+            .decode(latents.div_scalar(models.vae.scaling_factor));
+        run.check(
+            "vae.decoded (f16)",
+            &to_vec(decoded),
+            &golden.host("vae.decoded").data,
+            TOL_F16,
+        );
+        for case in golden
+            .keys()
+            .iter()
+            .filter(|k| k.starts_with("unet.rand.") && k.ends_with(".out"))
+        {
+            let case = case.trim_end_matches(".out");
+            let sample: Tensor<5> = golden.tensor(&format!("{case}.sample"), &device);
+            let context: Tensor<3> =
+                golden.tensor(&format!("{case}.encoder_hidden_states"), &device);
+            let t = golden.ints(&format!("{case}.timestep"))[0] as f64;
+            let out = models
+                .unet
+                .forward(sample, &[t], context, VideoAttentionOptions::default())
+                .unwrap();
+            run.check(
+                &format!("{case} (f16)"),
+                &to_vec(out),
+                &golden.host(&format!("{case}.out")).data,
+                TOL_F16,
+            );
+        }
+        failures.extend(run.failed.iter().map(|f| format!("{}: {f}", golden.name())));
+    }
+    assert!(
+        failures.is_empty(),
+        "f16 failures:\n{}",
+        failures.join("\n")
+    );
+}
+
 fn run_set(golden: &Golden, device: &Device, run: &mut Run) {
     let folder = Folder(golden.dir.join("model"));
     let init = SafetensorsFile::open(&golden.dir.join("temporal_init.safetensors")).unwrap();
@@ -113,7 +181,7 @@ fn run_set(golden: &Golden, device: &Device, run: &mut Run) {
         );
     }
     tokenizer_cases(golden, &models, run);
-    text_cases(golden, &models, device, run);
+    text_cases(golden, &models, device, run, TOL);
     vae_cases(golden, &models, device, run);
     unet_cases(golden, &models, &folder, device, run);
     schedule_cases(golden, &models, device, run);
@@ -160,7 +228,7 @@ fn tokenizer_cases(golden: &Golden, models: &Models, run: &mut Run) {
     }
 }
 
-fn text_cases(golden: &Golden, models: &Models, device: &Device, run: &mut Run) {
+fn text_cases(golden: &Golden, models: &Models, device: &Device, run: &mut Run, tol: f64) {
     let ids = golden.ints("text.input_ids");
     let reference = golden.host("text.hidden");
     let len = reference.shape[1];
@@ -169,7 +237,7 @@ fn text_cases(golden: &Golden, models: &Models, device: &Device, run: &mut Run) 
         .map(|r| r.iter().map(|&v| v as u32).collect())
         .collect();
     let hidden = models.text_encoder.forward(&rows, device).unwrap();
-    run.check("text.hidden", &to_vec(hidden), &reference.data, TOL);
+    run.check("text.hidden", &to_vec(hidden), &reference.data, tol);
     run.cover(&["text.input_ids", "text.hidden"]);
 }
 

@@ -4,14 +4,18 @@
 //! Files are reached through [`CheckpointFiles`], so the same code serves a folder on disk
 //! and (later) files fetched by a browser.
 
+use std::collections::HashSet;
+
+use burn::module::ParamId;
 use burn::tensor::Device;
 
 use crate::clip::ClipTextEncoder;
 use crate::config::{ClipConfig, SchedulerConfig, UNetConfig, VaeConfig, parse_json};
 use crate::error::{Result, TavError};
+use crate::precision::weights_to_f16;
 use crate::schedule::Schedule;
 use crate::tokenizer::ClipTokenizer;
-use crate::unet::{UNet3D, temporal_init};
+use crate::unet::{UNet3D, is_trainable, temporal_init};
 use crate::vae::Vae;
 use crate::weights::{LayeredSource, ParamBuilder, SafetensorsFile, TensorSource};
 
@@ -252,6 +256,22 @@ pub fn load_schedule(files: &dyn CheckpointFiles) -> Result<Schedule> {
 }
 
 impl Models {
+    /// Every component's frozen weights stored in f16; the UNet's trainable ones stay f32.
+    pub fn weights_to_f16(mut self, device: &Device) -> Result<Self> {
+        let none = HashSet::new();
+        let trainable: HashSet<ParamId> = self
+            .unet
+            .params
+            .iter()
+            .filter(|e| is_trainable(&e.key))
+            .map(|e| e.id)
+            .collect();
+        self.text_encoder = weights_to_f16(self.text_encoder, &none, device)?;
+        self.vae = weights_to_f16(self.vae, &none, device)?;
+        self.unet = weights_to_f16(self.unet, &trainable, device)?;
+        Ok(self)
+    }
+
     /// Fingerprint of the base UNet weights: what tuned weights are tied to.
     pub fn base_fingerprint(&self) -> &str {
         self.report

@@ -114,9 +114,7 @@ impl ClipTextEncoder {
             rows.extend_from_slice(&self.token_embedding.data[id * d..(id + 1) * d]);
         }
         let tokens = Tensor::<3>::from_data(TensorData::new(rows, [prompts, len, d]), device);
-        let position = self
-            .position_embedding
-            .val()
+        let position = crate::layers::in_dtype_of(self.position_embedding.val(), tokens.dtype())
             .narrow(0, 0, len)
             .unsqueeze::<3>();
         let mut x = tokens + position;

@@ -2,12 +2,22 @@
 //! group norm (per frame or pooled over frames) and layer norm.
 
 use burn::module::{Module, Param};
-use burn::tensor::Tensor;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
+use burn::tensor::{DType, Tensor};
 
 use crate::error::Result;
 use crate::weights::{Layout, ParamBuilder};
+
+/// A parameter in the compute dtype of `like`: weights may be stored in f16 (`--f16`) while
+/// activations, and so all arithmetic, stay f32.
+pub fn in_dtype_of<const D: usize>(param: Tensor<D>, like: DType) -> Tensor<D> {
+    if param.dtype() == like {
+        param
+    } else {
+        param.cast(like)
+    }
+}
 
 /// `y = x W + b` with PyTorch's weight names (`weight`, `bias`).
 #[derive(Module, Debug)]
@@ -30,7 +40,12 @@ impl Linear {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        burn::tensor::module::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+        let dtype = x.dtype();
+        burn::tensor::module::linear(
+            x,
+            in_dtype_of(self.weight.val(), dtype),
+            self.bias.as_ref().map(|b| in_dtype_of(b.val(), dtype)),
+        )
     }
 }
 
@@ -68,7 +83,17 @@ impl Conv2d {
             [1, 1],
             1,
         );
-        conv2d(x, self.weight.val(), Some(self.bias.val()), options)
+        self.apply(x, options)
+    }
+
+    fn apply(&self, x: Tensor<4>, options: ConvOptions<2>) -> Tensor<4> {
+        let dtype = x.dtype();
+        conv2d(
+            x,
+            in_dtype_of(self.weight.val(), dtype),
+            Some(in_dtype_of(self.bias.val(), dtype)),
+            options,
+        )
     }
 
     /// Convolution after zero-padding only the bottom and right by one, as the VAE
@@ -76,7 +101,7 @@ impl Conv2d {
     pub fn forward_pad_end(&self, x: Tensor<4>) -> Tensor<4> {
         let options =
             ConvOptions::new_with_padding([self.stride, self.stride], [(0, 1), (0, 1)], [1, 1], 1);
-        conv2d(x, self.weight.val(), Some(self.bias.val()), options)
+        self.apply(x, options)
     }
 }
 
@@ -115,8 +140,9 @@ impl GroupNorm {
         let var = centred.clone().square().mean_dims(&[1, 3]);
         let normed = centred / var.add_scalar(self.eps).sqrt();
         let normed = normed.reshape([n, c, h, w]);
-        let gamma = self.weight.val().reshape([1, c, 1, 1]);
-        let beta = self.bias.val().reshape([1, c, 1, 1]);
+        let dtype = normed.dtype();
+        let gamma = in_dtype_of(self.weight.val(), dtype).reshape([1, c, 1, 1]);
+        let beta = in_dtype_of(self.bias.val(), dtype).reshape([1, c, 1, 1]);
         normed * gamma + beta
     }
 }
@@ -145,7 +171,9 @@ impl LayerNorm {
         let normed = centred / var.add_scalar(self.eps).sqrt();
         let mut shape = [1usize; D];
         shape[D - 1] = self.weight.dims()[0];
-        normed * self.weight.val().reshape(shape) + self.bias.val().reshape(shape)
+        let dtype = normed.dtype();
+        normed * in_dtype_of(self.weight.val(), dtype).reshape(shape)
+            + in_dtype_of(self.bias.val(), dtype).reshape(shape)
     }
 }
 

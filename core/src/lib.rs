@@ -13,6 +13,7 @@ pub mod edit;
 pub mod error;
 pub mod layers;
 pub mod params;
+pub mod precision;
 pub mod progress;
 pub mod resnet;
 pub mod schedule;

@@ -166,6 +166,7 @@ impl Session {
     pub fn load(
         model: &Path,
         variant: Option<String>,
+        half: bool,
         device: Device,
         ui: &mut Ui,
     ) -> Result<Self> {
@@ -184,7 +185,11 @@ impl Session {
             variant,
             ..Default::default()
         };
-        let models = Models::load(&Folder(model.clone()), None, &options, &device)?;
+        let mut models = Models::load(&Folder(model.clone()), None, &options, &device)?;
+        if half {
+            models = models.weights_to_f16(&device)?;
+            ui.say("weights stored in f16 (arithmetic in f32; tuned layers f32)");
+        }
         for r in &models.report {
             ui.record(serde_json::json!({"event": "loaded", "component": r.component, "file": r.file, "parameters": r.parameters}));
             for extra in &r.unexpected {

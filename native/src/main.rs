@@ -45,6 +45,10 @@ struct Common {
     /// or fp16 if only those exist).
     #[arg(long)]
     variant: Option<String>,
+    /// Store the model's weights in f16 (half the memory; arithmetic stays f32). The tuned
+    /// layers stay f32. Needs an adapter with f16 support.
+    #[arg(long)]
+    f16: bool,
     /// GPU adapter: auto, discrete[:N], integrated[:N], virtual[:N] or cpu.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -229,7 +233,13 @@ fn open_session(common: &Common, ui: &mut Ui) -> Result<Session> {
     let (device, adapter) = gpu::open(&common.device).map_err(TavError::Device)?;
     ui.say(&format!("GPU adapter: {adapter}"));
     ui.record(serde_json::json!({"event": "adapter", "adapter": adapter}));
-    Session::load(&common.model, common.variant.clone(), device, ui)
+    Session::load(
+        &common.model,
+        common.variant.clone(),
+        common.f16,
+        device,
+        ui,
+    )
 }
 
 fn dispatch(cli: Cli) -> Result<()> {

@@ -1,0 +1,40 @@
+//! `--f16`: weights stored in half precision (half the memory), arithmetic in f32. Each
+//! layer casts its weights to the activations' dtype where it uses them, so GroupNorm
+//! statistics, softmax and the schedule stay f32. Trainable parameters stay f32 (AdamW
+//! needs their full precision).
+
+use std::collections::HashSet;
+
+use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::tensor::{DType, Device, Tensor};
+
+use crate::error::{Result, TavError};
+
+/// Whether the device can store f16 tensors.
+pub fn supports_f16(device: &Device) -> bool {
+    device.supports_dtype(DType::F16)
+}
+
+/// `module` with every float parameter stored as f16, except those in `keep`.
+pub fn weights_to_f16<M: Module>(module: M, keep: &HashSet<ParamId>, device: &Device) -> Result<M> {
+    if !supports_f16(device) {
+        return Err(TavError::Device(
+            "this GPU adapter has no f16 support (shader-f16); run without --f16".into(),
+        ));
+    }
+    Ok(module.map(&mut ToF16 { keep }))
+}
+
+struct ToF16<'a> {
+    keep: &'a HashSet<ParamId>,
+}
+
+impl ModuleMapper for ToF16<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if self.keep.contains(&param.id) {
+            return param;
+        }
+        let id = param.id;
+        Param::initialized(id, param.val().cast(DType::F16))
+    }
+}
