@@ -70,7 +70,29 @@ fn resolve(base: &Path, value: &str) -> PathBuf {
     if value == "demo" || Path::new(value).is_absolute() {
         PathBuf::from(value)
     } else {
-        base.join(value)
+        normalize(&base.join(value))
+    }
+}
+
+/// `jobs/../outputs/x` → `outputs/x`, lexically (the path need not exist yet).
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        out
     }
 }
 

@@ -305,13 +305,13 @@ fn run_job(common: &Common, spec: &jobfile::Job, edit: bool) -> Result<()> {
         started.elapsed().as_secs_f64()
     ));
     if edit {
-        let written = job::edit(&session, &unet, &clip, &spec.edit, &out, &mut ui)?;
+        job::edit(&session, &unet, &clip, &spec.edit, &out, &mut ui)?;
         ui.finish();
         ui.say(&format!(
-            "wrote {} files to {} in {:.0} s",
-            written.len() + 2,
-            out.display(),
-            started.elapsed().as_secs_f64()
+            "done in {:.0} s: {} edited videos and a grid in {}",
+            started.elapsed().as_secs_f64(),
+            spec.edit.prompts.len(),
+            out.display()
         ));
     }
     ui.finish();
