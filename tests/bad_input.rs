@@ -331,3 +331,45 @@ fn unet_with_missing_temporal_file_tensor_uses_init_and_reports_extras() {
         "its bias does not"
     );
 }
+
+#[test]
+fn tuned_weights_with_wrong_shapes_or_keys_are_refused() {
+    use tav_core::delta::{TunedWeights, apply_tuned};
+    use tav_core::weights::HostTensor;
+    let model = golden_dirs()[0].join("model");
+    let device = device();
+    let (unet, _, _) = load_unet(&Folder(model), None, &LoadOptions::default(), &device).unwrap();
+    let key = unet
+        .params
+        .iter()
+        .find(|e| e.key.ends_with("attn1.to_q.weight"))
+        .unwrap()
+        .clone();
+    let mut wrong = TunedWeights::default();
+    let mut shape = key.shape.clone();
+    shape[0] += 1;
+    let n = shape.iter().product();
+    wrong
+        .tensors
+        .insert(key.key.clone(), HostTensor::new(shape, vec![0.0; n]));
+    let message = apply_tuned(unet.clone(), &wrong, "tuned.safetensors")
+        .unwrap_err()
+        .to_string();
+    println!("{message}");
+    assert!(message.contains("shape mismatch"), "{message}");
+    assert!(message.contains(&key.key), "{message}");
+
+    let mut unknown = TunedWeights::default();
+    unknown.tensors.insert(
+        "down_blocks.9.nothing.weight".into(),
+        HostTensor::new(vec![1], vec![0.0]),
+    );
+    let message = apply_tuned(unet, &unknown, "tuned.safetensors")
+        .unwrap_err()
+        .to_string();
+    println!("{message}");
+    assert!(
+        message.contains("not a parameter of this UNet"),
+        "{message}"
+    );
+}
