@@ -331,6 +331,14 @@ fn bad_inputs_get_clear_errors() {
     cmd.args(["check", "--device", "discrete:7", "--model"])
         .arg(tiny_model());
     expect_error(&mut cmd, "no usable GPU adapter");
+    // Out of GPU memory (the VAE's attention at 1536² needs a 10 GB buffer) says what to reduce.
+    let mut cmd = tav();
+    cmd.args(["check", "--size", "1536", "--frames", "2", "--model"])
+        .arg(tiny_model());
+    expect_error(
+        &mut cmd,
+        "out of GPU memory: reduce --frames or --width/--height",
+    );
     // A NaN loss stops tuning and keeps the last good checkpoint.
     let nan_out = scratch("nan");
     let _ = std::fs::remove_dir_all(&nan_out);

@@ -207,15 +207,27 @@ fn run_catching_oom(cli: Cli) -> Result<()> {
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown failure".into());
-            let lower = message.to_lowercase();
-            if lower.contains("memory") || lower.contains("allocate") || lower.contains("out of") {
-                Err(TavError::Device(format!(
-                    "out of GPU memory ({message}). Reduce --frames, --width/--height, or close other GPU programs"
-                )))
-            } else {
-                Err(TavError::Device(format!("the GPU stack failed: {message}")))
-            }
+            Err(gpu_failure(&message))
         }
+    }
+}
+
+/// A failure inside the GPU stack as an error a user can act on: allocation failures say
+/// what to reduce.
+fn gpu_failure(message: &str) -> TavError {
+    let lower = message.to_lowercase();
+    if lower.contains("memory") || lower.contains("allocate") || lower.contains("out of") {
+        TavError::Device(format!(
+            "out of GPU memory: reduce --frames or --width/--height (or close other GPU programs). \
+             Details: {}",
+            message
+                .lines()
+                .find(|l| l.contains("allocate"))
+                .unwrap_or(message)
+                .trim()
+        ))
+    } else {
+        TavError::Device(format!("the GPU stack failed: {message}"))
     }
 }
 
@@ -439,7 +451,7 @@ fn report(name: &str, t: &Tensor<1>) -> Result<()> {
     let values: Vec<f32> = t
         .clone()
         .try_into_vec_as::<f32>()
-        .map_err(|e| TavError::Device(format!("reading back {name}: {e:?}")))?;
+        .map_err(|e| gpu_failure(&format!("reading back {name}: {e:?}")))?;
     let finite = values.iter().all(|v| v.is_finite());
     let mean = values.iter().map(|&v| v as f64).sum::<f64>() / values.len() as f64;
     let std = (values
