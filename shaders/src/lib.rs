@@ -1,1 +1,210 @@
-//! WGSL kernels
+//! tav's WGSL kernels: memory-efficient attention for the video UNet (sparse-causal and
+//! temporal, forward and backward), read in place from the frame-major `[(B·F), L, H·D]`
+//! projections, with online softmax: no score matrix is ever stored.
+//!
+//! Each kernel is written once for f32 storage (`alias T = f32;`); [`source`] derives the
+//! f16-storage variant (f32 accumulation) for adapters with `shader-f16`.
+
+pub mod runner;
+
+/// The attention kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Output and per-row log-sum-exp.
+    AttentionForward,
+    /// dQ and delta = rowsum(dO ∘ O).
+    AttentionBackwardQuery,
+    /// dK and dV, gathered per key (no atomics).
+    AttentionBackwardKeyValue,
+}
+
+/// Element type of the kernel's storage buffers (accumulation is always f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    F32,
+    F16,
+}
+
+/// Which attention a launch computes (the `mode` field of the kernels' `Info`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionMode {
+    /// Frame i attends to frame 0 and frame i−1 (2L keys).
+    SparseCausal = 0,
+    /// Each token attends to the same token of every frame of its video (F keys).
+    Temporal = 1,
+}
+
+/// Largest head size the kernels hold in registers.
+pub const MAX_HEAD_DIM: usize = 256;
+/// Invocations per workgroup (rows per workgroup).
+pub const WORKGROUP_SIZE: usize = 64;
+
+impl Kernel {
+    pub const ALL: [Kernel; 3] = [
+        Kernel::AttentionForward,
+        Kernel::AttentionBackwardQuery,
+        Kernel::AttentionBackwardKeyValue,
+    ];
+
+    /// The file name under `shaders/wgsl/`.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Kernel::AttentionForward => "attention_forward.wgsl",
+            Kernel::AttentionBackwardQuery => "attention_backward_dq.wgsl",
+            Kernel::AttentionBackwardKeyValue => "attention_backward_dkv.wgsl",
+        }
+    }
+
+    fn f32_source(self) -> &'static str {
+        match self {
+            Kernel::AttentionForward => include_str!("../wgsl/attention_forward.wgsl"),
+            Kernel::AttentionBackwardQuery => include_str!("../wgsl/attention_backward_dq.wgsl"),
+            Kernel::AttentionBackwardKeyValue => {
+                include_str!("../wgsl/attention_backward_dkv.wgsl")
+            }
+        }
+    }
+}
+
+/// The WGSL source of `kernel` for `storage`.
+pub fn source(kernel: Kernel, storage: Storage) -> String {
+    f16_variant_if(kernel.f32_source(), storage)
+}
+
+/// Turns an f32-storage kernel into its f16-storage variant.
+pub fn f16_variant_if(f32_source: &str, storage: Storage) -> String {
+    match storage {
+        Storage::F32 => f32_source.to_string(),
+        Storage::F16 => format!(
+            "enable f16;\n{}",
+            f32_source.replace("alias T = f32;", "alias T = f16;")
+        ),
+    }
+}
+
+/// The kernels' uniform block, laid out as WGSL's `Info` struct.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Info {
+    pub videos: u32,
+    pub frames: u32,
+    pub tokens: u32,
+    pub heads: u32,
+    pub head_dim: u32,
+    pub mode: AttentionMode,
+    pub scale: f32,
+    /// Workgroups along x per row of the 2-D dispatch (for > 65,535 workgroups).
+    pub rows_per_dispatch_x: u32,
+}
+
+impl Info {
+    /// The uniform's bytes.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        let words = [
+            self.videos,
+            self.frames,
+            self.tokens,
+            self.heads,
+            self.head_dim,
+            self.mode as u32,
+            self.scale.to_bits(),
+            self.rows_per_dispatch_x,
+        ];
+        let mut out = [0u8; 32];
+        for (i, w) in words.iter().enumerate() {
+            out[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
+        }
+        out
+    }
+
+    /// Rows (one invocation each): every (frame, head, token).
+    pub fn rows(&self) -> usize {
+        self.videos as usize * self.frames as usize * self.heads as usize * self.tokens as usize
+    }
+
+    /// The 2-D dispatch `[x, y]` covering every row, within WebGPU's 65,535 per dimension.
+    pub fn dispatch(&self) -> [u32; 2] {
+        let groups = self.rows().div_ceil(WORKGROUP_SIZE) as u32;
+        let x = groups.clamp(1, self.rows_per_dispatch_x);
+        [x, groups.div_ceil(x).max(1)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(source: &str, name: &str, f16: bool) {
+        let module = naga::front::wgsl::parse_str(source)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+        let capabilities = if f16 {
+            naga::valid::Capabilities::SHADER_FLOAT16
+        } else {
+            naga::valid::Capabilities::default()
+        };
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+    }
+
+    /// Every `.wgsl` file in `shaders/wgsl`, f32 and f16 variants, parses and validates.
+    #[test]
+    fn every_wgsl_file_validates_with_naga() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("wgsl");
+        let mut count = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "wgsl") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let name = path.display().to_string();
+            validate(&text, &name, false);
+            assert!(
+                text.contains("alias T = f32;"),
+                "{name} declares its storage type"
+            );
+            validate(
+                &f16_variant_if(&text, Storage::F16),
+                &format!("{name} (f16)"),
+                true,
+            );
+            count += 1;
+        }
+        assert_eq!(
+            count,
+            Kernel::ALL.len(),
+            "every kernel file is known to the crate"
+        );
+        for kernel in Kernel::ALL {
+            assert!(dir.join(kernel.file_name()).is_file());
+        }
+    }
+
+    #[test]
+    fn a_broken_kernel_fails_validation() {
+        let broken = Kernel::AttentionForward.f32_source().replace(
+            "running_sum = running_sum * rescale + p;",
+            "running_sum = q;",
+        );
+        let result = std::panic::catch_unwind(|| validate(&broken, "broken", false));
+        assert!(result.is_err(), "naga rejects a type error");
+    }
+
+    #[test]
+    fn dispatch_covers_every_row_within_limits() {
+        let info = Info {
+            videos: 2,
+            frames: 24,
+            tokens: 4096,
+            heads: 8,
+            head_dim: 40,
+            mode: AttentionMode::SparseCausal,
+            scale: 40f32.powf(-0.5),
+            rows_per_dispatch_x: 65_535,
+        };
+        let [x, y] = info.dispatch();
+        assert!(x <= 65_535 && y <= 65_535);
+        assert!((x as usize * y as usize) * WORKGROUP_SIZE >= info.rows());
+        assert_eq!(info.to_bytes()[24..28], info.scale.to_bits().to_le_bytes());
+    }
+}

@@ -1,0 +1,93 @@
+// Memory-efficient attention, backward for the keys and values. One invocation per key row
+// (a token of one frame, one head): it gathers every query that attended to it, so no
+// atomics are needed. In sparse-causal mode frame g is seen by every frame (as frame 0,
+// when g = 0) and by frame g+1 (as its previous frame); a key seen twice by the same query
+// (frames 0 and 1 look at frame 0 twice) counts twice, as in the reference.
+// Needs lse from the forward pass and delta from attention_backward_dq.wgsl.
+alias T = f32;
+
+struct Info {
+    videos: u32,
+    frames: u32,
+    tokens: u32,
+    heads: u32,
+    head_dim: u32,
+    mode: u32,
+    scale: f32,
+    rows_per_dispatch_x: u32,
+}
+
+const MAX_HEAD_DIM: u32 = 256u;
+
+@group(0) @binding(0) var<storage, read> q: array<T>;
+@group(0) @binding(1) var<storage, read> k: array<T>;
+@group(0) @binding(2) var<storage, read> v: array<T>;
+@group(0) @binding(3) var<storage, read> d_o: array<T>;
+@group(0) @binding(4) var<storage, read> lse: array<f32>;
+@group(0) @binding(5) var<storage, read> delta: array<f32>;
+@group(0) @binding(6) var<storage, read_write> d_k: array<T>;
+@group(0) @binding(7) var<storage, read_write> d_v: array<T>;
+@group(0) @binding(8) var<uniform> info: Info;
+
+// How many times frame g appears among the keys of a query of frame f.
+fn multiplicity(f: u32, g: u32) -> u32 {
+    if (info.mode == 1u) {
+        return 1u;
+    }
+    let previous = select(f - 1u, 0u, f == 0u);
+    return select(0u, 1u, g == 0u) + select(0u, 1u, previous == g);
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = (wg.y * info.rows_per_dispatch_x + wg.x) * 64u + lid;
+    let rows = info.videos * info.frames * info.heads * info.tokens;
+    if (row >= rows) {
+        return;
+    }
+    let d = info.head_dim;
+    let width = info.heads * d;
+    let j = row % info.tokens;
+    let h = (row / info.tokens) % info.heads;
+    let n = row / (info.tokens * info.heads);
+    let g = n % info.frames;
+    let b = n / info.frames;
+    let k_at = (n * info.tokens + j) * width + h * d;
+
+    var acc_k: array<f32, MAX_HEAD_DIM>;
+    var acc_v: array<f32, MAX_HEAD_DIM>;
+    for (var x = 0u; x < d; x++) {
+        acc_k[x] = 0.0;
+        acc_v[x] = 0.0;
+    }
+    // Temporal attention pairs token j only with token j of the other frames.
+    let queries_per_frame = select(info.tokens, 1u, info.mode == 1u);
+    for (var f = 0u; f < info.frames; f++) {
+        let count = multiplicity(f, g);
+        if (count == 0u) {
+            continue;
+        }
+        let qn = b * info.frames + f;
+        for (var t = 0u; t < queries_per_frame; t++) {
+            let i = select(t, j, info.mode == 1u);
+            let q_row = (qn * info.heads + h) * info.tokens + i;
+            let q_at = (qn * info.tokens + i) * width + h * d;
+            var s = 0.0;
+            var dp = 0.0;
+            for (var x = 0u; x < d; x++) {
+                s += f32(q[q_at + x]) * f32(k[k_at + x]);
+                dp += f32(d_o[q_at + x]) * f32(v[k_at + x]);
+            }
+            let p = f32(count) * exp(s * info.scale - lse[q_row]);
+            let ds = p * (dp - delta[q_row]);
+            for (var x = 0u; x < d; x++) {
+                acc_v[x] += p * f32(d_o[q_at + x]);
+                acc_k[x] += ds * f32(q[q_at + x]);
+            }
+        }
+    }
+    for (var x = 0u; x < d; x++) {
+        d_k[k_at + x] = T(acc_k[x] * info.scale);
+        d_v[k_at + x] = T(acc_v[x]);
+    }
+}

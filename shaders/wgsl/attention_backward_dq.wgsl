@@ -1,0 +1,89 @@
+// Memory-efficient attention, backward for the queries (flash-attention style: scores are
+// recomputed from q, k and the saved log-sum-exp). One invocation per query row; also
+// writes delta = rowsum(dO ∘ O), which the key/value pass needs.
+// Layouts and modes as in attention_forward.wgsl.
+alias T = f32;
+
+struct Info {
+    videos: u32,
+    frames: u32,
+    tokens: u32,
+    heads: u32,
+    head_dim: u32,
+    mode: u32,
+    scale: f32,
+    rows_per_dispatch_x: u32,
+}
+
+const MAX_HEAD_DIM: u32 = 256u;
+
+@group(0) @binding(0) var<storage, read> q: array<T>;
+@group(0) @binding(1) var<storage, read> k: array<T>;
+@group(0) @binding(2) var<storage, read> v: array<T>;
+@group(0) @binding(3) var<storage, read> o: array<T>;
+@group(0) @binding(4) var<storage, read> d_o: array<T>;
+@group(0) @binding(5) var<storage, read> lse: array<f32>;
+@group(0) @binding(6) var<storage, read_write> d_q: array<T>;
+@group(0) @binding(7) var<storage, read_write> delta: array<f32>;
+@group(0) @binding(8) var<uniform> info: Info;
+
+fn key_count() -> u32 {
+    return select(2u * info.tokens, info.frames, info.mode == 1u);
+}
+
+fn key_token(b: u32, f: u32, i: u32, key: u32) -> u32 {
+    if (info.mode == 1u) {
+        return (b * info.frames + key) * info.tokens + i;
+    }
+    let first_half = key < info.tokens;
+    let j = select(key - info.tokens, key, first_half);
+    let previous = select(f - 1u, 0u, f == 0u);
+    let frame = select(previous, 0u, first_half);
+    return (b * info.frames + frame) * info.tokens + j;
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = (wg.y * info.rows_per_dispatch_x + wg.x) * 64u + lid;
+    let rows = info.videos * info.frames * info.heads * info.tokens;
+    if (row >= rows) {
+        return;
+    }
+    let d = info.head_dim;
+    let width = info.heads * d;
+    let i = row % info.tokens;
+    let h = (row / info.tokens) % info.heads;
+    let n = row / (info.tokens * info.heads);
+    let f = n % info.frames;
+    let b = n / info.frames;
+    let q_at = (n * info.tokens + i) * width + h * d;
+
+    var row_delta = 0.0;
+    for (var x = 0u; x < d; x++) {
+        row_delta += f32(d_o[q_at + x]) * f32(o[q_at + x]);
+    }
+    var acc: array<f32, MAX_HEAD_DIM>;
+    for (var x = 0u; x < d; x++) {
+        acc[x] = 0.0;
+    }
+    let row_lse = lse[row];
+    let keys = key_count();
+    for (var key = 0u; key < keys; key++) {
+        let k_at = key_token(b, f, i, key) * width + h * d;
+        var s = 0.0;
+        var dp = 0.0;
+        for (var x = 0u; x < d; x++) {
+            s += f32(q[q_at + x]) * f32(k[k_at + x]);
+            dp += f32(d_o[q_at + x]) * f32(v[k_at + x]);
+        }
+        let p = exp(s * info.scale - row_lse);
+        let ds = p * (dp - row_delta);
+        for (var x = 0u; x < d; x++) {
+            acc[x] += ds * f32(k[k_at + x]);
+        }
+    }
+    for (var x = 0u; x < d; x++) {
+        d_q[q_at + x] = T(acc[x] * info.scale);
+    }
+    delta[row] = row_delta;
+}

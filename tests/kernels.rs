@@ -1,0 +1,183 @@
+//! The WGSL attention kernels against the plain tensor-op path (burn autodiff for the
+//! gradients), on random inputs: sizes that are not multiples of the workgroup, 1, 2 and
+//! many frames, batch 2, both attention modes, f32 and f16 storage.
+
+use burn::tensor::{Device, Tensor};
+use tav_core::attention::{
+    frames_to_sequence, multi_head, sequence_to_frames, sparse_causal_context,
+};
+use tav_core::draws::SeededRng;
+use tav_core::weights::HostTensor;
+use tav_shaders::AttentionMode;
+use tav_shaders::runner::{KernelRunner, Shape};
+use tav_tests::{device, rel_error, to_vec};
+
+struct Plain {
+    out: Vec<f32>,
+    d_q: Vec<f32>,
+    d_k: Vec<f32>,
+    d_v: Vec<f32>,
+}
+
+/// Output and gradients of `sum(out ∘ d_out)` through the plain path.
+fn plain(shape: &Shape, q: &[f32], k: &[f32], v: &[f32], d_out: &[f32], device: &Device) -> Plain {
+    let ad = device.clone().autodiff();
+    let dims = vec![
+        shape.videos * shape.frames,
+        shape.tokens,
+        shape.heads * shape.head_dim,
+    ];
+    let leaf = |data: &[f32]| {
+        HostTensor::new(dims.clone(), data.to_vec())
+            .to_device::<3>(&ad)
+            .require_grad()
+    };
+    let (qt, kt, vt) = (leaf(q), leaf(k), leaf(v));
+    let out = match shape.mode {
+        AttentionMode::SparseCausal => multi_head(
+            qt.clone(),
+            sparse_causal_context(kt.clone(), shape.frames),
+            sparse_causal_context(vt.clone(), shape.frames),
+            shape.heads,
+            None,
+        ),
+        AttentionMode::Temporal => sequence_to_frames(
+            multi_head(
+                frames_to_sequence(qt.clone(), shape.frames),
+                frames_to_sequence(kt.clone(), shape.frames),
+                frames_to_sequence(vt.clone(), shape.frames),
+                shape.heads,
+                None,
+            ),
+            shape.videos,
+        ),
+    };
+    let weight: Tensor<3> = HostTensor::new(dims.clone(), d_out.to_vec()).to_device(&ad);
+    let grads = (out.clone() * weight).sum().backward();
+    let grad = |t: &Tensor<3>| to_vec(t.grad(&grads).expect("gradient"));
+    Plain {
+        out: to_vec(out.inner()),
+        d_q: grad(&qt),
+        d_k: grad(&kt),
+        d_v: grad(&vt),
+    }
+}
+
+fn check(runner: &mut KernelRunner, shape: Shape, f16: bool, tol: f64, device: &Device) {
+    let n = shape.elements();
+    let mut rng = SeededRng::new(n as u64 + shape.frames as u64);
+    let (q, k, v, d_out) = (
+        rng.normal_vec(n),
+        rng.normal_vec(n),
+        rng.normal_vec(n),
+        rng.normal_vec(n),
+    );
+    // The reference sees the same (rounded) inputs as the f16 kernels.
+    let round = |x: &[f32]| -> Vec<f32> {
+        if f16 {
+            x.iter()
+                .map(|v| burn::tensor::f16::from_f32(*v).to_f32())
+                .collect()
+        } else {
+            x.to_vec()
+        }
+    };
+    let (q, k, v, d_out) = (round(&q), round(&k), round(&v), round(&d_out));
+    let reference = plain(&shape, &q, &k, &v, &d_out, device);
+    let forward = runner.forward(&shape, &q, &k, &v, f16).unwrap();
+    let backward = runner
+        .backward(&shape, &q, &k, &v, &forward, &d_out, f16)
+        .unwrap();
+    let errors = [
+        ("out", rel_error(&forward.out, &reference.out)),
+        ("dq", rel_error(&backward.d_q, &reference.d_q)),
+        ("dk", rel_error(&backward.d_k, &reference.d_k)),
+        ("dv", rel_error(&backward.d_v, &reference.d_v)),
+    ];
+    println!("{shape:?} f16={f16}: {errors:?}");
+    for (name, err) in errors {
+        assert!(
+            err <= tol,
+            "{name} rel.err {err:.3e} > {tol:.0e} for {shape:?} (f16={f16})"
+        );
+    }
+}
+
+fn shapes() -> Vec<Shape> {
+    let mut all = Vec::new();
+    for mode in [AttentionMode::SparseCausal, AttentionMode::Temporal] {
+        for (videos, frames, tokens, heads, head_dim) in [
+            (1, 1, 37, 2, 8),
+            (1, 2, 70, 2, 8),
+            (2, 5, 37, 2, 8),
+            (2, 3, 65, 1, 40),
+            (1, 8, 16, 4, 16),
+        ] {
+            all.push(Shape {
+                videos,
+                frames,
+                tokens,
+                heads,
+                head_dim,
+                mode,
+            });
+        }
+    }
+    all
+}
+
+#[test]
+fn kernels_match_plain_path_f32() {
+    let device = device();
+    let mut runner = KernelRunner::new().unwrap();
+    println!("adapter: {}", runner.adapter);
+    for shape in shapes() {
+        check(&mut runner, shape, false, 1e-4, &device);
+    }
+}
+
+#[test]
+fn kernels_match_plain_path_f16_storage() {
+    let device = device();
+    let mut runner = KernelRunner::new().unwrap();
+    if !runner.has_f16() {
+        println!(
+            "{} has no shader-f16: f16 storage is not checked here",
+            runner.adapter
+        );
+        return;
+    }
+    for shape in shapes() {
+        check(&mut runner, shape, true, 1e-2, &device);
+    }
+}
+
+#[test]
+fn a_wrong_mode_is_caught_by_the_comparison() {
+    // The check above can fail: temporal kernels do not match the sparse-causal reference.
+    let device = device();
+    let mut runner = KernelRunner::new().unwrap();
+    let shape = Shape {
+        videos: 1,
+        frames: 3,
+        tokens: 20,
+        heads: 2,
+        head_dim: 8,
+        mode: AttentionMode::Temporal,
+    };
+    let n = shape.elements();
+    let mut rng = SeededRng::new(5);
+    let (q, k, v, d) = (
+        rng.normal_vec(n),
+        rng.normal_vec(n),
+        rng.normal_vec(n),
+        rng.normal_vec(n),
+    );
+    let sparse = Shape {
+        mode: AttentionMode::SparseCausal,
+        ..shape
+    };
+    let reference = plain(&sparse, &q, &k, &v, &d, &device);
+    let forward = runner.forward(&shape, &q, &k, &v, false).unwrap();
+    assert!(rel_error(&forward.out, &reference.out) > 0.1);
+}
