@@ -25,6 +25,18 @@ const TOL_AFTER: f64 = 1e-2;
 /// Inversion trajectory and edited videos.
 const TOL_E2E: f64 = 1e-3;
 
+/// The attention path under test in this thread: the plain path, or the WGSL kernels.
+fn attention() -> VideoAttentionOptions {
+    VideoAttentionOptions {
+        kernels: KERNELS.with(|k| k.get()),
+        ..VideoAttentionOptions::default()
+    }
+}
+
+thread_local! {
+    static KERNELS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Runs cases and keeps the score.
 struct Run {
     passed: Vec<String>,
@@ -63,6 +75,25 @@ impl Run {
 
 #[test]
 fn golden_parity() {
+    parity(false);
+}
+
+/// The same cases, tuning and editing included, with attention through the WGSL kernels.
+#[test]
+fn golden_parity_with_kernels() {
+    parity(true);
+}
+
+fn parity(kernels: bool) {
+    KERNELS.with(|k| k.set(kernels));
+    println!(
+        "attention: {}",
+        if kernels {
+            "WGSL kernels"
+        } else {
+            "plain tensor ops"
+        }
+    );
     let dirs = golden_dirs();
     assert!(!dirs.is_empty(), "no golden directories found");
     let device = device();
@@ -149,7 +180,7 @@ fn golden_f16_weights_within_bound() {
             let t = golden.ints(&format!("{case}.timestep"))[0] as f64;
             let out = models
                 .unet
-                .forward(sample, &[t], context, VideoAttentionOptions::default())
+                .forward(sample, &[t], context, attention())
                 .unwrap();
             run.check(
                 &format!("{case} (f16)"),
@@ -306,9 +337,7 @@ fn unet_cases(golden: &Golden, models: &Models, folder: &Folder, device: &Device
             let context: Tensor<3> =
                 golden.tensor(&format!("{case}.encoder_hidden_states"), device);
             let t = golden.ints(&format!("{case}.timestep"))[0] as f64;
-            let out = unet
-                .forward(sample, &[t], context, VideoAttentionOptions::default())
-                .unwrap();
+            let out = unet.forward(sample, &[t], context, attention()).unwrap();
             run.check(case, &to_vec(out), &golden.host(out_key).data, TOL);
             run.cover(&[
                 &format!("{case}.sample"),
@@ -404,6 +433,7 @@ fn train_cases(
         posterior: models.vae.encode(pixels).unwrap(),
         context,
         scaling_factor: models.vae.scaling_factor,
+        attention: attention(),
     };
     let draws = |step: usize| StepDraws {
         vae_eps: golden.tensor(&format!("{prefix}.step{step}.vae_eps"), device),
@@ -432,7 +462,7 @@ fn train_cases(
             noisy,
             &[first.timestep as f64],
             batch.context.clone(),
-            VideoAttentionOptions::default(),
+            attention(),
         )
         .unwrap();
     run.check(
@@ -639,7 +669,7 @@ impl SetReport {
 /// DDIM inversion with the tuned UNet and the two guided edits, decoded.
 fn e2e_cases(golden: &Golden, models: &Models, unet: UNet3D, device: &Device, run: &mut Run) {
     let json = &golden.json;
-    let options = VideoAttentionOptions::default();
+    let options = attention();
     let pixels: Tensor<4> = golden.tensor("e2e.train.pixels", device);
     let posterior = models.vae.encode(pixels).unwrap();
     let latents = clip_latents(posterior.mean, models.vae.scaling_factor);

@@ -83,16 +83,36 @@ impl Attention {
     /// Sparse-causal self-attention. `x` is `[(B·F), L, C]`, frame-major within each
     /// video. Frame i's keys and values are frame 0's followed by frame i−1's; frame 0
     /// uses frame 0 twice, as the reference does.
-    pub fn forward_sparse_causal(&self, x: Tensor<3>, frames: usize) -> Tensor<3> {
+    ///
+    /// With `kernels`, the WGSL kernels read K/V in place and store no score matrix.
+    pub fn forward_sparse_causal(&self, x: Tensor<3>, frames: usize, kernels: bool) -> Tensor<3> {
         let q = self.to_q.forward(x.clone());
-        let k = sparse_causal_context(self.to_k.forward(x.clone()), frames);
-        let v = sparse_causal_context(self.to_v.forward(x), frames);
-        self.to_out.forward(multi_head(q, k, v, self.heads, None))
+        let k = self.to_k.forward(x.clone());
+        let v = self.to_v.forward(x);
+        let out = if kernels && crate::kernels::supported(&q, self.heads) {
+            crate::kernels::video_attention(q, k, v, frames, self.heads, false)
+        } else {
+            let k = sparse_causal_context(k, frames);
+            let v = sparse_causal_context(v, frames);
+            multi_head(q, k, v, self.heads, None)
+        };
+        self.to_out.forward(out)
     }
 
     /// Temporal attention: `x` is `[(B·F), L, C]`; every spatial position attends over
     /// the F frames of its video (no positional encoding).
-    pub fn forward_temporal(&self, x: Tensor<3>, frames: usize) -> Tensor<3> {
+    ///
+    /// With `kernels`, the WGSL kernels attend along frames in place (no transposes).
+    pub fn forward_temporal(&self, x: Tensor<3>, frames: usize, kernels: bool) -> Tensor<3> {
+        if kernels {
+            let q = self.to_q.forward(x.clone());
+            if crate::kernels::supported(&q, self.heads) {
+                let k = self.to_k.forward(x.clone());
+                let v = self.to_v.forward(x);
+                let out = crate::kernels::video_attention(q, k, v, frames, self.heads, true);
+                return self.to_out.forward(out);
+            }
+        }
         let videos = x.dims()[0] / frames;
         let along_frames = frames_to_sequence(x, frames);
         let out = self.forward_self(along_frames);

@@ -11,6 +11,7 @@ pub mod delta;
 pub mod draws;
 pub mod edit;
 pub mod error;
+pub mod kernels;
 pub mod layers;
 pub mod params;
 pub mod precision;

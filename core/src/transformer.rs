@@ -52,6 +52,9 @@ pub struct VideoAttentionOptions {
     pub self_attention: SelfAttentionKind,
     /// Whether the temporal layers run at all (an ablation turns them off).
     pub temporal: bool,
+    /// Sparse-causal and temporal attention through the memory-efficient WGSL kernels
+    /// (`false`: the plain tensor-op path, the reference implementation).
+    pub kernels: bool,
 }
 
 impl Default for VideoAttentionOptions {
@@ -59,6 +62,7 @@ impl Default for VideoAttentionOptions {
         Self {
             self_attention: SelfAttentionKind::SparseCausal,
             temporal: true,
+            kernels: false,
         }
     }
 }
@@ -101,7 +105,10 @@ impl TransformerBlock {
     ) -> Tensor<3> {
         let normed = self.norm1.forward(x.clone());
         let attended = match options.self_attention {
-            SelfAttentionKind::SparseCausal => self.attn1.forward_sparse_causal(normed, frames),
+            SelfAttentionKind::SparseCausal => {
+                self.attn1
+                    .forward_sparse_causal(normed, frames, options.kernels)
+            }
             SelfAttentionKind::PerFrame => self.attn1.forward_self(normed),
         };
         let x = attended + x;
@@ -114,7 +121,7 @@ impl TransformerBlock {
             return x;
         }
         self.attn_temp
-            .forward_temporal(self.norm_temp.forward(x.clone()), frames)
+            .forward_temporal(self.norm_temp.forward(x.clone()), frames, options.kernels)
             + x
     }
 }

@@ -61,6 +61,8 @@ pub struct TuneBatch {
     pub context: Tensor<3>,
     /// The VAE's latent scaling factor.
     pub scaling_factor: f64,
+    /// How the UNet attends (kernels or the plain path).
+    pub attention: VideoAttentionOptions,
 }
 
 /// One step's results.
@@ -140,7 +142,7 @@ impl Tuner {
             noisy,
             &[draws.timestep as f64],
             batch.context.clone(),
-            VideoAttentionOptions::default(),
+            batch.attention,
         )?;
         let loss = (predicted - draws.noise).square().mean();
         let loss_value: f32 = loss.clone().into_scalar();

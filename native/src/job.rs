@@ -53,6 +53,8 @@ pub struct EditSpec {
 pub struct Session {
     pub device: Device,
     pub models: Models,
+    /// How the UNet attends (`--kernels`: the memory-efficient WGSL kernels).
+    pub attention: VideoAttentionOptions,
 }
 
 fn io_error(path: &Path, e: impl std::fmt::Display) -> TavError {
@@ -202,7 +204,11 @@ impl Session {
         if models.unet_config.block_out_channels[0] < 320 {
             ui.say("note: this is a small test model, not Stable Diffusion: real edits need SD v1.x weights (--model)");
         }
-        Ok(Self { device, models })
+        Ok(Self {
+            device,
+            models,
+            attention: VideoAttentionOptions::default(),
+        })
     }
 
     fn embed(&self, prompt: &str) -> Result<Tensor<3>> {
@@ -268,6 +274,7 @@ pub fn tune(
         posterior,
         context: session.embed(&spec.prompt)?,
         scaling_factor: models.vae.scaling_factor,
+        attention: session.attention,
     };
     let settings = TuneSettings {
         learning_rate: spec.learning_rate,
@@ -381,7 +388,7 @@ pub fn edit(
         ));
     }
     let models = &session.models;
-    let options = VideoAttentionOptions::default();
+    let options = session.attention;
     let posterior = session.encode(clip, ui)?;
     let latents = clip_latents(posterior.mean, models.vae.scaling_factor);
     let uncond = session.embed("")?;

@@ -49,6 +49,10 @@ struct Common {
     /// layers stay f32. Needs an adapter with f16 support.
     #[arg(long)]
     f16: bool,
+    /// Attention through tav's memory-efficient WGSL kernels (sparse-causal and temporal,
+    /// no score matrix in memory) instead of the plain tensor-op path.
+    #[arg(long)]
+    kernels: bool,
     /// GPU adapter: auto, discrete[:N], integrated[:N], virtual[:N] or cpu.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -245,13 +249,15 @@ fn open_session(common: &Common, ui: &mut Ui) -> Result<Session> {
     let (device, adapter) = gpu::open(&common.device).map_err(TavError::Device)?;
     ui.say(&format!("GPU adapter: {adapter}"));
     ui.record(serde_json::json!({"event": "adapter", "adapter": adapter}));
-    Session::load(
+    let mut session = Session::load(
         &common.model,
         common.variant.clone(),
         common.f16,
         device,
         ui,
-    )
+    )?;
+    session.attention.kernels = common.kernels;
+    Ok(session)
 }
 
 fn dispatch(cli: Cli) -> Result<()> {

@@ -4,6 +4,8 @@
 // when g = 0) and by frame g+1 (as its previous frame); a key seen twice by the same query
 // (frames 0 and 1 look at frame 0 twice) counts twice, as in the reference.
 // Needs lse from the forward pass and delta from attention_backward_dq.wgsl.
+// Inputs are declared read_write too: burn sub-allocates tensors from shared buffers, and
+// wgpu refuses read and read_write views of one buffer in a dispatch.
 alias T = f32;
 
 struct Info {
@@ -19,12 +21,12 @@ struct Info {
 
 const MAX_HEAD_DIM: u32 = 256u;
 
-@group(0) @binding(0) var<storage, read> q: array<T>;
-@group(0) @binding(1) var<storage, read> k: array<T>;
-@group(0) @binding(2) var<storage, read> v: array<T>;
-@group(0) @binding(3) var<storage, read> d_o: array<T>;
-@group(0) @binding(4) var<storage, read> lse: array<f32>;
-@group(0) @binding(5) var<storage, read> delta: array<f32>;
+@group(0) @binding(0) var<storage, read_write> q: array<T>;
+@group(0) @binding(1) var<storage, read_write> k: array<T>;
+@group(0) @binding(2) var<storage, read_write> v: array<T>;
+@group(0) @binding(3) var<storage, read_write> d_o: array<T>;
+@group(0) @binding(4) var<storage, read_write> lse: array<f32>;
+@group(0) @binding(5) var<storage, read_write> delta: array<f32>;
 @group(0) @binding(6) var<storage, read_write> d_k: array<T>;
 @group(0) @binding(7) var<storage, read_write> d_v: array<T>;
 @group(0) @binding(8) var<uniform> info: Info;

@@ -2,6 +2,8 @@
 // recomputed from q, k and the saved log-sum-exp). One invocation per query row; also
 // writes delta = rowsum(dO ∘ O), which the key/value pass needs.
 // Layouts and modes as in attention_forward.wgsl.
+// Inputs are declared read_write too: burn sub-allocates tensors from shared buffers, and
+// wgpu refuses read and read_write views of one buffer in a dispatch.
 alias T = f32;
 
 struct Info {
@@ -17,12 +19,12 @@ struct Info {
 
 const MAX_HEAD_DIM: u32 = 256u;
 
-@group(0) @binding(0) var<storage, read> q: array<T>;
-@group(0) @binding(1) var<storage, read> k: array<T>;
-@group(0) @binding(2) var<storage, read> v: array<T>;
-@group(0) @binding(3) var<storage, read> o: array<T>;
-@group(0) @binding(4) var<storage, read> d_o: array<T>;
-@group(0) @binding(5) var<storage, read> lse: array<f32>;
+@group(0) @binding(0) var<storage, read_write> q: array<T>;
+@group(0) @binding(1) var<storage, read_write> k: array<T>;
+@group(0) @binding(2) var<storage, read_write> v: array<T>;
+@group(0) @binding(3) var<storage, read_write> o: array<T>;
+@group(0) @binding(4) var<storage, read_write> d_o: array<T>;
+@group(0) @binding(5) var<storage, read_write> lse: array<f32>;
 @group(0) @binding(6) var<storage, read_write> d_q: array<T>;
 @group(0) @binding(7) var<storage, read_write> delta: array<f32>;
 @group(0) @binding(8) var<uniform> info: Info;

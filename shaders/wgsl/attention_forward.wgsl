@@ -7,6 +7,8 @@
 //
 // q, k, v, o are [(B·F), L, H·D] (frame-major, heads side by side in the last dim).
 // lse holds each row's log-sum-exp for the backward pass. Rows are ((n·H + h)·L + i).
+// Inputs are declared read_write too: burn sub-allocates tensors from shared buffers, and
+// wgpu refuses read and read_write views of one buffer in a dispatch.
 alias T = f32;
 
 struct Info {
@@ -22,9 +24,9 @@ struct Info {
 
 const MAX_HEAD_DIM: u32 = 256u;
 
-@group(0) @binding(0) var<storage, read> q: array<T>;
-@group(0) @binding(1) var<storage, read> k: array<T>;
-@group(0) @binding(2) var<storage, read> v: array<T>;
+@group(0) @binding(0) var<storage, read_write> q: array<T>;
+@group(0) @binding(1) var<storage, read_write> k: array<T>;
+@group(0) @binding(2) var<storage, read_write> v: array<T>;
 @group(0) @binding(3) var<storage, read_write> o: array<T>;
 @group(0) @binding(4) var<storage, read_write> lse: array<f32>;
 @group(0) @binding(5) var<uniform> info: Info;

@@ -1,0 +1,364 @@
+//! The WGSL attention kernels of `tav-shaders`, wired into burn as a backend extension with
+//! a hand-written backward, so the model and the tuning loop use them through one switch
+//! (`VideoAttentionOptions::kernels`). Sparse-causal and temporal attention then read K/V in
+//! place and never store a score matrix, in the forward or the backward pass.
+
+use std::sync::OnceLock;
+
+use burn::backend::autodiff::{
+    Autodiff,
+    checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
+    grads::Gradients,
+    ops::{Backward, Ops, OpsKind},
+};
+use burn::backend::{Backend, Cube, Dispatch, backend_extension, tensor::FloatTensor};
+use burn::tensor::{DType, Shape, Tensor};
+use burn_cubecl::{kernel::into_contiguous, tensor::CubeTensor};
+use cubecl::ir::attributes::BufferIOAttr;
+use cubecl::ir::{UIntKind, metadata::Info as KernelInfo};
+use cubecl::prelude::*;
+use cubecl::server::{KernelArguments, MetadataBindingInfo};
+use cubecl::{CubeKernel, PrecompiledSource};
+use tav_shaders::{AttentionMode, Info, Kernel, MAX_HEAD_DIM, Storage, source};
+
+/// A kernel given as WGSL text; cubecl caches pipelines by id, so the id covers the text.
+struct WgslKernel {
+    source: &'static str,
+}
+
+impl KernelMetadata for WgslKernel {
+    fn id(&self) -> KernelId {
+        KernelId::new::<Self>().info(("main", self.source))
+    }
+
+    fn address_type(&self) -> ElemType {
+        UIntKind::U32.into()
+    }
+}
+
+impl CubeKernel for WgslKernel {
+    fn define(&self) -> KernelDefinition {
+        // Precompiled kernels are never compiled from this; it only keys caches.
+        let settings = KernelSettings::new(
+            CubeDim::new_single().0,
+            ExecutionMode::Checked,
+            AddressType::U32,
+        );
+        KernelDefinition {
+            body: Scope::root(settings.clone()),
+            settings,
+            info: KernelInfo::default(),
+        }
+    }
+
+    fn source(&self) -> Option<PrecompiledSource> {
+        Some(PrecompiledSource {
+            source: self.source.to_string(),
+            entrypoint_name: "main".to_string(),
+            lang: "wgsl",
+        })
+    }
+}
+
+/// The kernel sources, each variant built once.
+fn kernel_source(kernel: Kernel, storage: Storage) -> &'static str {
+    static SOURCES: OnceLock<Vec<(Kernel, Storage, String)>> = OnceLock::new();
+    let all = SOURCES.get_or_init(|| {
+        Kernel::ALL
+            .iter()
+            .flat_map(|&k| [Storage::F32, Storage::F16].map(|s| (k, s, source(k, s))))
+            .collect()
+    });
+    all.iter()
+        .find(|(k, s, _)| *k == kernel && *s == storage)
+        .map(|(_, _, text)| text.as_str())
+        .expect("every variant is built")
+}
+
+/// What one attention call computes: `frames` per video, `heads` heads, which mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionSpec {
+    pub frames: usize,
+    pub heads: usize,
+    pub temporal: bool,
+}
+
+impl AttentionSpec {
+    fn info(&self, q: &CubeTensor) -> Info {
+        let dims = q.meta.shape().dims::<3>().to_vec();
+        let (n, tokens, width) = (dims[0], dims[1], dims[2]);
+        let head_dim = width / self.heads;
+        Info {
+            videos: (n / self.frames) as u32,
+            frames: self.frames as u32,
+            tokens: tokens as u32,
+            heads: self.heads as u32,
+            head_dim: head_dim as u32,
+            mode: if self.temporal {
+                AttentionMode::Temporal
+            } else {
+                AttentionMode::SparseCausal
+            },
+            scale: (head_dim as f32).powf(-0.5),
+            rows_per_dispatch_x: 65_535,
+        }
+    }
+}
+
+/// The uniform's 32 bytes as the little-endian u64 words cubecl binds.
+fn info_words(info: &Info) -> Vec<u64> {
+    info.to_bytes()
+        .chunks_exact(8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .collect()
+}
+
+fn storage_of(t: &CubeTensor) -> Storage {
+    match t.dtype {
+        DType::F16 => Storage::F16,
+        DType::F32 => Storage::F32,
+        other => panic!("the attention kernels take f32 or f16 tensors, not {other:?}"),
+    }
+}
+
+fn empty(like: &CubeTensor, dims: Vec<usize>, dtype: DType) -> CubeTensor {
+    let shape = Shape::from(dims);
+    let handle = like.client.empty(shape.num_elements() * dtype.size());
+    CubeTensor::new_contiguous(
+        like.client.clone(),
+        like.device.clone(),
+        shape,
+        handle,
+        dtype,
+    )
+}
+
+fn launch(
+    kernel: Kernel,
+    info: &Info,
+    storage: Storage,
+    inputs: &[&CubeTensor],
+    outputs: &[&CubeTensor],
+) {
+    let client = inputs[0].client.clone();
+    let mut args = KernelArguments::new();
+    for t in inputs {
+        args = args.with_buffer_io(t.handle.clone().binding(), BufferIOAttr::ReadOnly);
+    }
+    for t in outputs {
+        args = args.with_buffer_io(t.handle.clone().binding(), BufferIOAttr::WriteOnly);
+    }
+    let args = args.with_info(MetadataBindingInfo::custom(info_words(info)));
+    let [x, y] = info.dispatch();
+    client.launch(
+        Box::new(WgslKernel {
+            source: kernel_source(kernel, storage),
+        }),
+        CubeCount::Static(x, y, 1),
+        args,
+    );
+}
+
+/// Forward: the output and each row's log-sum-exp (kept for the backward pass).
+fn forward(
+    q: CubeTensor,
+    k: CubeTensor,
+    v: CubeTensor,
+    spec: AttentionSpec,
+) -> (CubeTensor, CubeTensor) {
+    let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
+    let info = spec.info(&q);
+    let storage = storage_of(&q);
+    let out = empty(&q, q.meta.shape().dims::<3>().to_vec(), q.dtype);
+    let lse = empty(&q, vec![info.rows()], DType::F32);
+    launch(
+        Kernel::AttentionForward,
+        &info,
+        storage,
+        &[&q, &k, &v],
+        &[&out, &lse],
+    );
+    (out, lse)
+}
+
+/// Backward: dq (with delta), then dk and dv gathered per key.
+fn backward(saved: Saved, d_out: CubeTensor) -> (CubeTensor, CubeTensor, CubeTensor) {
+    let Saved {
+        q,
+        k,
+        v,
+        out,
+        lse,
+        spec,
+    } = saved;
+    let d_out = into_contiguous(d_out);
+    let info = spec.info(&q);
+    let storage = storage_of(&q);
+    let dims = q.meta.shape().dims::<3>().to_vec();
+    let (d_q, d_k, d_v) = (
+        empty(&q, dims.clone(), q.dtype),
+        empty(&q, dims.clone(), q.dtype),
+        empty(&q, dims, q.dtype),
+    );
+    let delta = empty(&q, vec![info.rows()], DType::F32);
+    launch(
+        Kernel::AttentionBackwardQuery,
+        &info,
+        storage,
+        &[&q, &k, &v, &out, &d_out, &lse],
+        &[&d_q, &delta],
+    );
+    launch(
+        Kernel::AttentionBackwardKeyValue,
+        &info,
+        storage,
+        &[&q, &k, &v, &d_out, &lse, &delta],
+        &[&d_k, &d_v],
+    );
+    (d_q, d_k, d_v)
+}
+
+/// What the backward pass keeps: inputs, output and log-sum-exp (no score matrix).
+#[derive(Debug, Clone)]
+struct Saved {
+    q: CubeTensor,
+    k: CubeTensor,
+    v: CubeTensor,
+    out: CubeTensor,
+    lse: CubeTensor,
+    spec: AttentionSpec,
+}
+
+#[backend_extension(Cube, Autodiff)]
+pub trait VideoAttentionOps: Backend {
+    /// Sparse-causal (`temporal = false`) or temporal attention of `[(B·F), L, H·D]` q/k/v.
+    fn video_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        frames: usize,
+        heads: usize,
+        temporal: bool,
+    ) -> FloatTensor<Self>;
+}
+
+impl VideoAttentionOps for Cube {
+    fn video_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        frames: usize,
+        heads: usize,
+        temporal: bool,
+    ) -> FloatTensor<Self> {
+        forward(
+            q,
+            k,
+            v,
+            AttentionSpec {
+                frames,
+                heads,
+                temporal,
+            },
+        )
+        .0
+    }
+}
+
+#[derive(Debug)]
+struct VideoAttentionBackward;
+
+impl Backward<Cube, 3> for VideoAttentionBackward {
+    type State = Saved;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_q, node_k, node_v] = ops.parents;
+        let d_out = grads.consume::<Cube>(&ops.node);
+        let (d_q, d_k, d_v) = backward(ops.state, d_out);
+        if let Some(node) = node_q {
+            grads.register::<Cube>(node.id, d_q);
+        }
+        if let Some(node) = node_k {
+            grads.register::<Cube>(node.id, d_k);
+        }
+        if let Some(node) = node_v {
+            grads.register::<Cube>(node.id, d_v);
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> VideoAttentionOps for Autodiff<Cube, C> {
+    fn video_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        frames: usize,
+        heads: usize,
+        temporal: bool,
+    ) -> FloatTensor<Self> {
+        let spec = AttentionSpec {
+            frames,
+            heads,
+            temporal,
+        };
+        match VideoAttentionBackward
+            .prepare::<C>([q.node(), k.node(), v.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (q, k, v) = (
+                    into_contiguous(q.into_primitive()),
+                    into_contiguous(k.into_primitive()),
+                    into_contiguous(v.into_primitive()),
+                );
+                let (out, lse) = forward(q.clone(), k.clone(), v.clone(), spec);
+                let saved = Saved {
+                    q,
+                    k,
+                    v,
+                    out: out.clone(),
+                    lse,
+                    spec,
+                };
+                prep.finish(saved, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(
+                forward(
+                    q.into_primitive(),
+                    k.into_primitive(),
+                    v.into_primitive(),
+                    spec,
+                )
+                .0,
+            ),
+        }
+    }
+}
+
+/// Whether the kernels can run `q` (`[(B·F), L, H·D]`, f32 or f16, head size within the
+/// kernels' limit) on its device.
+pub fn supported(q: &Tensor<3>, heads: usize) -> bool {
+    let [_, _, width] = q.dims();
+    matches!(q.dtype(), DType::F32 | DType::F16) && width / heads <= MAX_HEAD_DIM
+}
+
+/// Sparse-causal (`temporal = false`) or temporal attention through the WGSL kernels.
+/// q, k, v are the projections `[(B·F), L, H·D]`; the result has the same shape.
+pub fn video_attention(
+    q: Tensor<3>,
+    k: Tensor<3>,
+    v: Tensor<3>,
+    frames: usize,
+    heads: usize,
+    temporal: bool,
+) -> Tensor<3> {
+    Tensor::from_dispatch(<Dispatch as VideoAttentionOps>::video_attention(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        frames,
+        heads,
+        temporal,
+    ))
+}
