@@ -145,7 +145,10 @@ impl Tuner {
             batch.attention,
         )?;
         let loss = (predicted - draws.noise).square().mean();
-        let loss_value: f32 = loss.clone().into_scalar();
+        let loss_value: f32 = loss
+            .clone()
+            .try_into_scalar()
+            .map_err(|e| TavError::Device(format!("reading the loss back failed: {e:?}")))?;
         if !loss_value.is_finite() {
             return Err(TavError::NonFinite(format!(
                 "the tuning loss is {loss_value} at step {}; lower the learning rate",
@@ -166,7 +169,10 @@ impl Tuner {
             .values()
             .map(|g| g.clone().square().sum())
             .reduce(|a, b| a + b)
-            .map_or(0.0, |t| t.into_scalar());
+            .map_or(Ok(0.0), |t| t.try_into_scalar())
+            .map_err(|e| {
+                TavError::Device(format!("reading the gradient norm back failed: {e:?}"))
+            })?;
         let grad_norm = sum_squares.sqrt();
         if !grad_norm.is_finite() {
             return Err(TavError::NonFinite(format!(

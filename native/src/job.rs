@@ -319,12 +319,13 @@ pub fn tune(
         );
         let (next, outcome) = match tuner.step(unet, &batch, draws, &models.schedule, false) {
             Ok(r) => r,
-            Err(e) => {
+            Err(TavError::NonFinite(reason)) => {
                 return Err(TavError::NonFinite(format!(
-                    "{e}. The last good checkpoint is kept at {}",
+                    "{reason}. The last good checkpoint is kept at {}",
                     checkpoint_path.display()
                 )));
             }
+            Err(e) => return Err(e),
         };
         unet = next;
         meta.losses.push(outcome.loss);

@@ -189,6 +189,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run_catching_oom(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(TavError::Device(message)) => {
+            eprintln!("error: {}", gpu_failure(&message));
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -211,7 +215,7 @@ fn run_catching_oom(cli: Cli) -> Result<()> {
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown failure".into());
-            Err(gpu_failure(&message))
+            Err(TavError::Device(message))
         }
     }
 }
@@ -457,7 +461,7 @@ fn report(name: &str, t: &Tensor<1>) -> Result<()> {
     let values: Vec<f32> = t
         .clone()
         .try_into_vec_as::<f32>()
-        .map_err(|e| gpu_failure(&format!("reading back {name}: {e:?}")))?;
+        .map_err(|e| TavError::Device(format!("reading back {name}: {e:?}")))?;
     let finite = values.iter().all(|v| v.is_finite());
     let mean = values.iter().map(|&v| v as f64).sum::<f64>() / values.len() as f64;
     let std = (values
