@@ -49,6 +49,33 @@ pub struct EditSpec {
     pub png: bool,
 }
 
+impl TuneSpec {
+    /// The reference's settings: 500 steps at 3e-5, seed 33, a checkpoint every 100 steps.
+    pub fn reference(prompt: String) -> Self {
+        Self {
+            prompt,
+            steps: 500,
+            learning_rate: 3e-5,
+            seed: 33,
+            checkpoint_every: 100,
+            restart: false,
+        }
+    }
+}
+
+impl EditSpec {
+    /// The reference's settings: 50 inversion and 50 sampling steps, guidance 12.5.
+    pub fn reference(prompts: Vec<String>) -> Self {
+        Self {
+            prompts,
+            inversion_steps: 50,
+            steps: 50,
+            guidance: 12.5,
+            png: false,
+        }
+    }
+}
+
 /// The loaded models on their device.
 pub struct Session {
     pub device: Device,

@@ -129,20 +129,25 @@ impl Job {
                 height: c.height.unwrap_or(512),
                 crop: c.crop.unwrap_or(true),
             },
-            tune: TuneSpec {
-                prompt: c.prompt,
-                steps: file.tune.steps.unwrap_or(500),
-                learning_rate: file.tune.learning_rate.unwrap_or(3e-5),
-                seed: file.tune.seed.unwrap_or(33),
-                checkpoint_every: file.tune.checkpoint_every.unwrap_or(100),
-                restart: false,
+            tune: {
+                let d = TuneSpec::reference(c.prompt);
+                TuneSpec {
+                    steps: file.tune.steps.unwrap_or(d.steps),
+                    learning_rate: file.tune.learning_rate.unwrap_or(d.learning_rate),
+                    seed: file.tune.seed.unwrap_or(d.seed),
+                    checkpoint_every: file.tune.checkpoint_every.unwrap_or(d.checkpoint_every),
+                    ..d
+                }
             },
-            edit: EditSpec {
-                prompts: file.edit.prompts,
-                inversion_steps: file.edit.inversion_steps.unwrap_or(50),
-                steps: file.edit.inference_steps.unwrap_or(50),
-                guidance: file.edit.guidance.unwrap_or(12.5),
-                png: file.edit.png.unwrap_or(false),
+            edit: {
+                let d = EditSpec::reference(file.edit.prompts);
+                EditSpec {
+                    inversion_steps: file.edit.inversion_steps.unwrap_or(d.inversion_steps),
+                    steps: file.edit.inference_steps.unwrap_or(d.steps),
+                    guidance: file.edit.guidance.unwrap_or(d.guidance),
+                    png: file.edit.png.unwrap_or(d.png),
+                    ..d
+                }
             },
         })
     }
@@ -172,9 +177,7 @@ impl Job {
         common: &Common,
         clip: &ClipArgs,
         tune: &TuneArgs,
-        edit: &EditArgs,
-        prompt: Option<String>,
-        prompts: Vec<String>,
+        prompt: String,
     ) -> Result<Self> {
         let video = clip
             .video
@@ -195,25 +198,11 @@ impl Job {
                 height: 512,
                 crop: true,
             },
-            tune: TuneSpec {
-                prompt: prompt.unwrap_or_default(),
-                steps: 500,
-                learning_rate: 3e-5,
-                seed: 33,
-                checkpoint_every: 100,
-                restart: false,
-            },
-            edit: EditSpec {
-                prompts,
-                inversion_steps: 50,
-                steps: 50,
-                guidance: 12.5,
-                png: false,
-            },
+            tune: TuneSpec::reference(prompt),
+            edit: EditSpec::reference(Vec::new()),
         };
         apply_clip(&mut job.clip, clip);
         apply_tune(&mut job.tune, tune);
-        apply_edit(&mut job.edit, edit);
         Ok(job)
     }
 
@@ -251,13 +240,7 @@ impl Job {
                 checkpoint_every: 0,
                 restart: false,
             },
-            edit: EditSpec {
-                prompts,
-                inversion_steps: 50,
-                steps: 50,
-                guidance: 12.5,
-                png: false,
-            },
+            edit: EditSpec::reference(prompts),
         };
         apply_clip(&mut job.clip, clip);
         apply_edit(&mut job.edit, edit);

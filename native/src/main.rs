@@ -272,14 +272,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             tune,
             prompt,
         } => {
-            let spec = jobfile::Job::from_flags(
-                &common,
-                &clip,
-                &tune,
-                &EditArgs::default(),
-                Some(prompt),
-                vec![],
-            )?;
+            let spec = jobfile::Job::from_flags(&common, &clip, &tune, prompt)?;
             run_job(&common, &spec, false)
         }
         Command::Edit {
