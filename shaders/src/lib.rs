@@ -66,10 +66,13 @@ impl Kernel {
     }
 }
 
-/// The WGSL source of `kernel` for `storage`.
+/// The WGSL source of `kernel` for `storage`: the shared part, then the kernel.
 pub fn source(kernel: Kernel, storage: Storage) -> String {
-    f16_variant_if(kernel.f32_source(), storage)
+    f16_variant_if(&format!("{COMMON}\n{}", kernel.f32_source()), storage)
 }
+
+/// The shared part of every kernel (storage type, `Info`, key indexing).
+pub const COMMON: &str = include_str!("../wgsl/attention_common.wgsl");
 
 /// Turns an f32-storage kernel into its f16-storage variant.
 pub fn f16_variant_if(f32_source: &str, storage: Storage) -> String {
@@ -150,6 +153,10 @@ mod tests {
     #[test]
     fn every_wgsl_file_validates_with_naga() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("wgsl");
+        assert!(
+            COMMON.contains("alias T = f32;"),
+            "the shared part declares the storage type"
+        );
         let mut count = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
@@ -158,13 +165,15 @@ mod tests {
             }
             let text = std::fs::read_to_string(&path).unwrap();
             let name = path.display().to_string();
-            validate(&text, &name, false);
-            assert!(
-                text.contains("alias T = f32;"),
-                "{name} declares its storage type"
-            );
+            // Kernels are validated as loaded, after the shared part (which validates alone).
+            let full = if text == COMMON {
+                text
+            } else {
+                format!("{COMMON}\n{text}")
+            };
+            validate(&full, &name, false);
             validate(
-                &f16_variant_if(&text, Storage::F16),
+                &f16_variant_if(&full, Storage::F16),
                 &format!("{name} (f16)"),
                 true,
             );
@@ -172,8 +181,8 @@ mod tests {
         }
         assert_eq!(
             count,
-            Kernel::ALL.len(),
-            "every kernel file is known to the crate"
+            Kernel::ALL.len() + 1,
+            "every kernel file (and the shared part) is known to the crate"
         );
         for kernel in Kernel::ALL {
             assert!(dir.join(kernel.file_name()).is_file());
@@ -182,7 +191,7 @@ mod tests {
 
     #[test]
     fn a_broken_kernel_fails_validation() {
-        let broken = Kernel::AttentionForward.f32_source().replace(
+        let broken = source(Kernel::AttentionForward, Storage::F32).replace(
             "running_sum = running_sum * rescale + p;",
             "running_sum = q;",
         );

@@ -6,20 +6,7 @@
 // Needs lse from the forward pass and delta from attention_backward_dq.wgsl.
 // Inputs are declared read_write too: burn sub-allocates tensors from shared buffers, and
 // wgpu refuses read and read_write views of one buffer in a dispatch.
-alias T = f32;
-
-struct Info {
-    videos: u32,
-    frames: u32,
-    tokens: u32,
-    heads: u32,
-    head_dim: u32,
-    mode: u32,
-    scale: f32,
-    rows_per_dispatch_x: u32,
-}
-
-const MAX_HEAD_DIM: u32 = 256u;
+// Types, sizes and key indexing come from attention_common.wgsl, prepended at load.
 
 @group(0) @binding(0) var<storage, read_write> q: array<T>;
 @group(0) @binding(1) var<storage, read_write> k: array<T>;
@@ -30,15 +17,6 @@ const MAX_HEAD_DIM: u32 = 256u;
 @group(0) @binding(6) var<storage, read_write> d_k: array<T>;
 @group(0) @binding(7) var<storage, read_write> d_v: array<T>;
 @group(0) @binding(8) var<uniform> info: Info;
-
-// How many times frame g appears among the keys of a query of frame f.
-fn multiplicity(f: u32, g: u32) -> u32 {
-    if (info.mode == 1u) {
-        return 1u;
-    }
-    let previous = select(f - 1u, 0u, f == 0u);
-    return select(0u, 1u, g == 0u) + select(0u, 1u, previous == g);
-}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -65,7 +43,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     // Temporal attention pairs token j only with token j of the other frames.
     let queries_per_frame = select(info.tokens, 1u, info.mode == 1u);
     for (var f = 0u; f < info.frames; f++) {
-        let count = multiplicity(f, g);
+        let count = multiplicity(info, f, g);
         if (count == 0u) {
             continue;
         }

@@ -4,20 +4,7 @@
 // Layouts and modes as in attention_forward.wgsl.
 // Inputs are declared read_write too: burn sub-allocates tensors from shared buffers, and
 // wgpu refuses read and read_write views of one buffer in a dispatch.
-alias T = f32;
-
-struct Info {
-    videos: u32,
-    frames: u32,
-    tokens: u32,
-    heads: u32,
-    head_dim: u32,
-    mode: u32,
-    scale: f32,
-    rows_per_dispatch_x: u32,
-}
-
-const MAX_HEAD_DIM: u32 = 256u;
+// Types, sizes and key indexing come from attention_common.wgsl, prepended at load.
 
 @group(0) @binding(0) var<storage, read_write> q: array<T>;
 @group(0) @binding(1) var<storage, read_write> k: array<T>;
@@ -28,21 +15,6 @@ const MAX_HEAD_DIM: u32 = 256u;
 @group(0) @binding(6) var<storage, read_write> d_q: array<T>;
 @group(0) @binding(7) var<storage, read_write> delta: array<f32>;
 @group(0) @binding(8) var<uniform> info: Info;
-
-fn key_count() -> u32 {
-    return select(2u * info.tokens, info.frames, info.mode == 1u);
-}
-
-fn key_token(b: u32, f: u32, i: u32, key: u32) -> u32 {
-    if (info.mode == 1u) {
-        return (b * info.frames + key) * info.tokens + i;
-    }
-    let first_half = key < info.tokens;
-    let j = select(key - info.tokens, key, first_half);
-    let previous = select(f - 1u, 0u, f == 0u);
-    let frame = select(previous, 0u, first_half);
-    return (b * info.frames + frame) * info.tokens + j;
-}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -69,9 +41,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         acc[x] = 0.0;
     }
     let row_lse = lse[row];
-    let keys = key_count();
+    let keys = key_count(info);
     for (var key = 0u; key < keys; key++) {
-        let k_at = key_token(b, f, i, key) * width + h * d;
+        let k_at = key_token(info, b, f, i, key) * width + h * d;
         var s = 0.0;
         var dp = 0.0;
         for (var x = 0u; x < d; x++) {

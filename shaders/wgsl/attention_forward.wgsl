@@ -1,28 +1,10 @@
 // Memory-efficient attention of the video UNet, forward: one invocation per query row,
 // online softmax over the row's keys, so no score matrix is ever stored.
-//
-// mode 0, sparse-causal: frame f of a video attends to [frame 0 ‖ frame max(f-1, 0)]
-//         (2L keys, read in place; duplicates included, as the reference concatenates).
-// mode 1, temporal: token i of frame f attends to token i of every frame of its video.
-//
-// q, k, v, o are [(B·F), L, H·D] (frame-major, heads side by side in the last dim).
-// lse holds each row's log-sum-exp for the backward pass. Rows are ((n·H + h)·L + i).
+// Modes and layouts are described in attention_common.wgsl; lse holds each row's
+// log-sum-exp for the backward pass.
 // Inputs are declared read_write too: burn sub-allocates tensors from shared buffers, and
 // wgpu refuses read and read_write views of one buffer in a dispatch.
-alias T = f32;
-
-struct Info {
-    videos: u32,
-    frames: u32,
-    tokens: u32,
-    heads: u32,
-    head_dim: u32,
-    mode: u32,
-    scale: f32,
-    rows_per_dispatch_x: u32,
-}
-
-const MAX_HEAD_DIM: u32 = 256u;
+// Types, sizes and key indexing come from attention_common.wgsl, prepended at load.
 
 @group(0) @binding(0) var<storage, read_write> q: array<T>;
 @group(0) @binding(1) var<storage, read_write> k: array<T>;
@@ -30,23 +12,6 @@ const MAX_HEAD_DIM: u32 = 256u;
 @group(0) @binding(3) var<storage, read_write> o: array<T>;
 @group(0) @binding(4) var<storage, read_write> lse: array<f32>;
 @group(0) @binding(5) var<uniform> info: Info;
-
-// Number of keys a query row sees.
-fn key_count() -> u32 {
-    return select(2u * info.tokens, info.frames, info.mode == 1u);
-}
-
-// Token row (n·L + j) of the key-th key of query (video b, frame f, token i).
-fn key_token(b: u32, f: u32, i: u32, key: u32) -> u32 {
-    if (info.mode == 1u) {
-        return (b * info.frames + key) * info.tokens + i;
-    }
-    let first_half = key < info.tokens;
-    let j = select(key - info.tokens, key, first_half);
-    let previous = select(f - 1u, 0u, f == 0u);
-    let frame = select(previous, 0u, first_half);
-    return (b * info.frames + frame) * info.tokens + j;
-}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -70,9 +35,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
     var running_max = -3.0e38;
     var running_sum = 0.0;
-    let keys = key_count();
+    let keys = key_count(info);
     for (var key = 0u; key < keys; key++) {
-        let k_at = key_token(b, f, i, key) * width + h * d;
+        let k_at = key_token(info, b, f, i, key) * width + h * d;
         var s = 0.0;
         for (var x = 0u; x < d; x++) {
             s += f32(q[q_at + x]) * f32(k[k_at + x]);

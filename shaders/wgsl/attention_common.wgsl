@@ -1,0 +1,47 @@
+// Shared by the attention kernels (prepended to each at load; WGSL has no include):
+// the storage type, the uniform block, and which keys a query sees.
+//
+// mode 0, sparse-causal: frame f of a video attends to [frame 0 ‖ frame max(f-1, 0)]
+//         (2L keys, read in place; duplicates included, as the reference concatenates).
+// mode 1, temporal: token i of frame f attends to token i of every frame of its video.
+// Tensors are [(B·F), L, H·D]; rows are ((n·H + h)·L + i) with n = b·F + f.
+alias T = f32;
+
+struct Info {
+    videos: u32,
+    frames: u32,
+    tokens: u32,
+    heads: u32,
+    head_dim: u32,
+    mode: u32,
+    scale: f32,
+    rows_per_dispatch_x: u32,
+}
+
+const MAX_HEAD_DIM: u32 = 256u;
+
+// Number of keys a query row sees.
+fn key_count(info: Info) -> u32 {
+    return select(2u * info.tokens, info.frames, info.mode == 1u);
+}
+
+// Token row (n·L + j) of the key-th key of query (video b, frame f, token i).
+fn key_token(info: Info, b: u32, f: u32, i: u32, key: u32) -> u32 {
+    if (info.mode == 1u) {
+        return (b * info.frames + key) * info.tokens + i;
+    }
+    let first_half = key < info.tokens;
+    let j = select(key - info.tokens, key, first_half);
+    let previous = select(f - 1u, 0u, f == 0u);
+    let frame = select(previous, 0u, first_half);
+    return (b * info.frames + frame) * info.tokens + j;
+}
+
+// How many times frame g appears among the keys of a query of frame f.
+fn multiplicity(info: Info, f: u32, g: u32) -> u32 {
+    if (info.mode == 1u) {
+        return 1u;
+    }
+    let previous = select(f - 1u, 0u, f == 0u);
+    return select(0u, 1u, g == 0u) + select(0u, 1u, previous == g);
+}
