@@ -405,3 +405,50 @@ fn edit_refuses_weights_of_another_base_model() {
     cmd.args(["--prompt", "x", "--quiet"]);
     expect_error(&mut cmd, "not a tav tuned-weights file");
 }
+
+/// `tav bench` at the tiny config: one JSON line per step, each with a positive median time
+/// and a peak above what the weights alone hold; a bad size is refused.
+#[test]
+fn bench_reports_time_and_memory_per_step() {
+    let out = run(tav().args([
+        "bench",
+        "--config",
+        "tiny",
+        "--frames",
+        "2",
+        "--runs",
+        "2",
+        "--kernels",
+        "on",
+    ]));
+    assert!(out.status.success(), "bench runs: {}", stderr(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every stdout line is JSON"))
+        .collect();
+    let setup = &lines[0];
+    assert_eq!(setup["bench"], "setup");
+    let weight_bytes = setup["parameters"].as_u64().unwrap() * 4;
+    let steps: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l["bench"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["forward", "tune", "sample"]);
+    for line in &lines[1..] {
+        assert!(line["median_ms"].as_f64().unwrap() > 0.0, "{line}");
+        assert_eq!(line["runs"], 2);
+        let peak = line["peak_bytes"].as_u64().expect("peak memory reported");
+        assert!(
+            peak > weight_bytes,
+            "peak {peak} below the weights {weight_bytes}: {line}"
+        );
+    }
+    expect_error(
+        tav().args(["bench", "--config", "tiny", "--size", "100"]),
+        "not a multiple of 64",
+    );
+    expect_error(
+        tav().args(["bench", "--config", "sd99"]),
+        "unknown --config",
+    );
+}

@@ -6,7 +6,6 @@
 
 use std::collections::HashSet;
 
-use burn::module::ParamId;
 use burn::tensor::Device;
 
 use crate::clip::ClipTextEncoder;
@@ -15,7 +14,7 @@ use crate::error::{Result, TavError};
 use crate::precision::weights_to_f16;
 use crate::schedule::Schedule;
 use crate::tokenizer::ClipTokenizer;
-use crate::unet::{UNet3D, is_trainable, temporal_init};
+use crate::unet::{UNet3D, temporal_init};
 use crate::vae::Vae;
 use crate::weights::{LayeredSource, ParamBuilder, SafetensorsFile, TensorSource};
 
@@ -259,16 +258,9 @@ impl Models {
     /// Every component's frozen weights stored in f16; the UNet's trainable ones stay f32.
     pub fn weights_to_f16(mut self, device: &Device) -> Result<Self> {
         let none = HashSet::new();
-        let trainable: HashSet<ParamId> = self
-            .unet
-            .params
-            .iter()
-            .filter(|e| is_trainable(&e.key))
-            .map(|e| e.id)
-            .collect();
         self.text_encoder = weights_to_f16(self.text_encoder, &none, device)?;
         self.vae = weights_to_f16(self.vae, &none, device)?;
-        self.unet = weights_to_f16(self.unet, &trainable, device)?;
+        self.unet = self.unet.frozen_weights_to_f16(device)?;
         Ok(self)
     }
 

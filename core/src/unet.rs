@@ -5,9 +5,10 @@
 //! Video tensors inside are frame-major, `[(B·F), C, H, W]`; the public interface uses the
 //! reference's `[B, C, F, H, W]`.
 
+use std::collections::HashSet;
 use std::rc::Rc;
 
-use burn::module::Module;
+use burn::module::{Module, ParamId};
 use burn::tensor::activation::silu;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
@@ -142,6 +143,21 @@ impl Widths<'_> {
 }
 
 impl UNet3D {
+    /// The ids of the parameters tuning changes.
+    pub fn trainable_ids(&self) -> HashSet<ParamId> {
+        self.params
+            .iter()
+            .filter(|e| is_trainable(&e.key))
+            .map(|e| e.id)
+            .collect()
+    }
+
+    /// The frozen weights stored in f16 (half the memory); the trainable ones stay f32.
+    pub fn frozen_weights_to_f16(self, device: &Device) -> Result<Self> {
+        let trainable = self.trainable_ids();
+        crate::precision::weights_to_f16(self, &trainable, device)
+    }
+
     /// Builds the 3D UNet from `p`, whose source holds the 2D UNet's weights (and, where
     /// given, temporal weights); missing temporal weights come from `p`'s fallback.
     pub fn load(p: &ParamBuilder, cfg: &UNetConfig) -> Result<Self> {

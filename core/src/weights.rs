@@ -194,6 +194,64 @@ pub fn decode_floats(raw: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
     })
 }
 
+/// Every tensor asked for, made up from its key and shape: PyTorch-like uniform init
+/// (±1/√fan_in) for weights, ones for 1-D scales, small normals for embeddings, zeros for
+/// biases. Seeded per key, so values do not depend on creation order. For models that need
+/// SD's shapes but not its weights: the demo model, benchmarks.
+pub struct RandomInit {
+    pub seed: u64,
+}
+
+impl RandomInit {
+    pub fn value(&self, key: &str, shape: &[usize]) -> Vec<f32> {
+        let n: usize = shape.iter().product();
+        let mut rng = crate::draws::SeededRng::for_stream(self.seed, key);
+        if key.contains("embedding") {
+            return rng.normal_vec(n).into_iter().map(|v| v * 0.02).collect();
+        }
+        if key.ends_with(".bias") {
+            return vec![0.0; n];
+        }
+        if shape.len() == 1 {
+            return vec![1.0; n];
+        }
+        let fan_in: usize = shape[1..].iter().product();
+        let bound = (1.0 / fan_in as f32).sqrt();
+        rng.uniform_vec(n, -bound, bound)
+    }
+}
+
+impl RandomInit {
+    /// A builder that makes every parameter it is asked for with this init.
+    pub fn builder<'a>(&self, device: &Device) -> ParamBuilder<'a> {
+        let init = RandomInit { seed: self.seed };
+        ParamBuilder::from_source(&NO_TENSORS, device).with_fallback(Rc::new(
+            move |key: &str, shape: &[usize]| {
+                Some(HostTensor::new(shape.to_vec(), init.value(key, shape)))
+            },
+        ))
+    }
+}
+
+/// A source with no tensors (everything comes from a fallback).
+struct NoTensors;
+
+static NO_TENSORS: NoTensors = NoTensors;
+
+impl TensorSource for NoTensors {
+    fn origin(&self) -> String {
+        "random weights".into()
+    }
+
+    fn fetch(&self, _key: &str) -> Result<Option<HostTensor>> {
+        Ok(None)
+    }
+
+    fn keys(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
 /// Several sources tried in order: the first that has a key wins.
 pub struct LayeredSource<'a> {
     pub layers: Vec<&'a dyn TensorSource>,

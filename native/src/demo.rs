@@ -14,7 +14,7 @@ use tav_core::config::{ClipConfig, UNetConfig, VaeConfig};
 use tav_core::draws::SeededRng;
 use tav_core::unet::{UNet3D, is_temporal};
 use tav_core::vae::Vae;
-use tav_core::weights::{ParamBuilder, ParamEntry};
+use tav_core::weights::{ParamBuilder, ParamEntry, RandomInit};
 use tav_core::{Result, TavError};
 
 use crate::job::write_atomic;
@@ -34,6 +34,11 @@ fn unet_config() -> serde_json::Value {
         "in_channels": 4, "out_channels": 4, "layers_per_block": 2, "norm_num_groups": 32,
         "norm_eps": 1e-5, "flip_sin_to_cos": true, "freq_shift": 0, "sample_size": 16
     })
+}
+
+/// The demo model's UNet configuration (`tav bench --config tiny`).
+pub fn tiny_unet_config() -> UNetConfig {
+    parse(&unet_config())
 }
 
 fn vae_config() -> serde_json::Value {
@@ -64,31 +69,15 @@ fn scheduler_config() -> serde_json::Value {
     })
 }
 
-/// A value for a parameter: PyTorch-like uniform init for weights, ones for norm scales,
-/// small normals for embeddings, zeros for biases.
-fn init_value(entry: &ParamEntry) -> Vec<f32> {
-    let n: usize = entry.shape.iter().product();
-    let mut rng = SeededRng::for_stream(SEED, &entry.key);
-    let key = entry.key.as_str();
-    if key.contains("embedding") {
-        return rng.normal_vec(n).into_iter().map(|v| v * 0.02).collect();
-    }
-    if key.ends_with(".bias") {
-        return vec![0.0; n];
-    }
-    if entry.shape.len() == 1 {
-        return vec![1.0; n];
-    }
-    let fan_in: usize = entry.shape[1..].iter().product();
-    let bound = (1.0 / fan_in as f32).sqrt();
-    rng.uniform_vec(n, -bound, bound)
-}
-
 fn safetensors_bytes(entries: &[ParamEntry]) -> Result<Vec<u8>> {
     let data: Vec<(String, Vec<usize>, Vec<u8>)> = entries
         .iter()
         .map(|e| {
-            let bytes = init_value(e).iter().flat_map(|v| v.to_le_bytes()).collect();
+            let bytes = RandomInit { seed: SEED }
+                .value(&e.key, &e.shape)
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
             (e.key.clone(), e.shape.clone(), bytes)
         })
         .collect();

@@ -1,5 +1,6 @@
 //! `tav`: Tune-A-Video on any GPU. Tune on a clip, invert it, edit it with new prompts.
 
+mod bench;
 mod demo;
 mod gpu;
 mod job;
@@ -183,6 +184,34 @@ enum Command {
         #[arg(long, default_value_t = 128)]
         size: usize,
     },
+    /// Time a UNet forward, a tuning step and a guided sampling step on random weights;
+    /// prints the median time and peak GPU memory of each as JSON lines.
+    Bench {
+        /// Model size: `sd15` (Stable Diffusion v1.5's UNet) or `tiny` (the demo model's).
+        #[arg(long, default_value = "sd15")]
+        config: String,
+        /// Frames of the video.
+        #[arg(long, default_value_t = 8)]
+        frames: usize,
+        /// Width and height in pixels, a multiple of 64 [default: 512 for sd15, 64 for tiny].
+        #[arg(long)]
+        size: Option<usize>,
+        /// Store the frozen weights in f16 (arithmetic stays f32).
+        #[arg(long)]
+        f16: bool,
+        /// Attention through tav's WGSL kernels (`on`) or the plain tensor-op path (`off`).
+        #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+        kernels: String,
+        /// Timed runs per step, after one warm-up run.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Which steps to time (comma-separated): forward, tune, sample.
+        #[arg(long, default_value = "forward,tune,sample", value_delimiter = ',')]
+        steps: Vec<String>,
+        /// GPU adapter: auto, discrete[:N], integrated[:N], virtual[:N] or cpu.
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -297,6 +326,29 @@ fn dispatch(cli: Cli) -> Result<()> {
             frames,
             size,
         } => check(&common, frames, size),
+        Command::Bench {
+            config,
+            frames,
+            size,
+            f16,
+            kernels,
+            runs,
+            steps,
+            device,
+        } => {
+            let (device, adapter) = gpu::open(&device).map_err(TavError::Device)?;
+            let size = size.unwrap_or(if config == "tiny" { 64 } else { 512 });
+            let spec = bench::BenchSpec {
+                config,
+                frames,
+                size,
+                f16,
+                kernels: kernels == "on",
+                runs,
+                steps,
+            };
+            bench::run(&spec, device, &adapter)
+        }
     }
 }
 

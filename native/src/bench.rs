@@ -1,0 +1,252 @@
+//! `tav bench`: times the three steps a job repeats (a UNet forward, a tuning step, a
+//! guided sampling step) on random weights at a given model size, and reports the median
+//! time and peak GPU memory of each as JSON lines.
+//!
+//! Peak memory is what burn's memory pools hold on the device after one run of the step,
+//! from a clean start (`memory_cleanup` first): the pools keep every page they allocate
+//! until cleaned, so this is the step's high-water mark, weights included.
+
+use std::time::Instant;
+
+use burn::tensor::{Device, Distribution, Tensor};
+use tav_core::config::{SchedulerConfig, UNetConfig};
+use tav_core::edit::sample;
+use tav_core::progress::silent;
+use tav_core::schedule::Schedule;
+use tav_core::transformer::VideoAttentionOptions;
+use tav_core::tune::{StepDraws, TuneBatch, TuneSettings, Tuner};
+use tav_core::unet::UNet3D;
+use tav_core::vae::Posterior;
+use tav_core::weights::RandomInit;
+use tav_core::{Result, TavError};
+
+/// What to benchmark.
+#[derive(Debug, Clone)]
+pub struct BenchSpec {
+    /// `sd15` (SD v1.5's UNet) or `tiny` (the demo model's UNet).
+    pub config: String,
+    pub frames: usize,
+    /// Frame side in pixels (a multiple of 64); latents are 1/8 of it.
+    pub size: usize,
+    pub f16: bool,
+    pub kernels: bool,
+    /// Timed runs per step (after one warm-up run).
+    pub runs: usize,
+    /// Which steps: any of `forward`, `tune`, `sample`.
+    pub steps: Vec<String>,
+}
+
+/// The steps `tav bench` knows.
+pub const STEPS: [&str; 3] = ["forward", "tune", "sample"];
+
+fn unet_config(name: &str) -> Result<UNetConfig> {
+    match name {
+        "sd15" => Ok(UNetConfig::sd_v1_5()),
+        "tiny" => Ok(crate::demo::tiny_unet_config()),
+        other => Err(TavError::InvalidInput(format!(
+            "unknown --config `{other}`: use sd15 or tiny"
+        ))),
+    }
+}
+
+impl BenchSpec {
+    fn validate(&self) -> Result<()> {
+        if self.size == 0 || !self.size.is_multiple_of(64) {
+            return Err(TavError::InvalidInput(format!(
+                "--size {} is not a multiple of 64",
+                self.size
+            )));
+        }
+        if self.frames == 0 || self.runs == 0 {
+            return Err(TavError::InvalidInput(
+                "--frames and --runs must be at least 1".into(),
+            ));
+        }
+        if let Some(bad) = self.steps.iter().find(|s| !STEPS.contains(&s.as_str())) {
+            return Err(TavError::InvalidInput(format!(
+                "unknown step `{bad}`: use {}",
+                STEPS.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One step's figures.
+struct Measured {
+    times_ms: Vec<f64>,
+    peak_bytes: Option<u64>,
+}
+
+/// Runs the benchmark and prints one JSON line per step (and one describing the setup).
+pub fn run(spec: &BenchSpec, device: Device, device_name: &str) -> Result<()> {
+    spec.validate()?;
+    let cfg = unet_config(&spec.config)?;
+    let started = Instant::now();
+    let mut unet = UNet3D::load(&RandomInit { seed: 0 }.builder(&device), &cfg)?;
+    if spec.f16 {
+        unet = unet.frozen_weights_to_f16(&device)?;
+    }
+    let parameters: usize = unet
+        .params
+        .iter()
+        .map(|e| e.shape.iter().product::<usize>())
+        .sum();
+    let header = serde_json::json!({
+        "bench": "setup", "device": device_name, "config": spec.config,
+        "parameters": parameters, "frames": spec.frames, "size": spec.size,
+        "latent": spec.size / 8, "f16_weights": spec.f16, "compute": "f32",
+        "kernels": spec.kernels, "runs": spec.runs,
+        "load_s": started.elapsed().as_secs_f64(),
+    });
+    println!("{header}");
+    let bench = Bench {
+        spec,
+        cfg: &cfg,
+        device: &device,
+        schedule: Schedule::new(&SchedulerConfig::sd_v1_5())?,
+        attention: VideoAttentionOptions {
+            kernels: spec.kernels,
+            ..VideoAttentionOptions::default()
+        },
+    };
+    for step in &spec.steps {
+        let measured = match step.as_str() {
+            "forward" => bench.forward(&unet)?,
+            "tune" => bench.tune(&unet)?,
+            _ => bench.sample(&unet)?,
+        };
+        let line = serde_json::json!({
+            "bench": step, "device": device_name, "config": spec.config,
+            "frames": spec.frames, "size": spec.size, "f16_weights": spec.f16,
+            "kernels": spec.kernels,
+            "median_ms": median(&measured.times_ms),
+            "min_ms": measured.times_ms.iter().cloned().fold(f64::INFINITY, f64::min),
+            "runs": measured.times_ms.len(),
+            "peak_bytes": measured.peak_bytes,
+            "peak_gib": measured.peak_bytes.map(|b| b as f64 / (1u64 << 30) as f64),
+        });
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
+}
+
+struct Bench<'a> {
+    spec: &'a BenchSpec,
+    cfg: &'a UNetConfig,
+    device: &'a Device,
+    schedule: Schedule,
+    attention: VideoAttentionOptions,
+}
+
+impl Bench<'_> {
+    fn normal<const D: usize>(&self, shape: [usize; D]) -> Tensor<D> {
+        Tensor::random(shape, Distribution::Normal(0.0, 1.0), self.device)
+    }
+
+    fn latent_shape(&self, batch: usize) -> [usize; 5] {
+        let side = self.spec.size / 8;
+        [batch, self.cfg.in_channels, self.spec.frames, side, side]
+    }
+
+    fn context(&self, batch: usize) -> Tensor<3> {
+        self.normal([batch, 77, self.cfg.cross_attention_dim])
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.device
+            .sync()
+            .map_err(|e| TavError::Device(format!("{e:?}")))
+    }
+
+    /// Warm-up run, then the timed runs, then one run from a clean pool for the peak.
+    fn measure(&self, mut once: impl FnMut() -> Result<()>) -> Result<Measured> {
+        once()?;
+        self.sync()?;
+        let mut times_ms = Vec::new();
+        for _ in 0..self.spec.runs {
+            let start = Instant::now();
+            once()?;
+            self.sync()?;
+            times_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        self.device.memory_cleanup();
+        once()?;
+        self.sync()?;
+        let peak_bytes = self.device.memory_pool_usage().map(|u| u.bytes_reserved);
+        Ok(Measured {
+            times_ms,
+            peak_bytes,
+        })
+    }
+
+    fn forward(&self, unet: &UNet3D) -> Result<Measured> {
+        self.measure(|| {
+            let eps = unet.forward(
+                self.normal(self.latent_shape(1)),
+                &[500.0],
+                self.context(1),
+                self.attention,
+            )?;
+            drop(eps);
+            Ok(())
+        })
+    }
+
+    /// One sampling step with classifier-free guidance (a batch of 2).
+    fn sample(&self, unet: &UNet3D) -> Result<Measured> {
+        self.measure(|| {
+            let out = sample(
+                unet,
+                &self.schedule,
+                self.normal(self.latent_shape(1)),
+                self.context(1),
+                self.context(1),
+                12.5,
+                1,
+                self.attention,
+                &mut silent,
+            )?;
+            drop(out);
+            Ok(())
+        })
+    }
+
+    /// One tuning step: forward, backward through the trainable layers, AdamW update.
+    fn tune(&self, unet: &UNet3D) -> Result<Measured> {
+        let [_, c, f, h, w] = self.latent_shape(1);
+        let batch = TuneBatch {
+            posterior: Posterior {
+                mean: self.normal([f, c, h, w]),
+                logvar: self.normal([f, c, h, w]).mul_scalar(0.1),
+            },
+            context: self.context(1),
+            scaling_factor: 0.18215,
+            attention: self.attention,
+        };
+        let mut tuner = Tuner::new(unet, TuneSettings::default());
+        let mut model = Some(tuner.train_mode(unet.clone()));
+        self.measure(|| {
+            let draws = StepDraws {
+                vae_eps: self.normal([f, c, h, w]),
+                noise: self.normal(self.latent_shape(1)),
+                timestep: 500,
+            };
+            let current = model.take().expect("the model is put back after each step");
+            let (next, _) = tuner.step(current, &batch, draws, &self.schedule, false)?;
+            model = Some(next);
+            Ok(())
+        })
+    }
+}
