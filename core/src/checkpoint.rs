@@ -49,6 +49,23 @@ impl CheckpointFiles for Folder {
     }
 }
 
+/// Checkpoint files held in memory (e.g. fetched by a browser), by relative path.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryFiles {
+    pub name: String,
+    pub files: std::collections::HashMap<String, Vec<u8>>,
+}
+
+impl CheckpointFiles for MemoryFiles {
+    fn read(&self, relative: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.files.get(relative).cloned())
+    }
+
+    fn show(&self, relative: &str) -> String {
+        format!("{}/{relative}", self.name)
+    }
+}
+
 /// Tensors in the weights files that are known not to be parameters.
 const KNOWN_BUFFERS: [&str; 1] = ["text_model.embeddings.position_ids"];
 
@@ -139,10 +156,11 @@ pub fn weights_file(
     })
 }
 
-fn report(
+/// What a component's loading found: its parameters, the unused tensors of `source`.
+pub fn report(
     component: &str,
     source: &dyn TensorSource,
-    file: &SafetensorsFile,
+    fingerprint: String,
     p: &ParamBuilder,
 ) -> ComponentReport {
     let entries = p.entries();
@@ -160,7 +178,7 @@ fn report(
             .map(|e| e.shape.iter().product::<usize>())
             .sum(),
         unexpected,
-        fingerprint: crate::delta::fingerprint(file),
+        fingerprint,
     }
 }
 
@@ -200,7 +218,11 @@ pub fn load_text_encoder(
     let file = weights_file(files, "text_encoder", "model", options.variant.as_deref())?;
     let p = ParamBuilder::from_source(&file, device);
     let model = ClipTextEncoder::load(&p, &cfg)?;
-    Ok((model, cfg, report("text_encoder", &file, &file, &p)))
+    Ok((
+        model,
+        cfg,
+        report("text_encoder", &file, crate::delta::fingerprint(&file), &p),
+    ))
 }
 
 /// Loads the VAE from `vae/`.
@@ -218,7 +240,11 @@ pub fn load_vae(
     )?;
     let p = ParamBuilder::from_source(&file, device);
     let model = Vae::load(&p, &cfg)?;
-    Ok((model, cfg, report("vae", &file, &file, &p)))
+    Ok((
+        model,
+        cfg,
+        report("vae", &file, crate::delta::fingerprint(&file), &p),
+    ))
 }
 
 /// Loads the 2D UNet from `unet/` and inflates it. Temporal layers come from `temporal`
@@ -245,7 +271,11 @@ pub fn load_unet(
     let p = ParamBuilder::from_source(&source, device)
         .with_fallback(temporal_init(options.temporal_seed));
     let model = UNet3D::load(&p, &cfg)?;
-    Ok((model, cfg, report("unet", &source, &file, &p)))
+    Ok((
+        model,
+        cfg,
+        report("unet", &source, crate::delta::fingerprint(&file), &p),
+    ))
 }
 
 /// Loads the DDPM/DDIM schedule from `scheduler/scheduler_config.json`.

@@ -38,3 +38,23 @@ impl ModuleMapper for ToF16<'_> {
         Param::initialized(id, param.val().cast(DType::F16))
     }
 }
+
+/// `module` with the parameters in `ids` stored as f32 (trainable layers of a model whose
+/// weights arrived in f16).
+pub fn params_to_f32<M: Module>(module: M, ids: &HashSet<ParamId>) -> M {
+    module.map(&mut ToF32 { ids })
+}
+
+struct ToF32<'a> {
+    ids: &'a HashSet<ParamId>,
+}
+
+impl ModuleMapper for ToF32<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if !self.ids.contains(&param.id) {
+            return param;
+        }
+        let id = param.id;
+        Param::initialized(id, param.val().cast(DType::F32))
+    }
+}

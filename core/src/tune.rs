@@ -127,8 +127,22 @@ impl Tuner {
         unet.map(&mut FromAutodiff)
     }
 
-    /// One tuning step. `unet` must be in [`Tuner::train_mode`].
+    /// One tuning step. `unet` must be in [`Tuner::train_mode`]. Blocks on the GPU's
+    /// readbacks (native only; browsers use [`Tuner::step_async`]).
     pub fn step(
+        &mut self,
+        unet: UNet3D,
+        batch: &TuneBatch,
+        draws: StepDraws,
+        schedule: &Schedule,
+        want_grads: bool,
+    ) -> Result<(UNet3D, StepOutcome)> {
+        futures_lite::future::block_on(self.step_async(unet, batch, draws, schedule, want_grads))
+    }
+
+    /// One tuning step, awaiting the GPU's readbacks (loss and gradient norm) instead of
+    /// blocking: what a browser must do.
+    pub async fn step_async(
         &mut self,
         unet: UNet3D,
         batch: &TuneBatch,
@@ -147,7 +161,8 @@ impl Tuner {
         let loss = (predicted - draws.noise).square().mean();
         let loss_value: f32 = loss
             .clone()
-            .try_into_scalar()
+            .try_into_scalar_async()
+            .await
             .map_err(|e| TavError::Device(format!("reading the loss back failed: {e:?}")))?;
         if !loss_value.is_finite() {
             return Err(TavError::NonFinite(format!(
@@ -165,14 +180,15 @@ impl Tuner {
         unet.visit(&mut collector);
         let (grads, dims) = (collector.grads, collector.dims);
 
-        let sum_squares: f32 = grads
+        let sum_squares = grads
             .values()
             .map(|g| g.clone().square().sum())
-            .reduce(|a, b| a + b)
-            .map_or(Ok(0.0), |t| t.try_into_scalar())
-            .map_err(|e| {
-                TavError::Device(format!("reading the gradient norm back failed: {e:?}"))
-            })?;
+            .reduce(|a, b| a + b);
+        let sum_squares: f32 = match sum_squares {
+            Some(t) => t.try_into_scalar_async().await,
+            None => Ok(0.0),
+        }
+        .map_err(|e| TavError::Device(format!("reading the gradient norm back failed: {e:?}")))?;
         let grad_norm = sum_squares.sqrt();
         if !grad_norm.is_finite() {
             return Err(TavError::NonFinite(format!(
@@ -254,12 +270,39 @@ impl Tuner {
 
     /// The trainable parameters' current values by reference key, in PyTorch layout.
     pub fn trainable_values(&self, unet: &UNet3D) -> BTreeMap<String, HostTensor> {
+        futures_lite::future::block_on(self.trainable_values_async(unet))
+            .expect("reading the tuned weights back")
+    }
+
+    /// [`Tuner::trainable_values`], awaiting each readback.
+    pub async fn trainable_values_async(
+        &self,
+        unet: &UNet3D,
+    ) -> Result<BTreeMap<String, HostTensor>> {
         let mut reader = ValueReader {
             wanted: &self.trainable,
-            out: BTreeMap::new(),
+            out: Vec::new(),
         };
         unet.visit(&mut reader);
-        reader.out
+        let mut values = BTreeMap::new();
+        for (key, flat, dims) in reader.out {
+            let failed = |e: String| TavError::Device(format!("reading `{key}` back failed: {e}"));
+            let data: Vec<f32> = flat
+                .into_data_async()
+                .await
+                .map_err(|e| failed(format!("{e:?}")))?
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .map_err(|e| failed(format!("{e:?}")))?;
+            let host = HostTensor::new(dims.clone(), data);
+            let host = if dims.len() == 2 {
+                host.transposed_2d()
+            } else {
+                host
+            };
+            values.insert(key, host);
+        }
+        Ok(values)
     }
 }
 
@@ -350,9 +393,10 @@ impl ModuleVisitor for GradCollector<'_> {
     }
 }
 
+/// Collects the wanted parameters (flattened, with their burn dims) for reading back.
 struct ValueReader<'a> {
     wanted: &'a HashMap<ParamId, String>,
-    out: BTreeMap<String, HostTensor>,
+    out: Vec<(String, Tensor<1>, Vec<usize>)>,
 }
 
 impl ModuleVisitor for ValueReader<'_> {
@@ -360,8 +404,7 @@ impl ModuleVisitor for ValueReader<'_> {
         if let Some(key) = self.wanted.get(&param.id) {
             let value = param.val().inner();
             let dims = value.dims().to_vec();
-            self.out
-                .insert(key.clone(), host_in_reference_layout(value, &dims));
+            self.out.push((key.clone(), value.flatten(0, D - 1), dims));
         }
     }
 }

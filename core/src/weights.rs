@@ -60,6 +60,18 @@ pub trait TensorSource {
     fn contains(&self, key: &str) -> bool {
         self.keys().iter().any(|k| k == key)
     }
+    /// The tensor `key` already in GPU memory (streamed sources); `None` if this source
+    /// does not hold it there.
+    fn fetch_on_device(&self, _key: &str) -> Result<Option<DeviceTensor>> {
+        Ok(None)
+    }
+}
+
+/// A tensor already on the GPU, flat, with its reference (PyTorch) shape.
+#[derive(Debug, Clone)]
+pub struct DeviceTensor {
+    pub shape: Vec<usize>,
+    pub flat: Tensor<1>,
 }
 
 /// A parsed safetensors file held in memory.
@@ -272,6 +284,15 @@ impl TensorSource for LayeredSource<'_> {
         Ok(None)
     }
 
+    fn fetch_on_device(&self, key: &str) -> Result<Option<DeviceTensor>> {
+        for layer in &self.layers {
+            if let Some(t) = layer.fetch_on_device(key)? {
+                return Ok(Some(t));
+            }
+        }
+        Ok(None)
+    }
+
     fn keys(&self) -> Vec<String> {
         let set: BTreeSet<String> = self.layers.iter().flat_map(|l| l.keys()).collect();
         set.into_iter().collect()
@@ -448,6 +469,9 @@ impl<'a> ParamBuilder<'a> {
                 stored_shape.into(),
             ));
         };
+        if let Some(on_device) = source.fetch_on_device(&key)? {
+            return self.device_param(id, key, on_device, shape, layout);
+        }
         let fetched = match source.fetch(&key)? {
             Some(t) => Some(t),
             None => self.fallback.as_ref().and_then(|f| f(&key, &shape)),
@@ -469,6 +493,32 @@ impl<'a> ParamBuilder<'a> {
             Layout::LinearWeight => host.transposed_2d(),
         };
         let tensor = host.to_device::<D>(&self.device);
+        Ok(Param::initialized(id, tensor))
+    }
+
+    /// A parameter from a tensor already on the GPU: checked, reshaped, and transposed to
+    /// burn's layout where needed (a view; nothing is copied to the host).
+    fn device_param<const D: usize>(
+        &self,
+        id: ParamId,
+        key: String,
+        on_device: DeviceTensor,
+        shape: [usize; D],
+        layout: Layout,
+    ) -> Result<Param<Tensor<D>>> {
+        if on_device.shape != shape {
+            return Err(TavError::ShapeMismatch {
+                path: self.source.map(|s| s.origin()).unwrap_or_default(),
+                tensor: key,
+                expected: Shape(shape.to_vec()),
+                found: Shape(on_device.shape),
+            });
+        }
+        let tensor = on_device.flat.reshape(shape);
+        let tensor = match layout {
+            Layout::Same => tensor,
+            Layout::LinearWeight => tensor.transpose(),
+        };
         Ok(Param::initialized(id, tensor))
     }
 }

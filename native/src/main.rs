@@ -5,6 +5,7 @@ mod demo;
 mod gpu;
 mod job;
 mod jobfile;
+mod pack;
 mod plot;
 mod ui;
 mod video;
@@ -184,6 +185,24 @@ enum Command {
         #[arg(long, default_value_t = 128)]
         size: usize,
     },
+    /// Convert a diffusers folder into the layout the browser loads: f16 weights in shards
+    /// under WebGPU's binding limits, a manifest with configs and SHA-256s, the tokenizer.
+    PackWeb {
+        /// The Stable Diffusion v1.x checkpoint folder (diffusers layout).
+        model: PathBuf,
+        /// The output folder (serve it over HTTP; the web engine loads its manifest.json).
+        out: PathBuf,
+        /// Weights variant to read, e.g. `fp16`.
+        #[arg(long)]
+        variant: Option<String>,
+        /// Largest shard in MiB (a larger single tensor gets a shard of its own).
+        #[arg(long, default_value_t = 64)]
+        shard_mib: u64,
+        /// Temporal layer weights to ship with the UNet (safetensors keyed by module path);
+        /// without it the browser initialises them as the reference does.
+        #[arg(long)]
+        temporal: Option<PathBuf>,
+    },
     /// Time a UNet forward, a tuning step and a guided sampling step on random weights;
     /// prints the median time and peak GPU memory of each as JSON lines.
     Bench {
@@ -326,6 +345,29 @@ fn dispatch(cli: Cli) -> Result<()> {
             frames,
             size,
         } => check(&common, frames, size),
+        Command::PackWeb {
+            model,
+            out,
+            variant,
+            shard_mib,
+            temporal,
+        } => {
+            let manifest = pack::pack_web(
+                &model,
+                &out,
+                variant.as_deref(),
+                shard_mib.max(1) << 20,
+                temporal.as_deref(),
+            )?;
+            println!(
+                "packed {} into {}: {} shards, {:.1} MB in f16",
+                model.display(),
+                out.display(),
+                manifest.shards.len(),
+                manifest.total_bytes() as f64 / 1e6
+            );
+            Ok(())
+        }
         Command::Bench {
             config,
             frames,
