@@ -205,3 +205,112 @@ fn truncated_and_corrupt_shards_are_caught() {
     println!("bad manifest: {e}");
     assert!(e.contains("manifest"), "{e}");
 }
+
+/// The f16 path amplified by guidance 12.5 over a whole job: the stated bound of an edit
+/// made with streamed f16 weights against the f32 reference.
+const TOL_F16_JOB: f64 = 6e-2;
+
+/// The golden job (tune with the golden draws, invert, edit) on the streamed f16 model, as the
+/// browser runs it (kernels on). Its edits are what the browser test compares with: set
+/// `TAV_WEB_REFERENCE_OUT` to a folder to write them there (`edit{i}.f32`, little-endian
+/// `[1, 3, F, H, W]`).
+#[test]
+fn streamed_f16_model_runs_the_golden_job() {
+    use tav_core::edit::{decode_video, invert, sample};
+    use tav_core::progress::silent;
+    use tav_core::tune::{StepDraws, TuneBatch, TuneSettings, Tuner, clip_latents};
+
+    let dir = &golden_dirs()[0];
+    let golden = Golden::open(dir);
+    let device = device();
+    let (manifest, files) = packed(dir, 64 << 20);
+    let mut weights = StreamedWeights::new(&device, false);
+    stream_all(&manifest, &files, &mut weights);
+    let mut small = MemoryFiles::default();
+    for f in &manifest.files {
+        small.files.insert(f.path.clone(), files[&f.path].clone());
+    }
+    let models = build_models(&manifest, &mut weights, &small, 0).unwrap();
+    let options = VideoAttentionOptions {
+        kernels: true,
+        ..VideoAttentionOptions::default()
+    };
+    let json = &golden.json;
+    let embed = |prompt: &str| {
+        let ids = models.tokenizer.encode(prompt).unwrap();
+        models.text_encoder.forward(&[ids], &device).unwrap()
+    };
+    let batch = TuneBatch {
+        posterior: models
+            .vae
+            .encode(golden.tensor("e2e.train.pixels", &device))
+            .unwrap(),
+        context: embed(json["e2e.train.prompt"].as_str().unwrap()),
+        scaling_factor: models.vae.scaling_factor,
+        attention: options,
+    };
+    let mut tuner = Tuner::new(
+        &models.unet,
+        TuneSettings {
+            learning_rate: json["e2e.train.lr"].as_f64().unwrap(),
+            ..TuneSettings::default()
+        },
+    );
+    let mut unet = tuner.train_mode(models.unet.clone());
+    let mut losses = Vec::new();
+    for step in 0..json["e2e.train.steps"].as_u64().unwrap() as usize {
+        let draws = StepDraws {
+            vae_eps: golden.tensor(&format!("e2e.train.step{step}.vae_eps"), &device),
+            noise: golden.tensor(&format!("e2e.train.step{step}.noise"), &device),
+            timestep: golden.ints(&format!("e2e.train.step{step}.timestep"))[0] as usize,
+        };
+        let (next, outcome) = tuner
+            .step(unet, &batch, draws, &models.schedule, false)
+            .unwrap();
+        unet = next;
+        losses.push(outcome.loss);
+    }
+    let unet = Tuner::eval_mode(unet);
+    let e = rel_error(&losses, &golden.host("e2e.train.losses").data);
+    println!("streamed f16 job: losses rel.err {e:.2e}");
+    assert!(e < TOL_F16);
+
+    let uncond = embed("");
+    let latents = clip_latents(batch.posterior.mean.clone(), models.vae.scaling_factor);
+    let inv_steps = json["e2e.inv.steps"].as_u64().unwrap() as usize;
+    let trajectory = invert(
+        &unet,
+        &models.schedule,
+        latents,
+        uncond.clone(),
+        inv_steps,
+        options,
+        &mut silent,
+    )
+    .unwrap();
+    let out_dir = std::env::var_os("TAV_WEB_REFERENCE_OUT").map(std::path::PathBuf::from);
+    let prompts = json["e2e.edit.prompts"].as_array().unwrap();
+    for (i, prompt) in prompts.iter().enumerate() {
+        let edited = sample(
+            &unet,
+            &models.schedule,
+            trajectory.last().unwrap().clone(),
+            embed(prompt.as_str().unwrap()),
+            uncond.clone(),
+            json["e2e.edit.guidance_scale"].as_f64().unwrap(),
+            json["e2e.edit.steps"].as_u64().unwrap() as usize,
+            options,
+            &mut silent,
+        )
+        .unwrap();
+        let video = to_vec(decode_video(&models.vae, edited, usize::MAX, &mut silent));
+        let e = rel_error(&video, &golden.host(&format!("e2e.edit{i}.video")).data);
+        println!("streamed f16 job: edit {i} rel.err {e:.2e} (bound {TOL_F16_JOB})");
+        assert!(e < TOL_F16_JOB);
+        if let Some(dir) = &out_dir {
+            std::fs::create_dir_all(dir).unwrap();
+            let bytes: Vec<u8> = video.iter().flat_map(|v| v.to_le_bytes()).collect();
+            std::fs::write(dir.join(format!("edit{i}.f32")), bytes).unwrap();
+        }
+    }
+}

@@ -23,12 +23,13 @@ pub fn invert(
     options: VideoAttentionOptions,
     progress: Progress,
 ) -> Result<Vec<Tensor<5>>> {
-    let timesteps = schedule.ddim_timesteps(steps)?;
     let mut trajectory = vec![latents.clone()];
     let mut x = latents;
-    for (i, &t) in timesteps.iter().rev().enumerate() {
-        let eps = unet.forward(x.clone(), &[t as f64], context.clone(), options)?;
-        x = schedule.ddim_inversion_step(eps, t, x, steps);
+    for (i, t) in inversion_timesteps(schedule, steps)?
+        .into_iter()
+        .enumerate()
+    {
+        x = inversion_step(unet, schedule, x, t, context.clone(), steps, options)?;
         trajectory.push(x.clone());
         progress(Event {
             phase: Phase::Invert,
@@ -56,27 +57,19 @@ pub fn sample(
     progress: Progress,
 ) -> Result<Tensor<5>> {
     let timesteps = schedule.ddim_timesteps(steps)?;
-    let guided = guidance != 1.0;
-    let context = if guided {
-        Tensor::cat(vec![uncond, cond], 0)
-    } else {
-        cond
-    };
+    let context = guidance_context(cond, uncond, guidance);
     let mut x = latents;
     for (i, &t) in timesteps.iter().enumerate() {
-        let input = if guided {
-            Tensor::cat(vec![x.clone(), x.clone()], 0)
-        } else {
-            x.clone()
-        };
-        let eps = unet.forward(input, &[t as f64], context.clone(), options)?;
-        let eps = if guided {
-            let [e_uncond, e_cond] = eps.chunk(2, 0).try_into().expect("two halves");
-            e_uncond.clone() + (e_cond - e_uncond).mul_scalar(guidance)
-        } else {
-            eps
-        };
-        x = schedule.ddim_step(eps, t, x, steps);
+        x = sampling_step(
+            unet,
+            schedule,
+            x,
+            t,
+            context.clone(),
+            guidance,
+            steps,
+            options,
+        )?;
         progress(Event {
             phase: Phase::Sample,
             step: i + 1,
@@ -117,4 +110,64 @@ pub fn decode_video(vae: &Vae, latents: Tensor<5>, chunk: usize, progress: Progr
         .div_scalar(2.0)
         .add_scalar(0.5)
         .clamp(0.0, 1.0)
+}
+
+/// The timesteps of a DDIM inversion of `steps` steps, in the order they are taken.
+pub fn inversion_timesteps(schedule: &Schedule, steps: usize) -> Result<Vec<usize>> {
+    let mut timesteps = schedule.ddim_timesteps(steps)?;
+    timesteps.reverse();
+    Ok(timesteps)
+}
+
+/// One DDIM inversion step at timestep `t`, towards noise.
+pub fn inversion_step(
+    unet: &UNet3D,
+    schedule: &Schedule,
+    x: Tensor<5>,
+    t: usize,
+    context: Tensor<3>,
+    steps: usize,
+    options: VideoAttentionOptions,
+) -> Result<Tensor<5>> {
+    let eps = unet.forward(x.clone(), &[t as f64], context, options)?;
+    Ok(schedule.ddim_inversion_step(eps, t, x, steps))
+}
+
+/// The context of a guided sampling step: `[uncond; cond]` (one batch of 2), or `cond`
+/// alone at guidance 1.
+pub fn guidance_context(cond: Tensor<3>, uncond: Tensor<3>, guidance: f64) -> Tensor<3> {
+    if guidance != 1.0 {
+        Tensor::cat(vec![uncond, cond], 0)
+    } else {
+        cond
+    }
+}
+
+/// One DDIM sampling step (eta 0) at timestep `t` with classifier-free guidance; `context`
+/// comes from [`guidance_context`].
+#[allow(clippy::too_many_arguments)]
+pub fn sampling_step(
+    unet: &UNet3D,
+    schedule: &Schedule,
+    x: Tensor<5>,
+    t: usize,
+    context: Tensor<3>,
+    guidance: f64,
+    steps: usize,
+    options: VideoAttentionOptions,
+) -> Result<Tensor<5>> {
+    let guided = guidance != 1.0;
+    let input = if guided {
+        Tensor::cat(vec![x.clone(), x.clone()], 0)
+    } else {
+        x.clone()
+    };
+    let eps = unet.forward(input, &[t as f64], context, options)?;
+    let eps = if guided {
+        let [e_uncond, e_cond] = eps.chunk(2, 0).try_into().expect("two halves");
+        e_uncond.clone() + (e_cond - e_uncond).mul_scalar(guidance)
+    } else {
+        eps
+    };
+    Ok(schedule.ddim_step(eps, t, x, steps))
 }

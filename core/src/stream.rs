@@ -192,8 +192,8 @@ impl StreamedWeights {
 }
 
 /// Feeds one shard's bytes, in chunks of any size, into [`StreamedWeights`].
-pub struct ShardStream<'m> {
-    shard: &'m Shard,
+pub struct ShardStream {
+    shard: Shard,
     /// Bytes of the shard seen so far.
     position: u64,
     /// Index of the tensor being filled.
@@ -202,10 +202,10 @@ pub struct ShardStream<'m> {
     hasher: Sha256,
 }
 
-impl<'m> ShardStream<'m> {
-    pub fn new(shard: &'m Shard) -> Self {
+impl ShardStream {
+    pub fn new(shard: &Shard) -> Self {
         Self {
-            shard,
+            shard: shard.clone(),
             position: 0,
             next: 0,
             pending: Vec::new(),
@@ -227,7 +227,7 @@ impl<'m> ShardStream<'m> {
         }
         self.hasher.update(chunk);
         while !chunk.is_empty() {
-            let Some(tensor) = self.shard.tensors.get(self.next) else {
+            let Some(tensor) = self.shard.tensors.get(self.next).cloned() else {
                 // Padding after the last tensor.
                 self.position += chunk.len() as u64;
                 return Ok(());
@@ -248,7 +248,7 @@ impl<'m> ShardStream<'m> {
             self.position += take as u64;
             weights.peak_host_bytes = weights.peak_host_bytes.max(self.pending.capacity());
             if self.position == end {
-                weights.store(tensor, &self.pending);
+                weights.store(&tensor, &self.pending);
                 self.pending = Vec::new();
                 self.next += 1;
             }

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The browser tests: builds the wasm package (release), packs the golden tiny checkpoint with
+# `tav pack-web`, serves the demo page, the package, the model and the goldens over loopback
+# HTTP, and drives headless Chromium (WebGPU; SwiftShader without a GPU) through
+#   engine.test.mjs  the engine against the reference (golden draws), and the cache on reload;
+#   page.test.mjs    the demo page as a user drives it (upload car-turn.mp4, run, screenshot).
+# Needs chromium (CHROMIUM=path to override) and node/npm.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+golden="${TAV_GOLDEN:-$root/../shared/golden/tiny-a}"
+port="${TAV_PORT:-8123}"
+
+bash web/build.sh
+site=$(mktemp -d /tmp/tav-site.XXXXXX)
+cp -r www/. "$site/"
+rm -rf "$site/pkg" "$site/model"
+cp -r web/pkg "$site/pkg"
+cargo run --locked -q -p tav-native -- pack-web "$golden/model" "$site/model" \
+  --temporal "$golden/temporal_init.safetensors"
+mkdir -p "$site/golden"
+cp "$golden/cases.json" "$golden/cases.safetensors" "$site/golden/"
+cp tests/browser/engine.html "$site/"
+# The native run of the same packed model, which the browser must reproduce.
+TAV_GOLDEN_DIRS="$golden" TAV_WEB_REFERENCE_OUT="$site/native" \
+  cargo test --locked -q -p tav-tests --test stream streamed_f16_model_runs_the_golden_job
+
+(cd tests/browser && npm ci --no-audit --no-fund --silent)
+node tests/browser/serve.mjs "$site" "$port" > /tmp/tav-serve.log 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+for _ in $(seq 50); do grep -q listening /tmp/tav-serve.log && break; sleep 0.2; done
+
+echo "wasm: $(du -b web/pkg/tav_web_bg.wasm | cut -f1) bytes; site: $site"
+TAV_SITE_URL="http://127.0.0.1:$port/" node tests/browser/engine.test.mjs
+TAV_WWW_URL="http://127.0.0.1:$port/index.html" TAV_VIDEO="$root/../shared/videos/car-turn.mp4" \
+  node tests/browser/page.test.mjs

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Builds the npm-style package web/pkg/: the engine compiled to wasm (release), its
+# wasm-bindgen glue, and the documented API (js/tav.js, js/tav.d.ts, package.json).
+# Needs: rustup target wasm32-unknown-unknown, and wasm-bindgen-cli of exactly the version
+# of the wasm-bindgen crate in Cargo.lock (installed here if missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+version=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/[^0-9.]/, ""); print; exit}' Cargo.lock)
+rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+if ! wasm-bindgen --version 2>/dev/null | grep -q " $version\$"; then
+  # Not --locked: one of the CLI's locked dependencies is not in the registry here.
+  cargo install wasm-bindgen-cli --version "=$version"
+fi
+
+cargo build --locked -p tav-web --target wasm32-unknown-unknown --release
+rm -rf web/pkg
+wasm-bindgen --target web --out-dir web/pkg target/wasm32-unknown-unknown/release/tav_web.wasm
+cp web/js/tav.js web/js/tav.d.ts web/js/package.json web/pkg/
+echo "web/pkg: $(du -b web/pkg/tav_web_bg.wasm | cut -f1) bytes of wasm"
