@@ -67,8 +67,22 @@ if (second.ok) {
   check(second.loadStats.cachedBytes === second.loadStats.totalBytes && second.loadStats.downloadedBytes === 0,
     `reload reads every byte from the cache (${second.loadStats.cachedBytes} cached, ${second.loadStats.downloadedBytes} downloaded)`);
   check(shardRequests.length === before, `reload makes no shard requests (${shardRequests.length - before})`);
+  for (const c of second.errorChecks) check(c.ok, `error: ${c.what} → "${c.message}"`);
 }
 await context.close();
+
+// Without WebGPU (Chromium's default on Linux without the flag) loading says so.
+const plain = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--disable-webgpu'],
+});
+const noGpu = await plain.newPage();
+await noGpu.goto(`${site}engine.html?loadOnly`);
+await noGpu.waitForFunction(() => window.tavResult, null, { timeout: 60000 });
+const refused = await noGpu.evaluate(() => window.tavResult);
+check(!refused.ok && /WebGPU is not available|no usable WebGPU adapter/.test(refused.error), `no WebGPU → "${refused.error}"`);
+await plain.close();
 if (failures.length) {
   console.log(`${failures.length} check(s) failed`);
   process.exit(1);

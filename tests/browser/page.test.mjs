@@ -64,8 +64,8 @@ const context = await chromium.launchPersistentContext(profile, {
     '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
 });
 
+const page = context.pages()[0] || (await context.newPage());
 try {
-  const page = context.pages()[0] || (await context.newPage());
   page.on('console', (m) => console.log(`  [browser ${m.type()}] ${m.text()}`));
   page.on('pageerror', (e) => console.log(`  [page error] ${e.message}`));
   page.on('requestfailed', (r) => console.log(`  [request failed] ${r.url()} ${r.failure()?.errorText}`));
@@ -89,7 +89,6 @@ try {
   const seconds = ((Date.now() - started) / 1000).toFixed(1);
   console.log(`run ended in ${seconds} s with state '${state}'; status: ${await page.textContent('#status')}`);
   if (state !== 'done') {
-    await page.screenshot({ path: join(artifacts, 'page-failed.png'), fullPage: true });
     throw new Error(`the run ended in state '${state}': ${(await page.textContent('#error')) || '(no error text)'}`);
   }
 
@@ -127,6 +126,13 @@ try {
   report('the first .result-view', 'result-view.png', view, 1, 1);
 } catch (e) {
   check(false, e.message);
+  // What the page said, and how it looked, when it failed (e.g. on a timeout).
+  const said = await page.evaluate(() => ({
+    state: document.body.dataset.state, status: document.getElementById('status')?.textContent,
+    error: document.getElementById('error')?.textContent,
+  })).catch(() => null);
+  if (said) console.log(`     page state '${said.state}', status: ${said.status}, error: ${said.error || '(none)'}`);
+  await page.screenshot({ path: join(artifacts, 'page-failed.png'), fullPage: true }).catch(() => {});
 } finally {
   await context.close();
   rmSync(profile, { recursive: true, force: true });
