@@ -122,6 +122,8 @@ pub struct StreamedWeights {
     on_host: HashMap<String, HostTensor>,
     /// Bytes of the largest host buffer held at once while streaming.
     pub peak_host_bytes: usize,
+    /// The tensor uploaded last: waiting for it waits for every upload before it.
+    last_upload: Option<Tensor<1>>,
 }
 
 impl StreamedWeights {
@@ -132,7 +134,14 @@ impl StreamedWeights {
             on_device: HashMap::new(),
             on_host: HashMap::new(),
             peak_host_bytes: 0,
+            last_upload: None,
         }
+    }
+
+    /// The tensor uploaded last, taken: [`wait_for_uploads`] on it waits for every upload
+    /// before it.
+    pub fn take_last_upload(&mut self) -> Option<Tensor<1>> {
+        self.last_upload.take()
     }
 
     fn store(&mut self, tensor: &PackedTensor, raw: &[u8]) {
@@ -146,13 +155,16 @@ impl StreamedWeights {
             return;
         }
         let n = raw.len() / 2;
-        let data = TensorData::from_bytes_vec(raw.to_vec(), [n], DType::F16);
         let flat = if self.keep_f16 {
+            let data = TensorData::from_bytes_vec(raw.to_vec(), [n], DType::F16);
             Tensor::<1>::from_data(data, (&self.device, DType::F16))
         } else {
             // No f16 on this adapter: widen on the host, one tensor at a time.
-            Tensor::<1>::from_data(data.convert::<f32>(), &self.device)
+            let wide =
+                crate::weights::decode_floats(raw, safetensors::Dtype::F16).expect("f16 decodes");
+            Tensor::<1>::from_data(TensorData::new(wide, [n]), &self.device)
         };
+        self.last_upload = Some(flat.clone());
         self.on_device.insert(
             tensor.key.clone(),
             DeviceTensor {
@@ -189,6 +201,16 @@ impl StreamedWeights {
             self.on_host.remove(&t.key);
         }
     }
+}
+
+/// Waits until the GPU holds `last` (and so every tensor uploaded before it), so nothing the
+/// uploads staged stays in host memory: a browser awaits this between shards.
+pub async fn wait_for_uploads(last: Tensor<1>) -> Result<()> {
+    last.slice([0..1])
+        .into_data_async()
+        .await
+        .map_err(|e| TavError::Device(format!("uploading weights failed: {e:?}")))?;
+    Ok(())
 }
 
 /// Feeds one shard's bytes, in chunks of any size, into [`StreamedWeights`].

@@ -49,7 +49,11 @@ check(stats.downloadedBytes === stats.totalBytes, `first load downloads the mode
 const largestTensor = Math.max(...(await (await fetch(`${site}model/manifest.json`)).json())
   .shards.flatMap((s) => s.tensors.map((t) => t.bytes)));
 check(stats.peakStreamBytes <= largestTensor, `streaming held at most one tensor on the host (${stats.peakStreamBytes} ≤ ${largestTensor} bytes)`);
-const growth = stats.wasmMemoryBytes - stats.wasmMemoryBeforeShardsBytes;
+// Streaming holds one shard's uploads at a time, so the heap grows by less than the weights
+// that pass through it. (On this tiny model most of the growth is CLIP's token table, which is
+// kept on the host as f32 by design: 6.3 MB of the 13.7 MB; the tokenizer comes after, in
+// finishModel.)
+const growth = stats.wasmMemoryAfterShardsBytes - stats.wasmMemoryBeforeShardsBytes;
 check(growth < stats.totalBytes, `the wasm heap grew ${growth} bytes while ${stats.totalBytes} bytes of weights streamed through it`);
 check(first.lossError <= TOLERANCE_LOSS, `tuning losses match the reference (rel.err ${first.lossError.toExponential(2)} ≤ ${TOLERANCE_LOSS})`);
 for (const [i, e] of first.nativeErrors.entries())
@@ -81,7 +85,7 @@ const noGpu = await plain.newPage();
 await noGpu.goto(`${site}engine.html?loadOnly`);
 await noGpu.waitForFunction(() => window.tavResult, null, { timeout: 60000 });
 const refused = await noGpu.evaluate(() => window.tavResult);
-check(!refused.ok && /WebGPU is not available|no usable WebGPU adapter/.test(refused.error), `no WebGPU → "${refused.error}"`);
+check(!refused.ok && /WebGPU is not available/.test(refused.error), `no WebGPU → "${refused.error}"`);
 await plain.close();
 if (failures.length) {
   console.log(`${failures.length} check(s) failed`);

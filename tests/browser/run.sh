@@ -16,8 +16,10 @@ site=$(mktemp -d /tmp/tav-site.XXXXXX)
 cp -r www/. "$site/"
 rm -rf "$site/pkg" "$site/model"
 cp -r web/pkg "$site/pkg"
+# Small shards, so that streaming (one shard of uploads in host memory at a time) shows even
+# on a tiny model.
 cargo run --locked -q -p tav-native -- pack-web "$golden/model" "$site/model" \
-  --temporal "$golden/temporal_init.safetensors"
+  --temporal "$golden/temporal_init.safetensors" --shard-mib 1
 mkdir -p "$site/golden"
 cp "$golden/cases.json" "$golden/cases.safetensors" "$site/golden/"
 cp tests/browser/engine.html "$site/"

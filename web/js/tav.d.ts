@@ -2,6 +2,7 @@
 
 export class TavError extends Error {
   name: 'TavError';
+  code: 'no-webgpu' | 'limits' | 'unreachable' | 'corrupt' | 'bad-frames' | 'out-of-memory' | 'cancelled' | 'busy' | 'state' | 'other';
 }
 
 export const CACHE_NAME: string;
@@ -41,8 +42,10 @@ export interface LoadStats {
   files: number;
   /** Largest buffer the engine held on the host while streaming (one tensor). */
   peakStreamBytes: number;
-  /** The wasm heap before the shards streamed in, and after the model was built. */
+  /** The wasm heap before and after the shards streamed in, and after the model was built
+   *  (which adds the tokenizer and CLIP's token table, kept on the host). */
   wasmMemoryBeforeShardsBytes: number;
+  wasmMemoryAfterShardsBytes: number;
   wasmMemoryBytes: number;
 }
 

@@ -2,11 +2,29 @@
 // loading a packed model (streamed to the GPU, cached), tuning, inversion, editing.
 import init, { Engine, wasmMemoryBytes } from './tav_web.js';
 
-/** Every failure of tav reaches callers as a TavError with a message a user can act on. */
+/** What kind of failure a TavError is, from its message (checked in this order). */
+const CODES = [
+  ['no-webgpu', /WebGPU is not available/],
+  ['limits', /adapter limits too small/],
+  ['unreachable', /model unreachable/],
+  ['corrupt', /corrupt|incomplete/],
+  ['bad-frames', /bad frames/],
+  ['out-of-memory', /out of GPU memory/],
+  ['cancelled', /^cancelled$/],
+  ['busy', /busy with another call/],
+  ['state', /nothing to (invert|edit|export)|no model loaded/],
+];
+
+/**
+ * Every failure of tav reaches callers as a TavError with a message a user can act on, and a
+ * `code`: no-webgpu, limits, unreachable, corrupt, bad-frames, out-of-memory, cancelled,
+ * busy, state (a call out of order, e.g. edit before invert), or other.
+ */
 export class TavError extends Error {
   constructor(message) {
     super(message);
     this.name = 'TavError';
+    this.code = (CODES.find(([, pattern]) => pattern.test(message)) || ['other'])[0];
   }
 }
 
@@ -121,7 +139,7 @@ export class Tav {
               loaded += chunk.byteLength;
               progress(path, fromCache);
             });
-            end();
+            await end();
             stats[fromCache ? 'cachedBytes' : 'downloadedBytes'] += loaded - before;
             progress(path, fromCache);
             return;
@@ -158,6 +176,7 @@ export class Tav {
           () => engine.endShard(index),
         );
       }
+      stats.wasmMemoryAfterShardsBytes = wasmMemoryBytes();
       stats.peakStreamBytes = engine.finishModel();
       stats.wasmMemoryBytes = wasmMemoryBytes();
       return new Tav(engine, manifest, stats);

@@ -20,7 +20,9 @@ use tav_core::edit::{
     decode_video, guidance_context, inversion_step, inversion_timesteps, sampling_step,
 };
 use tav_core::progress::silent;
-use tav_core::stream::{Manifest, ShardStream, StreamedWeights, build_models, sha256_hex};
+use tav_core::stream::{
+    Manifest, ShardStream, StreamedWeights, build_models, sha256_hex, wait_for_uploads,
+};
 use tav_core::transformer::VideoAttentionOptions;
 use tav_core::tune::{StepDraws, TuneBatch, TuneSettings, Tuner, clip_latents, seeded_draws};
 use tav_core::unet::UNet3D;
@@ -85,6 +87,44 @@ pub fn wasm_memory_bytes() -> f64 {
     }
 }
 
+/// The page's GPU: burn registers one device per page, so every engine shares it.
+#[derive(Clone)]
+struct Gpu {
+    device: Device,
+    adapter: String,
+    shader_f16: bool,
+    max_binding: u64,
+}
+
+thread_local! {
+    static GPU: RefCell<Option<Gpu>> = const { RefCell::new(None) };
+}
+
+impl Gpu {
+    async fn open() -> JsResult<Gpu> {
+        let (device, setup) = Device::wgpu_options()
+            .init_with_setup_async()
+            .await
+            .map_err(|e| {
+                error(format!(
+                    "WebGPU is not available: the browser offers no usable GPU adapter ({e:?})"
+                ))
+            })?;
+        let info = setup.adapter.get_info();
+        Ok(Gpu {
+            shader_f16: device.supports_dtype(DType::F16),
+            device,
+            adapter: if info.name.is_empty() {
+                // Browsers may hide the adapter's name.
+                format!("{:?} adapter", info.backend)
+            } else {
+                format!("{} ({:?})", info.name, info.backend)
+            },
+            max_binding: setup.device.limits().max_storage_buffer_binding_size,
+        })
+    }
+}
+
 fn webgpu_available() -> bool {
     let navigator = js_sys::Reflect::get(&js_sys::global(), &"navigator".into());
     navigator
@@ -102,24 +142,20 @@ impl Engine {
                  (or Firefox with WebGPU enabled), on a machine with a supported GPU",
             ));
         }
-        let (device, setup) = Device::wgpu_options()
-            .init_with_setup_async()
-            .await
-            .map_err(|e| error(format!("no usable WebGPU adapter: {e:?}")))?;
-        let info = setup.adapter.get_info();
-        let limits = setup.device.limits();
-        let shader_f16 = device.supports_dtype(DType::F16);
+        let gpu = match GPU.with(|g| g.borrow().clone()) {
+            Some(gpu) => gpu,
+            None => {
+                let gpu = Gpu::open().await?;
+                GPU.with(|g| *g.borrow_mut() = Some(gpu.clone()));
+                gpu
+            }
+        };
         Ok(Engine {
             inner: Rc::new(Inner {
-                device,
-                adapter: if info.name.is_empty() {
-                    // Browsers may hide the adapter's name.
-                    format!("{:?} adapter", info.backend)
-                } else {
-                    format!("{} ({:?})", info.name, info.backend)
-                },
-                shader_f16,
-                max_binding: limits.max_storage_buffer_binding_size,
+                device: gpu.device,
+                adapter: gpu.adapter,
+                shader_f16: gpu.shader_f16,
+                max_binding: gpu.max_binding,
                 cancelled: Cell::new(false),
                 busy: Cell::new(false),
                 state: RefCell::default(),
@@ -211,15 +247,26 @@ impl Engine {
     }
 
     /// Ends shard `index`: all its bytes arrived and its SHA-256 matches (else rejects; feed
-    /// the shard again from its start).
+    /// the shard again from its start). Resolves once the GPU holds the shard's tensors, so
+    /// host memory holds at most one shard's uploads at a time.
     #[wasm_bindgen(js_name = endShard)]
-    pub fn end_shard(&self, index: usize) -> JsResult<()> {
-        let mut state = self.inner.state.borrow_mut();
-        let loading = loading(&mut state)?;
-        match loading.current.take() {
-            Some((i, stream)) if i == index => stream.finish().map_err(tav_error),
-            _ => Err(error(format!("shard {index} was not being fed"))),
-        }
+    pub fn end_shard(&self, index: usize) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let last = {
+                let mut state = inner.state.borrow_mut();
+                let loading = loading(&mut state)?;
+                match loading.current.take() {
+                    Some((i, stream)) if i == index => stream.finish().map_err(tav_error)?,
+                    _ => return Err(error(format!("shard {index} was not being fed"))),
+                }
+                loading.weights.take_last_upload()
+            };
+            if let Some(last) = last {
+                wait_for_uploads(last).await.map_err(tav_error)?;
+            }
+            Ok(JsValue::UNDEFINED)
+        })
     }
 
     /// A small file of the pack (the tokenizer), checked against the manifest.
