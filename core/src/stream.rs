@@ -206,7 +206,7 @@ impl StreamedWeights {
 /// Waits until the GPU holds `last` (and so every tensor uploaded before it), so nothing the
 /// uploads staged stays in host memory: a browser awaits this between shards.
 pub async fn wait_for_uploads(last: Tensor<1>) -> Result<()> {
-    last.slice([0..1])
+    last.narrow(0, 0, 1)
         .into_data_async()
         .await
         .map_err(|e| TavError::Device(format!("uploading weights failed: {e:?}")))?;
