@@ -23,9 +23,10 @@ cargo run --locked -q -p tav-native -- pack-web "$golden/model" "$site/model" \
 mkdir -p "$site/golden"
 cp "$golden/cases.json" "$golden/cases.safetensors" "$site/golden/"
 cp tests/browser/engine.html "$site/"
-# The native run of the same packed model, which the browser must reproduce.
+# The native run of the same packed model, which the browser must reproduce. (--workspace:
+# the same feature set as the README's test command, so nothing is rebuilt.)
 TAV_GOLDEN_DIRS="$golden" TAV_WEB_REFERENCE_OUT="$site/native" \
-  cargo test --locked -q -p tav-tests --test stream streamed_f16_model_runs_the_golden_job
+  cargo test --workspace --locked -q --test stream -- streamed_f16_model_runs_the_golden_job
 
 (cd tests/browser && npm ci --no-audit --no-fund --silent)
 node tests/browser/serve.mjs "$site" "$port" > /tmp/tav-serve.log 2>&1 &
