@@ -138,7 +138,7 @@ impl StreamedWeights {
         }
     }
 
-    /// The tensor uploaded last, taken: [`wait_for_uploads`] on it waits for every upload
+    /// The tensor uploaded last, taken: [`wait_for_gpu`] on it waits for every upload
     /// before it.
     pub fn take_last_upload(&mut self) -> Option<Tensor<1>> {
         self.last_upload.take()
@@ -203,13 +203,18 @@ impl StreamedWeights {
     }
 }
 
-/// Waits until the GPU holds `last` (and so every tensor uploaded before it), so nothing the
-/// uploads staged stays in host memory: a browser awaits this between shards.
-pub async fn wait_for_uploads(last: Tensor<1>) -> Result<()> {
-    last.narrow(0, 0, 1)
-        .into_data_async()
+/// Waits until the GPU has computed (or received) `t`, and so everything queued before it,
+/// by reading one value back: a browser awaits this between shards (nothing the uploads
+/// staged stays in host memory) and between sampling steps (progress is real). `what` names
+/// the work in the error.
+pub async fn wait_for_gpu<const D: usize>(t: Tensor<D>, what: &str) -> Result<()> {
+    let mut one = t;
+    for dim in 0..D {
+        one = one.narrow(dim, 0, 1);
+    }
+    one.into_data_async()
         .await
-        .map_err(|e| TavError::Device(format!("uploading weights failed: {e:?}")))?;
+        .map_err(|e| TavError::Device(format!("{what} failed: {e:?}")))?;
     Ok(())
 }
 

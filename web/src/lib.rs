@@ -21,7 +21,7 @@ use tav_core::edit::{
 };
 use tav_core::progress::silent;
 use tav_core::stream::{
-    Manifest, ShardStream, StreamedWeights, build_models, sha256_hex, wait_for_uploads,
+    Manifest, ShardStream, StreamedWeights, build_models, sha256_hex, wait_for_gpu,
 };
 use tav_core::transformer::VideoAttentionOptions;
 use tav_core::tune::{StepDraws, TuneBatch, TuneSettings, Tuner, clip_latents, seeded_draws};
@@ -263,7 +263,9 @@ impl Engine {
                 loading.weights.take_last_upload()
             };
             if let Some(last) = last {
-                wait_for_uploads(last).await.map_err(tav_error)?;
+                wait_for_gpu(last, "uploading weights")
+                    .await
+                    .map_err(tav_error)?;
             }
             Ok(JsValue::UNDEFINED)
         })
@@ -459,12 +461,9 @@ impl Inner {
     /// Waits for the GPU to reach `t` (a one-value readback): progress is then real, and
     /// the page stays responsive between steps.
     async fn settle(&self, t: &Tensor<5>) -> JsResult<()> {
-        t.clone()
-            .slice([0..1, 0..1, 0..1, 0..1, 0..1])
-            .into_data_async()
+        wait_for_gpu(t.clone(), "a denoising step")
             .await
-            .map_err(|e| tav_error(tav_core::TavError::Device(format!("{e:?}"))))?;
-        Ok(())
+            .map_err(tav_error)
     }
 
     async fn tune(
