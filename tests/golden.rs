@@ -130,8 +130,8 @@ fn parity(kernels: bool) {
     );
 }
 
-/// f16 weight storage (arithmetic in f32): the stated bound on the components' and the
-/// UNet's outputs, where the adapter supports f16.
+/// f16 weight storage (arithmetic in f32), and the UNet with f16 arithmetic too: the
+/// stated bound on the components' and the UNet's outputs, where the adapter supports f16.
 const TOL_F16: f64 = 1e-2;
 
 #[test]
@@ -178,15 +178,34 @@ fn golden_f16_weights_within_bound() {
             let context: Tensor<3> =
                 golden.tensor(&format!("{case}.encoder_hidden_states"), &device);
             let t = golden.ints(&format!("{case}.timestep"))[0] as f64;
-            let out = models
-                .unet
-                .forward(sample, &[t], context, attention())
-                .unwrap();
-            run.check(
-                &format!("{case} (f16)"),
-                &to_vec(out),
-                &golden.host(&format!("{case}.out")).data,
-                TOL_F16,
+            let reference = &golden.host(&format!("{case}.out")).data;
+            let mut outputs = Vec::new();
+            // f16 weights; then f16 arithmetic on the plain path and through the f16 kernels.
+            for (f16_compute, kernels) in [(false, false), (true, false), (true, true)] {
+                let options = VideoAttentionOptions {
+                    f16_compute,
+                    kernels,
+                    ..VideoAttentionOptions::default()
+                };
+                let out = models
+                    .unet
+                    .forward(sample.clone(), &[t], context.clone(), options)
+                    .unwrap();
+                let label = match (f16_compute, kernels) {
+                    (false, _) => "f16",
+                    (true, false) => "f16 arithmetic",
+                    (true, true) => "f16 arithmetic, kernels",
+                };
+                let out = to_vec(out);
+                run.check(&format!("{case} ({label})"), &out, reference, TOL_F16);
+                outputs.push(out);
+            }
+            // f16 arithmetic really ran: its rounding shows against f32 arithmetic.
+            let apart = rel_error(&outputs[1], &outputs[0]);
+            println!("  {case}: f16 arithmetic vs f32 arithmetic rel.diff {apart:.3e}");
+            assert!(
+                apart > 1e-4,
+                "{case}: f16 arithmetic left no trace ({apart:.2e})"
             );
         }
         failures.extend(run.failed.iter().map(|f| format!("{}: {f}", golden.name())));

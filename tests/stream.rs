@@ -207,7 +207,7 @@ fn truncated_and_corrupt_shards_are_caught() {
 }
 
 /// The f16 path amplified by guidance 12.5 over a whole job: the stated bound of an edit
-/// made with streamed f16 weights against the f32 reference.
+/// made with streamed f16 weights (and with f16 arithmetic) against the f32 reference.
 const TOL_F16_JOB: f64 = 6e-2;
 
 /// The golden job (tune with the golden draws, invert, edit) on the streamed f16 model, as the
@@ -216,6 +216,29 @@ const TOL_F16_JOB: f64 = 6e-2;
 /// `[1, 3, F, H, W]`).
 #[test]
 fn streamed_f16_model_runs_the_golden_job() {
+    let out_dir = std::env::var_os("TAV_WEB_REFERENCE_OUT").map(std::path::PathBuf::from);
+    golden_job(false, false, TOL_F16_JOB, out_dir);
+}
+
+/// The golden job as the browser runs it on an adapter with `shader-f16`: weights kept f16
+/// on the GPU, inversion and sampling in f16 arithmetic.
+#[test]
+fn streamed_f16_model_with_f16_arithmetic_runs_the_golden_job() {
+    if !tav_core::precision::supports_f16(&device()) {
+        println!("this adapter has no f16 support: f16 arithmetic is not checked here");
+        return;
+    }
+    golden_job(true, true, TOL_F16_JOB, None);
+}
+
+/// Tune with the golden draws, invert, edit; checks the losses and each edit against the
+/// reference within `edit_bound`, and writes the edits to `out_dir` when given.
+fn golden_job(
+    keep_f16: bool,
+    f16_compute: bool,
+    edit_bound: f64,
+    out_dir: Option<std::path::PathBuf>,
+) {
     use tav_core::edit::{decode_video, invert, sample};
     use tav_core::progress::silent;
     use tav_core::tune::{StepDraws, TuneBatch, TuneSettings, Tuner, clip_latents};
@@ -224,7 +247,7 @@ fn streamed_f16_model_runs_the_golden_job() {
     let golden = Golden::open(dir);
     let device = device();
     let (manifest, files) = packed(dir, 64 << 20);
-    let mut weights = StreamedWeights::new(&device, false);
+    let mut weights = StreamedWeights::new(&device, keep_f16);
     stream_all(&manifest, &files, &mut weights);
     let mut small = MemoryFiles::default();
     for f in &manifest.files {
@@ -233,6 +256,7 @@ fn streamed_f16_model_runs_the_golden_job() {
     let models = build_models(&manifest, &mut weights, &small, 0).unwrap();
     let options = VideoAttentionOptions {
         kernels: true,
+        f16_compute,
         ..VideoAttentionOptions::default()
     };
     let json = &golden.json;
@@ -288,7 +312,6 @@ fn streamed_f16_model_runs_the_golden_job() {
         &mut silent,
     )
     .unwrap();
-    let out_dir = std::env::var_os("TAV_WEB_REFERENCE_OUT").map(std::path::PathBuf::from);
     let prompts = json["e2e.edit.prompts"].as_array().unwrap();
     for (i, prompt) in prompts.iter().enumerate() {
         let edited = sample(
@@ -305,8 +328,10 @@ fn streamed_f16_model_runs_the_golden_job() {
         .unwrap();
         let video = to_vec(decode_video(&models.vae, edited, usize::MAX, &mut silent));
         let e = rel_error(&video, &golden.host(&format!("e2e.edit{i}.video")).data);
-        println!("streamed f16 job: edit {i} rel.err {e:.2e} (bound {TOL_F16_JOB})");
-        assert!(e < TOL_F16_JOB);
+        println!(
+            "streamed f16 job (f16 arithmetic: {f16_compute}): edit {i} rel.err {e:.2e} (bound {edit_bound})"
+        );
+        assert!(e < edit_bound);
         if let Some(dir) = &out_dir {
             std::fs::create_dir_all(dir).unwrap();
             let bytes: Vec<u8> = video.iter().flat_map(|v| v.to_le_bytes()).collect();

@@ -34,7 +34,8 @@ pub fn multi_head(
         let mask = mask.reshape([1, 1, lq, lk]).expand([n, heads, lq, lk]);
         scores = scores.mask_fill(mask, f32::MIN);
     }
-    let probs = softmax(scores, 3);
+    let dtype = scores.dtype();
+    let probs = softmax(crate::layers::statistics_dtype(scores), 3).cast(dtype);
     probs.matmul(v).swap_dims(1, 2).reshape([n, lq, inner])
 }
 

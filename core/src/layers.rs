@@ -19,6 +19,16 @@ pub fn in_dtype_of<const D: usize>(param: Tensor<D>, like: DType) -> Tensor<D> {
     }
 }
 
+/// `x` in a dtype fit for long sums: f16 activations are widened to f32, since sums over
+/// thousands of values lose precision or overflow in f16.
+pub fn statistics_dtype<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if x.dtype() == DType::F16 {
+        x.cast(DType::F32)
+    } else {
+        x
+    }
+}
+
 /// `y = x W + b` with PyTorch's weight names (`weight`, `bias`).
 #[derive(Module, Debug)]
 pub struct Linear {
@@ -88,12 +98,17 @@ impl Conv2d {
 
     fn apply(&self, x: Tensor<4>, options: ConvOptions<2>) -> Tensor<4> {
         let dtype = x.dtype();
+        // burn's direct convolution accumulates in its input's dtype: with f16 that loses
+        // ~1e-2 over SD's 3×3×1280 sums, so f16 activations are convolved in f32.
+        let x = statistics_dtype(x);
+        let compute = x.dtype();
         conv2d(
             x,
-            in_dtype_of(self.weight.val(), dtype),
-            Some(in_dtype_of(self.bias.val(), dtype)),
+            in_dtype_of(self.weight.val(), compute),
+            Some(in_dtype_of(self.bias.val(), compute)),
             options,
         )
+        .cast(dtype)
     }
 
     /// Convolution after zero-padding only the bottom and right by one, as the VAE
@@ -134,13 +149,14 @@ impl GroupNorm {
     pub fn forward_pooled(&self, x: Tensor<4>, frames: usize) -> Tensor<4> {
         let [n, c, h, w] = x.dims();
         let videos = n / frames;
-        let grouped = x.reshape([videos, frames, self.groups, (c / self.groups) * h * w]);
+        let dtype = x.dtype();
+        let grouped =
+            statistics_dtype(x).reshape([videos, frames, self.groups, (c / self.groups) * h * w]);
         let mean = grouped.clone().mean_dims(&[1, 3]);
         let centred = grouped - mean;
         let var = centred.clone().square().mean_dims(&[1, 3]);
         let normed = centred / var.add_scalar(self.eps).sqrt();
-        let normed = normed.reshape([n, c, h, w]);
-        let dtype = normed.dtype();
+        let normed = normed.reshape([n, c, h, w]).cast(dtype);
         let gamma = in_dtype_of(self.weight.val(), dtype).reshape([1, c, 1, 1]);
         let beta = in_dtype_of(self.bias.val(), dtype).reshape([1, c, 1, 1]);
         normed * gamma + beta
@@ -165,13 +181,14 @@ impl LayerNorm {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dtype = x.dtype();
+        let x = statistics_dtype(x);
         let mean = x.clone().mean_dim(D - 1);
         let centred = x - mean;
         let var = centred.clone().square().mean_dim(D - 1);
-        let normed = centred / var.add_scalar(self.eps).sqrt();
+        let normed = (centred / var.add_scalar(self.eps).sqrt()).cast(dtype);
         let mut shape = [1usize; D];
         shape[D - 1] = self.weight.dims()[0];
-        let dtype = normed.dtype();
         normed * in_dtype_of(self.weight.val(), dtype).reshape(shape)
             + in_dtype_of(self.bias.val(), dtype).reshape(shape)
     }

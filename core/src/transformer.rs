@@ -55,6 +55,10 @@ pub struct VideoAttentionOptions {
     /// Sparse-causal and temporal attention through the memory-efficient WGSL kernels
     /// (`false`: the plain tensor-op path, the reference implementation).
     pub kernels: bool,
+    /// The UNet's arithmetic in f16 (activations f16; norm statistics, softmax and the
+    /// kernels' accumulators stay f32). For inference on adapters with `shader-f16`; the
+    /// tuning loop ignores it and computes in f32.
+    pub f16_compute: bool,
 }
 
 impl Default for VideoAttentionOptions {
@@ -63,6 +67,7 @@ impl Default for VideoAttentionOptions {
             self_attention: SelfAttentionKind::SparseCausal,
             temporal: true,
             kernels: false,
+            f16_compute: false,
         }
     }
 }

@@ -156,7 +156,11 @@ impl Tuner {
             noisy,
             &[draws.timestep as f64],
             batch.context.clone(),
-            batch.attention,
+            // Training arithmetic stays f32: AdamW's updates are smaller than f16's steps.
+            VideoAttentionOptions {
+                f16_compute: false,
+                ..batch.attention
+            },
         )?;
         let loss = (predicted - draws.noise).square().mean();
         let loss_value: f32 = loss

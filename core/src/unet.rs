@@ -12,7 +12,7 @@ use burn::module::{Module, ParamId};
 use burn::tensor::activation::silu;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use crate::config::UNetConfig;
 use crate::draws::SeededRng;
@@ -310,14 +310,26 @@ impl UNet3D {
             )));
         }
         let device = sample.device();
-        let x = sample.swap_dims(1, 2).reshape([b * f, c, h, w]);
-        let temb = self.time_embed(timesteps, b, &device);
+        let out_dtype = sample.dtype();
+        let compute = if options.f16_compute {
+            DType::F16
+        } else {
+            out_dtype
+        };
+        let x = sample
+            .swap_dims(1, 2)
+            .reshape([b * f, c, h, w])
+            .cast(compute);
+        let temb = self.time_embed(timesteps, b, &device).cast(compute);
         let [_, m, d] = context.dims();
         let context = context
+            .cast(compute)
             .reshape([b, 1, m, d])
             .expand([b, f, m, d])
             .reshape([b * f, m, d]);
-        let out = self.forward_frames(x, temb, context, f, options);
+        let out = self
+            .forward_frames(x, temb, context, f, options)
+            .cast(out_dtype);
         let [_, co, _, _] = out.dims();
         Ok(out.reshape([b, f, co, h, w]).swap_dims(1, 2))
     }

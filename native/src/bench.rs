@@ -95,7 +95,8 @@ pub fn run(spec: &BenchSpec, device: Device, device_name: &str) -> Result<()> {
     let header = serde_json::json!({
         "bench": "setup", "device": device_name, "config": spec.config,
         "parameters": parameters, "frames": spec.frames, "size": spec.size,
-        "latent": spec.size / 8, "f16_weights": spec.f16, "compute": "f32",
+        "latent": spec.size / 8, "f16_weights": spec.f16,
+        "compute": if spec.f16 { "f16 (forward, sample); f32 (tune)" } else { "f32" },
         "kernels": spec.kernels, "runs": spec.runs,
         "load_s": started.elapsed().as_secs_f64(),
     });
@@ -107,6 +108,7 @@ pub fn run(spec: &BenchSpec, device: Device, device_name: &str) -> Result<()> {
         schedule: Schedule::new(&SchedulerConfig::sd_v1_5())?,
         attention: VideoAttentionOptions {
             kernels: spec.kernels,
+            f16_compute: spec.f16,
             ..VideoAttentionOptions::default()
         },
     };
@@ -119,7 +121,7 @@ pub fn run(spec: &BenchSpec, device: Device, device_name: &str) -> Result<()> {
         let line = serde_json::json!({
             "bench": step, "device": device_name, "config": spec.config,
             "frames": spec.frames, "size": spec.size, "f16_weights": spec.f16,
-            "kernels": spec.kernels,
+            "f16_compute": spec.f16 && step.as_str() != "tune", "kernels": spec.kernels,
             "median_ms": median(&measured.times_ms),
             "min_ms": measured.times_ms.iter().cloned().fold(f64::INFINITY, f64::min),
             "runs": measured.times_ms.len(),

@@ -217,7 +217,10 @@ impl Session {
         let mut models = Models::load(&Folder(model.clone()), None, &options, &device)?;
         if half {
             models = models.weights_to_f16(&device)?;
-            ui.say("weights stored in f16 (arithmetic in f32; tuned layers f32)");
+            ui.say(
+                "f16: weights stored in f16, inversion and sampling in f16 arithmetic \
+                 (tuning in f32; tuned layers f32)",
+            );
         }
         for r in &models.report {
             ui.record(serde_json::json!({"event": "loaded", "component": r.component, "file": r.file, "parameters": r.parameters}));
@@ -234,7 +237,10 @@ impl Session {
         Ok(Self {
             device,
             models,
-            attention: VideoAttentionOptions::default(),
+            attention: VideoAttentionOptions {
+                f16_compute: half,
+                ..VideoAttentionOptions::default()
+            },
         })
     }
 

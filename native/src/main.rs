@@ -47,8 +47,9 @@ struct Common {
     /// or fp16 if only those exist).
     #[arg(long)]
     variant: Option<String>,
-    /// Store the model's weights in f16 (half the memory; arithmetic stays f32). The tuned
-    /// layers stay f32. Needs an adapter with f16 support.
+    /// Half precision: weights stored in f16 (half the memory), inversion and sampling in
+    /// f16 arithmetic (norm statistics, softmax and convolution sums in f32). Tuning
+    /// computes in f32 and the tuned layers stay f32. Needs an adapter with f16 support.
     #[arg(long)]
     f16: bool,
     /// Attention through tav's memory-efficient WGSL kernels (sparse-causal and temporal,
@@ -215,7 +216,8 @@ enum Command {
         /// Width and height in pixels, a multiple of 64 [default: 512 for sd15, 64 for tiny].
         #[arg(long)]
         size: Option<usize>,
-        /// Store the frozen weights in f16 (arithmetic stays f32).
+        /// Frozen weights in f16, and f16 arithmetic in the forward and sampling steps (the
+        /// tuning step computes in f32, as `tav tune --f16` does).
         #[arg(long)]
         f16: bool,
         /// Attention through tav's WGSL kernels (`on`) or the plain tensor-op path (`off`).

@@ -169,8 +169,13 @@ impl Engine {
         let o = Object::new();
         set(&o, "adapter", self.inner.adapter.as_str());
         set(&o, "shaderF16", self.inner.shader_f16);
-        // Arithmetic is f32 everywhere for now; weights stay f16 where the adapter can.
-        set(&o, "computeDtype", "f32");
+        // With shader-f16, weights stay f16 and inversion and sampling compute in f16
+        // (tuning computes in f32); without it, everything is f32 on the GPU.
+        set(
+            &o,
+            "computeDtype",
+            if self.inner.shader_f16 { "f16" } else { "f32" },
+        );
         set(
             &o,
             "storageDtype",
@@ -454,6 +459,7 @@ impl Inner {
     fn attention(&self) -> VideoAttentionOptions {
         VideoAttentionOptions {
             kernels: true,
+            f16_compute: self.shader_f16,
             ..VideoAttentionOptions::default()
         }
     }
