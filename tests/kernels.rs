@@ -181,3 +181,72 @@ fn a_wrong_mode_is_caught_by_the_comparison() {
     let forward = runner.forward(&shape, &q, &k, &v, false).unwrap();
     assert!(rel_error(&forward.out, &reference.out) > 0.1);
 }
+
+/// f16 values on the device, from their exact f32 values.
+fn f16_tensor<const D: usize>(values: &[f32], shape: [usize; D], device: &Device) -> Tensor<D> {
+    let bytes: Vec<u8> = values
+        .iter()
+        .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+        .collect();
+    let data = burn::tensor::TensorData::from_bytes_vec(bytes, shape, burn::tensor::DType::F16);
+    Tensor::from_data(data, (device, burn::tensor::DType::F16))
+}
+
+/// Values exactly representable in f16 (so widening must reproduce them bit for bit).
+fn f16_values(n: usize, seed: u64) -> Vec<f32> {
+    SeededRng::new(seed)
+        .normal_vec(n)
+        .into_iter()
+        .map(|v| half::f16::from_f32(v * 100.0).to_f32())
+        .collect()
+}
+
+/// The widening kernel (f16 weights on adapters without `shader-f16`) is exact: odd counts,
+/// one value, a count past one row of the 2-D dispatch, and a transposed view.
+#[test]
+fn widening_f16_weights_is_exact() {
+    let device = device();
+    for n in [1usize, 3, 64, 129, 2 * 64 * 65_535 + 3] {
+        let values = f16_values(n, n as u64);
+        let wide = tav_core::layers::in_dtype_of(
+            f16_tensor(&values, [n], &device),
+            burn::tensor::DType::F32,
+        );
+        assert_eq!(wide.dtype(), burn::tensor::DType::F32);
+        let out = to_vec(wide);
+        let wrong = out.iter().zip(&values).filter(|(a, b)| a != b).count();
+        println!("widen {n} values: {wrong} differ");
+        assert_eq!(wrong, 0, "{n} values: {wrong} widened wrongly");
+    }
+    // A linear weight is a transposed view of its stored [out, in] tensor.
+    let (rows, cols) = (37, 5);
+    let values = f16_values(rows * cols, 7);
+    let stored = f16_tensor(&values, [rows, cols], &device);
+    let out = to_vec(tav_core::layers::in_dtype_of(
+        stored.transpose(),
+        burn::tensor::DType::F32,
+    ));
+    let expected: Vec<f32> = (0..cols)
+        .flat_map(|c| (0..rows).map(move |r| (r, c)))
+        .map(|(r, c)| values[r * cols + c])
+        .collect();
+    assert_eq!(out, expected, "the transposed view survives widening");
+}
+
+/// A widened frozen weight inside an autodiff graph: the trainable input still gets its
+/// gradient, and the weight none.
+#[test]
+fn widened_f16_weight_in_a_tuning_graph() {
+    let ad = device().autodiff();
+    let values = f16_values(12, 3);
+    let weight =
+        tav_core::layers::in_dtype_of(f16_tensor(&values, [3, 4], &ad), burn::tensor::DType::F32);
+    let x = Tensor::<2>::ones([2, 3], &ad).require_grad();
+    let grads = x.clone().matmul(weight).sum().backward();
+    let d_x = to_vec(x.grad(&grads).expect("x has a gradient"));
+    // d(sum(x W))/dx[i, k] = sum_j W[k, j].
+    let expected: Vec<f32> = (0..2)
+        .flat_map(|_| (0..3).map(|k| values[k * 4..k * 4 + 4].iter().sum::<f32>()))
+        .collect();
+    assert!(rel_error(&d_x, &expected) < 1e-6, "{d_x:?} vs {expected:?}");
+}

@@ -68,7 +68,7 @@ fn streamed_models_match_the_reference_within_the_f16_bound() {
                 .map(|s| s.bytes)
                 .sum()
         };
-        let mut weights = StreamedWeights::new(&device, false);
+        let mut weights = StreamedWeights::new(&device);
         stream_all(&manifest, &files, &mut weights);
         let largest_tensor = manifest
             .shards
@@ -171,7 +171,7 @@ fn truncated_and_corrupt_shards_are_caught() {
     let (manifest, files) = packed(dir, 1 << 20);
     let shard = &manifest.shards[0];
     let bytes = &files[&shard.file];
-    let mut weights = StreamedWeights::new(&device, false);
+    let mut weights = StreamedWeights::new(&device);
 
     let mut truncated = ShardStream::new(shard);
     truncated
@@ -217,7 +217,7 @@ const TOL_F16_JOB: f64 = 6e-2;
 #[test]
 fn streamed_f16_model_runs_the_golden_job() {
     let out_dir = std::env::var_os("TAV_WEB_REFERENCE_OUT").map(std::path::PathBuf::from);
-    golden_job(false, false, TOL_F16_JOB, out_dir);
+    golden_job(false, TOL_F16_JOB, out_dir);
 }
 
 /// The golden job as the browser runs it on an adapter with `shader-f16`: weights kept f16
@@ -228,17 +228,12 @@ fn streamed_f16_model_with_f16_arithmetic_runs_the_golden_job() {
         println!("this adapter has no f16 support: f16 arithmetic is not checked here");
         return;
     }
-    golden_job(true, true, TOL_F16_JOB, None);
+    golden_job(true, TOL_F16_JOB, None);
 }
 
 /// Tune with the golden draws, invert, edit; checks the losses and each edit against the
 /// reference within `edit_bound`, and writes the edits to `out_dir` when given.
-fn golden_job(
-    keep_f16: bool,
-    f16_compute: bool,
-    edit_bound: f64,
-    out_dir: Option<std::path::PathBuf>,
-) {
+fn golden_job(f16_compute: bool, edit_bound: f64, out_dir: Option<std::path::PathBuf>) {
     use tav_core::edit::{decode_video, invert, sample};
     use tav_core::progress::silent;
     use tav_core::tune::{StepDraws, TuneBatch, TuneSettings, Tuner, clip_latents};
@@ -247,7 +242,7 @@ fn golden_job(
     let golden = Golden::open(dir);
     let device = device();
     let (manifest, files) = packed(dir, 64 << 20);
-    let mut weights = StreamedWeights::new(&device, keep_f16);
+    let mut weights = StreamedWeights::new(&device);
     stream_all(&manifest, &files, &mut weights);
     let mut small = MemoryFiles::default();
     for f in &manifest.files {

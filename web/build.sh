@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the npm-style package web/pkg/: the engine compiled to wasm (release), its
+# Builds the npm-style package web/pkg/: the engine compiled to wasm (profile wasm-release: optimised for size), its
 # wasm-bindgen glue, and the documented API (js/tav.js, js/tav.d.ts, package.json).
 # Needs: rustup target wasm32-unknown-unknown, and wasm-bindgen-cli of exactly the version
 # of the wasm-bindgen crate in Cargo.lock (installed here if missing).
@@ -13,8 +13,8 @@ if ! wasm-bindgen --version 2>/dev/null | grep -q " $version\$"; then
   cargo install wasm-bindgen-cli --version "=$version"
 fi
 
-cargo build --locked -p tav-web --target wasm32-unknown-unknown --release
+cargo build --locked -p tav-web --target wasm32-unknown-unknown --profile wasm-release
 rm -rf web/pkg
-wasm-bindgen --target web --out-dir web/pkg target/wasm32-unknown-unknown/release/tav_web.wasm
+wasm-bindgen --target web --out-dir web/pkg target/wasm32-unknown-unknown/wasm-release/tav_web.wasm
 cp web/js/tav.js web/js/tav.d.ts web/js/package.json web/pkg/
 echo "web/pkg: $(du -b web/pkg/tav_web_bg.wasm | cut -f1) bytes of wasm"

@@ -10,7 +10,7 @@ use crate::attention::multi_head;
 use crate::config::ClipConfig;
 use crate::error::{Result, TavError};
 use crate::layers::{LayerNorm, Linear};
-use crate::weights::{HostTensor, Layout, ParamBuilder};
+use crate::weights::{HostTable, Layout, ParamBuilder};
 
 #[derive(Module, Debug)]
 pub struct ClipLayer {
@@ -28,7 +28,7 @@ pub struct ClipLayer {
 pub struct ClipTextEncoder {
     /// `[vocab, D]`, in host memory: rows are gathered on the CPU.
     #[module(skip)]
-    pub token_embedding: HostTensor,
+    pub token_embedding: HostTable,
     pub position_embedding: Param<Tensor<2>>,
     pub layers: Vec<ClipLayer>,
     pub final_layer_norm: LayerNorm,
@@ -111,7 +111,7 @@ impl ClipTextEncoder {
                     "token id {id} is outside the vocabulary of {vocab}"
                 )));
             }
-            rows.extend_from_slice(&self.token_embedding.data[id * d..(id + 1) * d]);
+            self.token_embedding.push_row(id, &mut rows);
         }
         let tokens = Tensor::<3>::from_data(TensorData::new(rows, [prompts, len, d]), device);
         let position = crate::layers::in_dtype_of(self.position_embedding.val(), tokens.dtype())

@@ -11,7 +11,9 @@ use burn::backend::autodiff::{
     grads::Gradients,
     ops::{Backward, Ops, OpsKind},
 };
-use burn::backend::{Backend, Cube, Dispatch, backend_extension, tensor::FloatTensor};
+use burn::backend::{
+    AutodiffBackend, Backend, Cube, Dispatch, backend_extension, tensor::FloatTensor,
+};
 use burn::tensor::{DType, Shape, Tensor};
 use burn_cubecl::{kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::ir::attributes::BufferIOAttr;
@@ -19,7 +21,9 @@ use cubecl::ir::{UIntKind, metadata::Info as KernelInfo};
 use cubecl::prelude::*;
 use cubecl::server::{KernelArguments, MetadataBindingInfo};
 use cubecl::{CubeKernel, PrecompiledSource};
-use tav_shaders::{AttentionMode, Info, Kernel, MAX_HEAD_DIM, Storage, source};
+use tav_shaders::{
+    AttentionMode, Info, Kernel, MAX_HEAD_DIM, Storage, WIDEN_F16, WidenInfo, source,
+};
 
 /// A kernel given as WGSL text; cubecl caches pipelines by id, so the id covers the text.
 struct WgslKernel {
@@ -361,4 +365,64 @@ pub fn video_attention(
         heads,
         temporal,
     ))
+}
+
+/// f16 → f32 on the GPU by `unpack2x16float`, which needs no `shader-f16`: element i of the
+/// storage goes to element i of an f32 buffer, and the view (shape, strides) is kept.
+fn widen_f16(x: CubeTensor) -> CubeTensor {
+    assert_eq!(x.dtype, DType::F16, "widen_f16 takes f16 tensors");
+    // Storage elements behind the view: the buffer may be a strided view's.
+    let count = (x.handle.size() / 2) as usize;
+    let handle = x.client.empty(count * 4);
+    let wide = CubeTensor::new(
+        x.client.clone(),
+        handle,
+        (*x.meta).clone(),
+        x.device.clone(),
+        DType::F32,
+    );
+    let info = WidenInfo {
+        count: count as u32,
+    };
+    let words: Vec<u64> = info
+        .to_bytes()
+        .chunks_exact(8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .collect();
+    let args = KernelArguments::new()
+        .with_buffer_io(x.handle.clone().binding(), BufferIOAttr::ReadOnly)
+        .with_buffer_io(wide.handle.clone().binding(), BufferIOAttr::WriteOnly)
+        .with_info(MetadataBindingInfo::custom(words));
+    let [gx, gy] = info.dispatch();
+    x.client.launch(
+        Box::new(WgslKernel { source: WIDEN_F16 }),
+        CubeCount::Static(gx, gy, 1),
+        args,
+    );
+    wide
+}
+
+#[backend_extension(Cube, Autodiff)]
+pub trait WidenF16Ops: Backend {
+    /// An f16 tensor as f32, through a kernel that needs no `shader-f16`.
+    fn widen_f16(x: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+impl WidenF16Ops for Cube {
+    fn widen_f16(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        widen_f16(x)
+    }
+}
+
+impl<C: CheckpointStrategy> WidenF16Ops for Autodiff<Cube, C> {
+    /// Frozen weights only: the result is a constant of the graph (no gradient flows back).
+    fn widen_f16(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        <Self as AutodiffBackend>::from_inner(widen_f16(<Self as AutodiffBackend>::inner(x)))
+    }
+}
+
+/// `x` (f16) as f32, without `shader-f16`: adapters without f16 arithmetic keep weights in
+/// f16 and widen each where it is used. Not differentiable: for frozen weights.
+pub fn widen_f16_to_f32<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as WidenF16Ops>::widen_f16(x.into_dispatch()))
 }

@@ -9,11 +9,14 @@ use burn::tensor::{DType, Tensor};
 use crate::error::Result;
 use crate::weights::{Layout, ParamBuilder};
 
-/// A parameter in the compute dtype of `like`: weights may be stored in f16 (`--f16`) while
-/// activations, and so all arithmetic, stay f32.
+/// A parameter in the compute dtype `like`: weights may be stored in f16 while arithmetic is
+/// f32. Frozen f16 weights are widened by tav's own kernel, which needs no `shader-f16`, so
+/// adapters without f16 arithmetic (SwiftShader, some integrated GPUs) still store them in f16.
 pub fn in_dtype_of<const D: usize>(param: Tensor<D>, like: DType) -> Tensor<D> {
     if param.dtype() == like {
         param
+    } else if param.dtype() == DType::F16 && like == DType::F32 && !param.is_require_grad() {
+        crate::kernels::widen_f16_to_f32(param)
     } else {
         param.cast(like)
     }

@@ -55,6 +55,6 @@ impl ModuleMapper for ToF32<'_> {
             return param;
         }
         let id = param.id;
-        Param::initialized(id, param.val().cast(DType::F32))
+        Param::initialized(id, crate::layers::in_dtype_of(param.val(), DType::F32))
     }
 }

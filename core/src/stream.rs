@@ -5,6 +5,7 @@
 //! A shard's SHA-256 is checked when it ends: a partial or corrupt download is an error that
 //! names the shard, and feeding the shard again replaces what it wrote.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
@@ -19,7 +20,7 @@ use crate::precision::params_to_f32;
 use crate::schedule::Schedule;
 use crate::unet::{UNet3D, temporal_init};
 use crate::vae::Vae;
-use crate::weights::{DeviceTensor, HostTensor, ParamBuilder, TensorSource};
+use crate::weights::{DeviceTensor, HostTensor, HostTensorF16, ParamBuilder, TensorSource};
 
 /// The manifest's format name; bumped when the layout changes.
 pub const FORMAT: &str = "tav-web-1";
@@ -113,13 +114,14 @@ fn kept_on_host(key: &str) -> bool {
     key.ends_with("token_embedding.weight")
 }
 
-/// The weights streamed so far: on the GPU (flat), a few on the host.
+/// The weights streamed so far: on the GPU (flat, f16 as streamed), a few on the host. They
+/// stay f16 on every adapter: without `shader-f16` each is widened to f32 where it is used
+/// (`layers::in_dtype_of`).
 pub struct StreamedWeights {
     device: Device,
-    /// Whether tensors stay f16 on the GPU (the adapter has `shader-f16`); else widened to f32.
-    keep_f16: bool,
     on_device: HashMap<String, DeviceTensor>,
-    on_host: HashMap<String, HostTensor>,
+    /// Host tensors in f16 until the model takes them (moved, not copied).
+    on_host: RefCell<HashMap<String, HostTensorF16>>,
     /// Bytes of the largest host buffer held at once while streaming.
     pub peak_host_bytes: usize,
     /// The tensor uploaded last: waiting for it waits for every upload before it.
@@ -127,12 +129,11 @@ pub struct StreamedWeights {
 }
 
 impl StreamedWeights {
-    pub fn new(device: &Device, keep_f16: bool) -> Self {
+    pub fn new(device: &Device) -> Self {
         Self {
             device: device.clone(),
-            keep_f16,
             on_device: HashMap::new(),
-            on_host: HashMap::new(),
+            on_host: RefCell::default(),
             peak_host_bytes: 0,
             last_upload: None,
         }
@@ -144,26 +145,21 @@ impl StreamedWeights {
         self.last_upload.take()
     }
 
-    fn store(&mut self, tensor: &PackedTensor, raw: &[u8]) {
+    /// Takes a whole tensor's bytes (moved, never copied: the host holds each tensor once).
+    fn store(&mut self, tensor: &PackedTensor, raw: Vec<u8>) {
         if kept_on_host(&tensor.key) {
-            let data =
-                crate::weights::decode_floats(raw, safetensors::Dtype::F16).expect("f16 decodes");
-            self.on_host.insert(
+            self.on_host.borrow_mut().insert(
                 tensor.key.clone(),
-                HostTensor::new(tensor.shape.clone(), data),
+                HostTensorF16 {
+                    shape: tensor.shape.clone(),
+                    bytes: raw,
+                },
             );
             return;
         }
         let n = raw.len() / 2;
-        let flat = if self.keep_f16 {
-            let data = TensorData::from_bytes_vec(raw.to_vec(), [n], DType::F16);
-            Tensor::<1>::from_data(data, (&self.device, DType::F16))
-        } else {
-            // No f16 on this adapter: widen on the host, one tensor at a time.
-            let wide =
-                crate::weights::decode_floats(raw, safetensors::Dtype::F16).expect("f16 decodes");
-            Tensor::<1>::from_data(TensorData::new(wide, [n]), &self.device)
-        };
+        let data = TensorData::from_bytes_vec(raw, [n], DType::F16);
+        let flat = Tensor::<1>::from_data(data, (&self.device, DType::F16));
         self.last_upload = Some(flat.clone());
         self.on_device.insert(
             tensor.key.clone(),
@@ -198,7 +194,7 @@ impl StreamedWeights {
             .flat_map(|s| &s.tensors)
         {
             self.on_device.remove(&t.key);
-            self.on_host.remove(&t.key);
+            self.on_host.get_mut().remove(&t.key);
         }
     }
 }
@@ -275,8 +271,7 @@ impl ShardStream {
             self.position += take as u64;
             weights.peak_host_bytes = weights.peak_host_bytes.max(self.pending.capacity());
             if self.position == end {
-                weights.store(&tensor, &self.pending);
-                self.pending = Vec::new();
+                weights.store(&tensor, std::mem::take(&mut self.pending));
                 self.next += 1;
             }
         }
@@ -315,7 +310,15 @@ impl TensorSource for ComponentSource<'_> {
     }
 
     fn fetch(&self, key: &str) -> Result<Option<HostTensor>> {
-        Ok(self.weights.on_host.get(key).cloned())
+        Ok(self.weights.on_host.borrow().get(key).map(|t| {
+            let data = crate::weights::decode_floats(&t.bytes, safetensors::Dtype::F16)
+                .expect("f16 decodes");
+            HostTensor::new(t.shape.clone(), data)
+        }))
+    }
+
+    fn take_host_f16(&self, key: &str) -> Option<HostTensorF16> {
+        self.weights.on_host.borrow_mut().remove(key)
     }
 
     fn fetch_on_device(&self, key: &str) -> Result<Option<DeviceTensor>> {
@@ -327,7 +330,7 @@ impl TensorSource for ComponentSource<'_> {
     }
 
     fn contains(&self, key: &str) -> bool {
-        self.weights.on_device.contains_key(key) || self.weights.on_host.contains_key(key)
+        self.weights.on_device.contains_key(key) || self.weights.on_host.borrow().contains_key(key)
     }
 }
 

@@ -7,6 +7,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use burn::module::{Param, ParamId};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -64,6 +65,71 @@ pub trait TensorSource {
     /// does not hold it there.
     fn fetch_on_device(&self, _key: &str) -> Result<Option<DeviceTensor>> {
         Ok(None)
+    }
+    /// The host tensor `key` in f16, moved out of the source (streamed sources, which then
+    /// hold no copy); `None` if this source does not keep it so.
+    fn take_host_f16(&self, _key: &str) -> Option<HostTensorF16> {
+        None
+    }
+}
+
+/// A tensor's values in host memory as little-endian f16 bytes (as they were streamed),
+/// moved out of a streamed source.
+#[derive(Debug)]
+pub struct HostTensorF16 {
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+/// A table kept in host memory (CLIP's token table), f32 or, as streamed, f16 (half the
+/// bytes). Cloning shares it: a cloned model does not copy its table.
+#[derive(Debug, Clone)]
+pub struct HostTable {
+    pub shape: Vec<usize>,
+    values: Arc<HostValues>,
+}
+
+#[derive(Debug)]
+enum HostValues {
+    F32(Vec<f32>),
+    /// Little-endian f16 bytes.
+    F16(Vec<u8>),
+}
+
+impl HostTable {
+    pub fn f32(tensor: HostTensor) -> Self {
+        Self {
+            shape: tensor.shape,
+            values: Arc::new(HostValues::F32(tensor.data)),
+        }
+    }
+
+    pub fn f16(tensor: HostTensorF16) -> Self {
+        Self {
+            shape: tensor.shape,
+            values: Arc::new(HostValues::F16(tensor.bytes)),
+        }
+    }
+
+    /// Appends row `r` (of a 2-D table) to `out`, as f32.
+    pub fn push_row(&self, r: usize, out: &mut Vec<f32>) {
+        let d = self.shape[1];
+        match &*self.values {
+            HostValues::F32(v) => out.extend_from_slice(&v[r * d..(r + 1) * d]),
+            HostValues::F16(v) => out.extend(
+                v[2 * r * d..2 * (r + 1) * d]
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+            ),
+        }
+    }
+
+    /// Bytes the values take in host memory.
+    pub fn bytes(&self) -> usize {
+        match &*self.values {
+            HostValues::F32(v) => v.len() * 4,
+            HostValues::F16(v) => v.len(),
+        }
     }
 }
 
@@ -410,7 +476,7 @@ impl<'a> ParamBuilder<'a> {
 
     /// A tensor kept in host memory (e.g. CLIP's token table, gathered on the CPU because at
     /// SD size it exceeds WebGPU's 128 MiB binding limit). Empty data when building shapes only.
-    pub fn host(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+    pub fn host(&self, name: &str, shape: &[usize]) -> Result<HostTable> {
         let key = self.key(name);
         self.record.borrow_mut().push(ParamEntry {
             key: key.clone(),
@@ -418,24 +484,27 @@ impl<'a> ParamBuilder<'a> {
             id: ParamId::new(),
         });
         let Some(source) = self.source else {
-            return Ok(HostTensor {
+            return Ok(HostTable::f32(HostTensor {
                 shape: shape.to_vec(),
                 data: Vec::new(),
-            });
+            }));
         };
-        let host = source.fetch(&key)?.ok_or_else(|| TavError::MissingTensor {
-            path: source.origin(),
-            tensor: key.clone(),
-        })?;
-        if host.shape != shape {
+        let table = match source.take_host_f16(&key) {
+            Some(half) => HostTable::f16(half),
+            None => HostTable::f32(source.fetch(&key)?.ok_or_else(|| TavError::MissingTensor {
+                path: source.origin(),
+                tensor: key.clone(),
+            })?),
+        };
+        if table.shape != shape {
             return Err(TavError::ShapeMismatch {
                 path: source.origin(),
                 tensor: key,
                 expected: Shape(shape.to_vec()),
-                found: Shape(host.shape),
+                found: Shape(table.shape),
             });
         }
-        Ok(host)
+        Ok(table)
     }
 
     /// The parameter `name` with the reference shape `shape`.

@@ -85,6 +85,38 @@ pub fn f16_variant_if(f32_source: &str, storage: Storage) -> String {
     }
 }
 
+/// f16 → f32 widening without `shader-f16` (two f16 values per 32-bit word).
+pub const WIDEN_F16: &str = include_str!("../wgsl/widen_f16.wgsl");
+
+/// The uniform block of [`WIDEN_F16`], and its dispatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WidenInfo {
+    /// f16 values to widen.
+    pub count: u32,
+}
+
+impl WidenInfo {
+    /// Workgroups along x per row of the dispatch (WebGPU allows 65,535 per dimension).
+    const MAX_X: u32 = 65_535;
+
+    /// The 2-D dispatch `[x, y]` covering every pair of values.
+    pub fn dispatch(&self) -> [u32; 2] {
+        let words = self.count.div_ceil(2) as usize;
+        let groups = words.div_ceil(WORKGROUP_SIZE).max(1) as u32;
+        let x = groups.min(Self::MAX_X);
+        [x, groups.div_ceil(x)]
+    }
+
+    /// The uniform's bytes (`count`, `words_per_row`, padding).
+    pub fn to_bytes(&self) -> [u8; 16] {
+        let words_per_row = self.dispatch()[0] * WORKGROUP_SIZE as u32;
+        let mut out = [0u8; 16];
+        out[..4].copy_from_slice(&self.count.to_le_bytes());
+        out[4..8].copy_from_slice(&words_per_row.to_le_bytes());
+        out
+    }
+}
+
 /// The kernels' uniform block, laid out as WGSL's `Info` struct.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Info {
@@ -139,10 +171,13 @@ mod tests {
     fn validate(source: &str, name: &str, f16: bool) {
         let module = naga::front::wgsl::parse_str(source)
             .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+        // `unpack2x16float` is core WGSL (WebGPU has it everywhere); naga gates it behind
+        // this capability only for its GL backends.
+        let core = naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
         let capabilities = if f16 {
-            naga::valid::Capabilities::SHADER_FLOAT16
+            core | naga::valid::Capabilities::SHADER_FLOAT16
         } else {
-            naga::valid::Capabilities::default()
+            core
         };
         naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
             .validate(&module)
@@ -181,8 +216,8 @@ mod tests {
         }
         assert_eq!(
             count,
-            Kernel::ALL.len() + 1,
-            "every kernel file (and the shared part) is known to the crate"
+            Kernel::ALL.len() + 2,
+            "every kernel file (and the shared part, and widen_f16) is known to the crate"
         );
         for kernel in Kernel::ALL {
             assert!(dir.join(kernel.file_name()).is_file());
@@ -197,6 +232,22 @@ mod tests {
         );
         let result = std::panic::catch_unwind(|| validate(&broken, "broken", false));
         assert!(result.is_err(), "naga rejects a type error");
+    }
+
+    #[test]
+    fn widening_dispatch_covers_every_value_within_limits() {
+        for count in [1u32, 2, 3, 127, 128, 129, 29_491_200, 2 * 64 * 65_535 + 1] {
+            let info = WidenInfo { count };
+            let [x, y] = info.dispatch();
+            assert!(x <= 65_535 && y <= 65_535, "{count}: {x}×{y}");
+            let words_per_row = u32::from_le_bytes(info.to_bytes()[4..8].try_into().unwrap());
+            assert_eq!(words_per_row, x * 64);
+            // Every word is reached, and rows do not overlap.
+            assert!(
+                words_per_row as u64 * y as u64 >= count.div_ceil(2) as u64,
+                "{count}"
+            );
+        }
     }
 
     #[test]

@@ -176,11 +176,8 @@ impl Engine {
             "computeDtype",
             if self.inner.shader_f16 { "f16" } else { "f32" },
         );
-        set(
-            &o,
-            "storageDtype",
-            if self.inner.shader_f16 { "f16" } else { "f32" },
-        );
+        // Weights stay f16 in GPU memory on every adapter (widened where used without f16).
+        set(&o, "storageDtype", "f16");
         set(
             &o,
             "maxStorageBufferBindingSize",
@@ -208,6 +205,7 @@ impl Engine {
     #[wasm_bindgen(js_name = beginModel)]
     pub fn begin_model(&self, manifest: &str) -> JsResult<()> {
         let manifest = Manifest::parse(manifest).map_err(tav_error)?;
+        // Without shader-f16 a weight is widened to f32 where used: 4 bytes a value then.
         let bytes_per_value = if self.inner.shader_f16 { 2 } else { 4 };
         let needed = manifest.largest_tensor() * bytes_per_value;
         if needed > self.inner.max_binding {
@@ -221,7 +219,7 @@ impl Engine {
         let mut state = self.inner.state.borrow_mut();
         *state = State::default();
         state.loading = Some(Loading {
-            weights: StreamedWeights::new(&self.inner.device, self.inner.shader_f16),
+            weights: StreamedWeights::new(&self.inner.device),
             files: MemoryFiles {
                 name: manifest.name.clone(),
                 ..Default::default()
