@@ -452,3 +452,68 @@ fn bench_reports_time_and_memory_per_step() {
         "unknown --config",
     );
 }
+
+/// `tav toy-clip` writes the clip it captions: decoded from its GIF, the pixels are read back
+/// (colour, shape, background, the object's path) as the generator drew them.
+#[test]
+fn toy_clip_writes_the_clip_it_captions() {
+    use tav_core::score::{analyse, motion_kept};
+    use tav_core::toyworld::{Background, ClipSpec, Colour, Path as Motion, Shape, render};
+
+    let out = scratch("toy").join("clip.gif");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let written = run(tav().arg("toy-clip").arg(&out).args([
+        "--seed",
+        "9",
+        "--frames",
+        "6",
+        "--size",
+        "64",
+        "--colour",
+        "blue",
+        "--shape",
+        "square",
+        "--background",
+        "grass",
+        "--path",
+        "bounce",
+    ]));
+    assert!(written.status.success());
+    let caption = String::from_utf8_lossy(&written.stdout).trim().to_string();
+    assert_eq!(caption, "a blue square is moving on the grass");
+
+    let (w, h, rgba) = gif_frames(&out);
+    assert_eq!((w, h, rgba.len()), (64, 64, 6));
+    let frames: Vec<Vec<u8>> = rgba
+        .iter()
+        .map(|f| f.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect())
+        .collect();
+    let seen = analyse(&frames, 64);
+    assert_eq!(seen.colour, Some(Colour::Blue));
+    assert_eq!(seen.shape, Some(Shape::Square));
+    assert_eq!(seen.background, Background::Grass);
+    let drawn = render(&ClipSpec {
+        shape: Shape::Square,
+        colour: Colour::Blue,
+        background: Background::Grass,
+        path: Motion::Bounce,
+        frames: 6,
+        size: 64,
+        seed: 9,
+    });
+    let kept = motion_kept(&analyse(&drawn.frames, 64), &seen, 64);
+    println!("toy clip through GIF: {kept:?}");
+    assert!(
+        kept.mean_iou > 0.9 && kept.centroid_error < 0.02,
+        "{kept:?}"
+    );
+
+    expect_error(
+        tav().arg("toy-clip").arg(&out).args(["--colour", "green"]),
+        "unknown colour `green`",
+    );
+    expect_error(
+        tav().arg("toy-clip").arg(&out).args(["--size", "100"]),
+        "multiple of 64",
+    );
+}

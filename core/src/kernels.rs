@@ -109,9 +109,9 @@ impl AttentionSpec {
     }
 }
 
-/// The uniform's 32 bytes as the little-endian u64 words cubecl binds.
-fn info_words(info: &Info) -> Vec<u64> {
-    info.to_bytes()
+/// A uniform block's bytes as the little-endian u64 words cubecl binds.
+fn uniform_words(bytes: &[u8]) -> Vec<u64> {
+    bytes
         .chunks_exact(8)
         .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
         .collect()
@@ -152,7 +152,7 @@ fn launch(
     for t in outputs {
         args = args.with_buffer_io(t.handle.clone().binding(), BufferIOAttr::WriteOnly);
     }
-    let args = args.with_info(MetadataBindingInfo::custom(info_words(info)));
+    let args = args.with_info(MetadataBindingInfo::custom(uniform_words(&info.to_bytes())));
     let [x, y] = info.dispatch();
     client.launch(
         Box::new(WgslKernel {
@@ -384,15 +384,10 @@ fn widen_f16(x: CubeTensor) -> CubeTensor {
     let info = WidenInfo {
         count: count as u32,
     };
-    let words: Vec<u64> = info
-        .to_bytes()
-        .chunks_exact(8)
-        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
-        .collect();
     let args = KernelArguments::new()
         .with_buffer_io(x.handle.clone().binding(), BufferIOAttr::ReadOnly)
         .with_buffer_io(wide.handle.clone().binding(), BufferIOAttr::WriteOnly)
-        .with_info(MetadataBindingInfo::custom(words));
+        .with_info(MetadataBindingInfo::custom(uniform_words(&info.to_bytes())));
     let [gx, gy] = info.dispatch();
     x.client.launch(
         Box::new(WgslKernel { source: WIDEN_F16 }),

@@ -124,8 +124,8 @@ pub struct StreamedWeights {
     on_host: RefCell<HashMap<String, HostTensorF16>>,
     /// Bytes of the largest host buffer held at once while streaming.
     pub peak_host_bytes: usize,
-    /// The tensor uploaded last: waiting for it waits for every upload before it.
-    last_upload: Option<Tensor<1>>,
+    /// Whether tensors were uploaded since the last [`Self::take_upload_marker`].
+    uploads_pending: bool,
 }
 
 impl StreamedWeights {
@@ -135,14 +135,15 @@ impl StreamedWeights {
             on_device: HashMap::new(),
             on_host: RefCell::default(),
             peak_host_bytes: 0,
-            last_upload: None,
+            uploads_pending: false,
         }
     }
 
-    /// The tensor uploaded last, taken: [`wait_for_gpu`] on it waits for every upload
-    /// before it.
-    pub fn take_last_upload(&mut self) -> Option<Tensor<1>> {
-        self.last_upload.take()
+    /// A one-value f32 tensor made after the uploads so far (`None` if there were none):
+    /// [`wait_for_gpu`] on it waits for all of them, since the GPU queue runs in order. (Not
+    /// the last upload itself: reading an f16 tensor back would need `shader-f16`.)
+    pub fn take_upload_marker(&mut self) -> Option<Tensor<1>> {
+        std::mem::take(&mut self.uploads_pending).then(|| Tensor::zeros([1], &self.device))
     }
 
     /// Takes a whole tensor's bytes (moved, never copied: the host holds each tensor once).
@@ -160,7 +161,7 @@ impl StreamedWeights {
         let n = raw.len() / 2;
         let data = TensorData::from_bytes_vec(raw, [n], DType::F16);
         let flat = Tensor::<1>::from_data(data, (&self.device, DType::F16));
-        self.last_upload = Some(flat.clone());
+        self.uploads_pending = true;
         self.on_device.insert(
             tensor.key.clone(),
             DeviceTensor {

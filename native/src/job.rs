@@ -91,7 +91,7 @@ fn io_error(path: &Path, e: impl std::fmt::Display) -> TavError {
     }
 }
 
-fn video_error(e: video::VideoError) -> TavError {
+pub fn video_error(e: video::VideoError) -> TavError {
     TavError::InvalidInput(e.to_string())
 }
 

@@ -7,6 +7,7 @@ mod job;
 mod jobfile;
 mod pack;
 mod plot;
+mod toy;
 mod ui;
 mod video;
 
@@ -204,6 +205,31 @@ enum Command {
         #[arg(long)]
         temporal: Option<PathBuf>,
     },
+    /// Draw a toy-world clip (a coloured shape moving over a textured background) from a
+    /// seed and write it as a video; prints its caption. Unnamed attributes come from the seed.
+    ToyClip {
+        /// Where to write it: `.gif`, `.mp4`, or a folder of PNG frames.
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 8)]
+        frames: usize,
+        /// Width and height in pixels (a multiple of 64).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// circle, square or triangle.
+        #[arg(long)]
+        shape: Option<String>,
+        /// red, orange, yellow, blue, purple or pink.
+        #[arg(long)]
+        colour: Option<String>,
+        /// road, beach, snow or grass.
+        #[arg(long)]
+        background: Option<String>,
+        /// left-to-right, right-to-left, top-to-bottom, diagonal, arc or bounce.
+        #[arg(long)]
+        path: Option<String>,
+    },
     /// Time a UNet forward, a tuning step and a guided sampling step on random weights;
     /// prints the median time and peak GPU memory of each as JSON lines.
     Bench {
@@ -367,6 +393,33 @@ fn dispatch(cli: Cli) -> Result<()> {
                 out.display(),
                 manifest.shards.len(),
                 manifest.total_bytes() as f64 / 1e6
+            );
+            Ok(())
+        }
+        Command::ToyClip {
+            out,
+            seed,
+            frames,
+            size,
+            shape,
+            colour,
+            background,
+            path,
+        } => {
+            let choices = toy::Choices {
+                shape,
+                colour,
+                background,
+                path,
+            };
+            let spec = toy::spec(seed, frames, size, &choices)?;
+            toy::write(&spec, &out)?;
+            println!("{}", spec.caption());
+            eprintln!(
+                "wrote {} ({} frames of {size}×{size}, path {})",
+                out.display(),
+                frames,
+                spec.path.name()
             );
             Ok(())
         }

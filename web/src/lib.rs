@@ -263,7 +263,7 @@ impl Engine {
                     Some((i, stream)) if i == index => stream.finish().map_err(tav_error)?,
                     _ => return Err(error(format!("shard {index} was not being fed"))),
                 }
-                loading.weights.take_last_upload()
+                loading.weights.take_upload_marker()
             };
             if let Some(last) = last {
                 wait_for_gpu(last, "uploading weights")

@@ -1,0 +1,86 @@
+//! `tav toy-clip`: a generated toy-world clip written as a video, with its caption.
+
+use std::path::Path;
+
+use tav_core::toyworld::{Background, ClipSpec, Colour, Path as Motion, Shape, render};
+use tav_core::{Result, TavError};
+
+use crate::video::{Clip, write_gif, write_mp4, write_png_frames};
+
+/// Attribute choices from the command line; each `None` is drawn from the seed.
+pub struct Choices {
+    pub shape: Option<String>,
+    pub colour: Option<String>,
+    pub background: Option<String>,
+    pub path: Option<String>,
+}
+
+/// The spec for `seed`, with the named attributes fixed.
+pub fn spec(seed: u64, frames: usize, size: usize, choices: &Choices) -> Result<ClipSpec> {
+    if frames == 0 || size == 0 || size % 64 != 0 {
+        return Err(TavError::InvalidInput(format!(
+            "a toy clip needs at least 1 frame and a size that is a positive multiple of 64 \
+             (got {frames} frames of {size}×{size})"
+        )));
+    }
+    let mut spec = ClipSpec::random(seed, frames, size);
+    if let Some(name) = &choices.shape {
+        spec.shape = pick(name, "shape", Shape::from_name, Shape::ALL.map(Shape::name))?;
+    }
+    if let Some(name) = &choices.colour {
+        spec.colour = pick(
+            name,
+            "colour",
+            Colour::from_name,
+            Colour::ALL.map(Colour::name),
+        )?;
+    }
+    if let Some(name) = &choices.background {
+        spec.background = pick(
+            name,
+            "background",
+            Background::from_name,
+            Background::ALL.map(Background::name),
+        )?;
+    }
+    if let Some(name) = &choices.path {
+        spec.path = pick(
+            name,
+            "path",
+            Motion::from_name,
+            Motion::ALL.map(Motion::name),
+        )?;
+    }
+    Ok(spec)
+}
+
+fn pick<T, const N: usize>(
+    name: &str,
+    what: &str,
+    parse: fn(&str) -> Option<T>,
+    names: [&str; N],
+) -> Result<T> {
+    parse(name).ok_or_else(|| {
+        TavError::InvalidInput(format!(
+            "unknown {what} `{name}`: choose one of {}",
+            names.join(", ")
+        ))
+    })
+}
+
+/// Draws the clip and writes it to `out` (`.gif`, `.mp4`, or else a folder of PNG frames).
+pub fn write(spec: &ClipSpec, out: &Path) -> Result<()> {
+    let drawn = render(spec);
+    let clip = Clip {
+        width: spec.size as u32,
+        height: spec.size as u32,
+        fps: 8.0,
+        frames: drawn.frames,
+    };
+    let written = match out.extension().and_then(|e| e.to_str()) {
+        Some("gif") => write_gif(out, &clip),
+        Some("mp4") => write_mp4(out, &clip),
+        _ => write_png_frames(out, &clip),
+    };
+    written.map_err(crate::job::video_error)
+}
