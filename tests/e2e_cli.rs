@@ -517,3 +517,71 @@ fn toy_clip_writes_the_clip_it_captions() {
         "multiple of 64",
     );
 }
+
+/// `tav score` at its smallest (one clip, one step of everything) on the tiny checkpoint: every
+/// method makes and scores the clip's three edits, the table and score.json say so, and bad
+/// arguments get clear errors. (Only the pipeline is checked here: the tiny checkpoint's
+/// edits are noise, so no success rate is asserted.)
+#[test]
+fn score_edits_and_scores_every_method() {
+    let out = scratch("score");
+    let scored = run(tav().arg("score").arg("--model").arg(tiny_model()).args([
+        "--clips",
+        "1",
+        "--frames",
+        "2",
+        "--tune-steps",
+        "1",
+        "--inversion-steps",
+        "1",
+        "--steps",
+        "1",
+        "--methods",
+        "full,no-tuning,no-temporal,per-frame-attention",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert!(scored.status.success(), "{}", stderr(&scored));
+    let table = String::from_utf8_lossy(&scored.stdout);
+    for method in ["full", "no-tuning", "no-temporal", "per-frame-attention"] {
+        assert!(
+            table.lines().any(|l| l.starts_with(method)),
+            "a row for {method}"
+        );
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("score.json")).unwrap()).unwrap();
+    let edits = json["edits"].as_array().unwrap();
+    assert_eq!(edits.len(), 4 * 3, "three edits per method");
+    for e in edits {
+        let iou = e["mean_iou"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&iou), "{e}");
+        assert!(e["frame_change"].as_f64().unwrap() >= 0.0, "{e}");
+        assert_ne!(
+            e["prompt"], e["source"],
+            "each edit asks for something new: {e}"
+        );
+    }
+    let kinds: std::collections::BTreeSet<&str> =
+        edits.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds.len(), 3, "colour, background and shape edits");
+    assert_eq!(json["summary"].as_array().unwrap().len(), 4);
+
+    expect_error(
+        tav()
+            .arg("score")
+            .arg("--model")
+            .arg(tiny_model())
+            .args(["--methods", "full,magic"]),
+        "unknown method `magic`",
+    );
+    expect_error(
+        tav()
+            .arg("score")
+            .arg("--model")
+            .arg(tiny_model())
+            .args(["--size", "96"]),
+        "multiple of 64",
+    );
+}

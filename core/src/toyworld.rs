@@ -240,10 +240,15 @@ impl ClipSpec {
     }
 }
 
-/// "a red circle is moving on the road".
+/// "a red circle is moving on the road" ("an orange …").
 pub fn caption(colour: Colour, shape: Shape, background: Background) -> String {
+    let article = if colour.name().starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
     format!(
-        "a {} {} is moving on the {}",
+        "{article} {} {} is moving on the {}",
         colour.name(),
         shape.name(),
         background.name()

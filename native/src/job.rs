@@ -244,12 +244,12 @@ impl Session {
         })
     }
 
-    fn embed(&self, prompt: &str) -> Result<Tensor<3>> {
+    pub fn embed(&self, prompt: &str) -> Result<Tensor<3>> {
         let ids = self.models.tokenizer.encode(prompt)?;
         self.models.text_encoder.forward(&[ids], &self.device)
     }
 
-    fn encode(&self, clip: &Clip, ui: &mut Ui) -> Result<Posterior> {
+    pub fn encode(&self, clip: &Clip, ui: &mut Ui) -> Result<Posterior> {
         let pixels = clip_to_tensor(clip, &self.device);
         let posterior = self.models.vae.encode(pixels)?;
         ui.event(Event {

@@ -17,7 +17,7 @@ pub struct Choices {
 
 /// The spec for `seed`, with the named attributes fixed.
 pub fn spec(seed: u64, frames: usize, size: usize, choices: &Choices) -> Result<ClipSpec> {
-    if frames == 0 || size == 0 || size % 64 != 0 {
+    if frames == 0 || size == 0 || !size.is_multiple_of(64) {
         return Err(TavError::InvalidInput(format!(
             "a toy clip needs at least 1 frame and a size that is a positive multiple of 64 \
              (got {frames} frames of {size}×{size})"

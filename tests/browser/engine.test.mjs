@@ -46,15 +46,19 @@ const stats = first.loadStats;
 console.log(`adapter ${first.info.adapter}, shader-f16 ${first.info.shaderF16}, compute ${first.info.computeDtype}`);
 console.log(`load: ${JSON.stringify(stats)}`);
 check(stats.downloadedBytes === stats.totalBytes, `first load downloads the model (${stats.downloadedBytes} of ${stats.totalBytes} bytes)`);
-const largestTensor = Math.max(...(await (await fetch(`${site}model/manifest.json`)).json())
-  .shards.flatMap((s) => s.tensors.map((t) => t.bytes)));
+const packedTensors = (await (await fetch(`${site}model/manifest.json`)).json())
+  .shards.flatMap((s) => s.tensors);
+const largestTensor = Math.max(...packedTensors.map((t) => t.bytes));
+const tokenTable = packedTensors.find((t) => t.key.endsWith('token_embedding.weight')).bytes;
 check(stats.peakStreamBytes <= largestTensor, `streaming held at most one tensor on the host (${stats.peakStreamBytes} ≤ ${largestTensor} bytes)`);
-// Streaming holds one shard's uploads at a time, so the heap grows by less than the weights
-// that pass through it. (On this tiny model most of the growth is CLIP's token table, which is
-// kept on the host as f32 by design: 6.3 MB of the 13.7 MB; the tokenizer comes after, in
+// The heap keeps only CLIP's token table (f16, on the host by design: at SD size it is over the
+// binding limit) and holds one tensor in flight; everything else goes to the GPU. So it grows by
+// at most those two, plus 2 MiB for fetch chunks and allocator slack: at SD size that is ~8% of the
+// model; on this tiny model the token table alone is 23% of it. (The tokenizer comes after, in
 // finishModel.)
 const growth = stats.wasmMemoryAfterShardsBytes - stats.wasmMemoryBeforeShardsBytes;
-check(growth < stats.totalBytes, `the wasm heap grew ${growth} bytes while ${stats.totalBytes} bytes of weights streamed through it`);
+const heapBound = tokenTable + largestTensor + (2 << 20);
+check(growth <= heapBound, `the wasm heap grew ${growth} bytes (${(100 * growth / stats.totalBytes).toFixed(0)}% of the ${stats.totalBytes} bytes of weights streamed; bound: token table ${tokenTable} + one tensor ${largestTensor} + 2 MiB)`);
 check(first.lossError <= TOLERANCE_LOSS, `tuning losses match the reference (rel.err ${first.lossError.toExponential(2)} ≤ ${TOLERANCE_LOSS})`);
 for (const [i, e] of first.nativeErrors.entries())
   check(e <= TOLERANCE_NATIVE, `edit ${i} matches the native result (rel.err ${e.toExponential(2)} ≤ ${TOLERANCE_NATIVE})`);

@@ -1,0 +1,384 @@
+//! `tav score`: one-shot edits of held-out toy-world clips, scored from their pixels, for the
+//! full method and the paper's ablations with the same seeds. Each clip is edited three
+//! ways (its colour, its background, its shape); every edit is scored for the attribute
+//! asked for, the motion kept (mask IoU and centroid path against the source) and
+//! frame-to-frame change.
+
+use std::path::PathBuf;
+
+use burn::tensor::Tensor;
+use tav_core::edit::{decode_video, invert, sample};
+use tav_core::progress::{Event, Phase};
+use tav_core::score::{Analysis, analyse, motion_kept};
+use tav_core::toyworld::{Background, ClipSpec, Colour, Shape, caption, render};
+use tav_core::transformer::{SelfAttentionKind, VideoAttentionOptions};
+use tav_core::tune::{TuneBatch, TuneSettings, Tuner, clip_latents, seeded_draws};
+use tav_core::unet::UNet3D;
+use tav_core::{Result, TavError};
+
+use crate::job::{Session, tensor_to_clip, write_atomic};
+use crate::ui::Ui;
+use crate::video::Clip;
+
+/// The method and its ablations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// Tune-A-Video: tuned, sparse-causal and temporal attention.
+    Full,
+    /// Inversion and editing with the inflated but untuned model.
+    NoTuning,
+    /// Tuned, without the temporal layers.
+    NoTemporal,
+    /// Tuned, with each frame attending only to itself instead of sparse-causal attention.
+    FullSelfAttention,
+}
+
+impl Method {
+    pub const ALL: [Method; 4] = [
+        Method::Full,
+        Method::NoTuning,
+        Method::NoTemporal,
+        Method::FullSelfAttention,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Full => "full",
+            Method::NoTuning => "no-tuning",
+            Method::NoTemporal => "no-temporal",
+            Method::FullSelfAttention => "per-frame-attention",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    fn attention(self, base: VideoAttentionOptions) -> VideoAttentionOptions {
+        match self {
+            Method::Full | Method::NoTuning => base,
+            Method::NoTemporal => VideoAttentionOptions {
+                temporal: false,
+                ..base
+            },
+            Method::FullSelfAttention => VideoAttentionOptions {
+                self_attention: SelfAttentionKind::PerFrame,
+                ..base
+            },
+        }
+    }
+}
+
+/// What to score.
+#[derive(Debug, Clone)]
+pub struct ScoreSpec {
+    /// Held-out clips, drawn from `seed`, `seed + 1`, …
+    pub clips: usize,
+    pub seed: u64,
+    pub frames: usize,
+    pub size: usize,
+    pub tune_steps: usize,
+    pub learning_rate: f64,
+    pub inversion_steps: usize,
+    pub steps: usize,
+    pub guidance: f64,
+    pub methods: Vec<Method>,
+    /// Where to write `score.json` (and nothing else).
+    pub out: Option<PathBuf>,
+}
+
+/// Which attribute an edit changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Colour(Colour),
+    Background(Background),
+    Shape(Shape),
+}
+
+impl Change {
+    fn kind(self) -> &'static str {
+        match self {
+            Change::Colour(_) => "colour",
+            Change::Background(_) => "background",
+            Change::Shape(_) => "shape",
+        }
+    }
+
+    fn prompt(self, spec: &ClipSpec) -> String {
+        match self {
+            Change::Colour(c) => caption(c, spec.shape, spec.background),
+            Change::Background(b) => caption(spec.colour, spec.shape, b),
+            Change::Shape(s) => caption(spec.colour, s, spec.background),
+        }
+    }
+
+    fn achieved(self, seen: &Analysis) -> bool {
+        match self {
+            Change::Colour(c) => seen.colour == Some(c),
+            Change::Background(b) => seen.background == b,
+            Change::Shape(s) => seen.shape == Some(s),
+        }
+    }
+}
+
+/// The three edits of a clip: the next colour, background and shape in the world's order,
+/// so every edit asks for something the clip does not show.
+fn changes(spec: &ClipSpec) -> [Change; 3] {
+    fn next<T: PartialEq + Copy>(all: &[T], current: T) -> T {
+        let i = all.iter().position(|&x| x == current).unwrap_or(0);
+        all[(i + 1) % all.len()]
+    }
+    [
+        Change::Colour(next(&Colour::ALL, spec.colour)),
+        Change::Background(next(&Background::ALL, spec.background)),
+        Change::Shape(next(&Shape::ALL, spec.shape)),
+    ]
+}
+
+/// One scored edit.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EditScore {
+    pub method: &'static str,
+    pub clip_seed: u64,
+    pub source: String,
+    pub kind: &'static str,
+    pub prompt: String,
+    pub attribute_ok: bool,
+    pub mean_iou: f32,
+    pub centroid_error: f32,
+    pub frame_change: f32,
+    pub source_frame_change: f32,
+}
+
+impl ScoreSpec {
+    /// Checks the settings before any model is loaded.
+    pub fn validate(&self) -> Result<()> {
+        if self.size == 0 || !self.size.is_multiple_of(64) {
+            return Err(TavError::InvalidInput(format!(
+                "--size {} is not a positive multiple of 64",
+                self.size
+            )));
+        }
+        if self.clips == 0 || self.frames == 0 || self.methods.is_empty() {
+            return Err(TavError::InvalidInput(
+                "--clips, --frames and --methods must not be empty".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Runs every method on every clip and returns the scores, edit by edit.
+pub fn run(session: &Session, spec: &ScoreSpec, ui: &mut Ui) -> Result<Vec<EditScore>> {
+    spec.validate()?;
+    let mut scores = Vec::new();
+    for c in 0..spec.clips {
+        let clip_spec = ClipSpec::random(spec.seed + c as u64, spec.frames, spec.size);
+        let drawn = render(&clip_spec);
+        let source = analyse(&drawn.frames, spec.size);
+        let clip = Clip {
+            width: spec.size as u32,
+            height: spec.size as u32,
+            fps: 8.0,
+            frames: drawn.frames,
+        };
+        ui.say(&format!(
+            "clip {}/{}: {} ({})",
+            c + 1,
+            spec.clips,
+            clip_spec.caption(),
+            clip_spec.path.name()
+        ));
+        for &method in &spec.methods {
+            let edits = edit_clip(session, spec, method, &clip_spec, &clip, ui)?;
+            for (change, frames) in changes(&clip_spec).into_iter().zip(edits) {
+                let seen = analyse(&frames, spec.size);
+                let kept = motion_kept(&source, &seen, spec.size);
+                scores.push(EditScore {
+                    method: method.name(),
+                    clip_seed: clip_spec.seed,
+                    source: clip_spec.caption(),
+                    kind: change.kind(),
+                    prompt: change.prompt(&clip_spec),
+                    attribute_ok: change.achieved(&seen),
+                    mean_iou: kept.mean_iou,
+                    centroid_error: kept.centroid_error,
+                    frame_change: seen.frame_change,
+                    source_frame_change: source.frame_change,
+                });
+            }
+        }
+    }
+    if let Some(out) = &spec.out {
+        let json = serde_json::to_vec_pretty(&serde_json::json!({
+            "settings": {
+                "clips": spec.clips, "seed": spec.seed, "frames": spec.frames, "size": spec.size,
+                "tune_steps": spec.tune_steps, "learning_rate": spec.learning_rate,
+                "inversion_steps": spec.inversion_steps, "steps": spec.steps,
+                "guidance": spec.guidance,
+            },
+            "summary": summary(&scores),
+            "edits": scores,
+        }))
+        .map_err(|e| TavError::InvalidInput(format!("score JSON: {e}")))?;
+        write_atomic(&out.join("score.json"), &json)?;
+    }
+    Ok(scores)
+}
+
+/// Tunes (unless ablated), inverts and makes the clip's three edits with `method`.
+fn edit_clip(
+    session: &Session,
+    spec: &ScoreSpec,
+    method: Method,
+    clip_spec: &ClipSpec,
+    clip: &Clip,
+    ui: &mut Ui,
+) -> Result<Vec<Vec<Vec<u8>>>> {
+    let models = &session.models;
+    let options = method.attention(session.attention);
+    let posterior = session.encode(clip, ui)?;
+    let unet = if method == Method::NoTuning {
+        models.unet.clone()
+    } else {
+        let batch = TuneBatch {
+            posterior: posterior.clone(),
+            context: session.embed(&clip_spec.caption())?,
+            scaling_factor: models.vae.scaling_factor,
+            attention: options,
+        };
+        tune(session, &batch, spec, ui)?
+    };
+    let latents = clip_latents(posterior.mean, models.vae.scaling_factor);
+    let uncond = session.embed("")?;
+    let mut progress = |e: Event| ui.event(e);
+    let trajectory = invert(
+        &unet,
+        &models.schedule,
+        latents,
+        uncond.clone(),
+        spec.inversion_steps,
+        options,
+        &mut progress,
+    )?;
+    let start: Tensor<5> = trajectory.last().expect("trajectory has the input").clone();
+    let mut edits = Vec::new();
+    for change in changes(clip_spec) {
+        let cond = session.embed(&change.prompt(clip_spec))?;
+        let edited = sample(
+            &unet,
+            &models.schedule,
+            start.clone(),
+            cond,
+            uncond.clone(),
+            spec.guidance,
+            spec.steps,
+            options,
+            &mut progress,
+        )?;
+        let video = decode_video(&models.vae, edited, 4, &mut progress);
+        edits.push(tensor_to_clip(video, clip.fps).frames);
+    }
+    Ok(edits)
+}
+
+/// `spec.tune_steps` steps of the method's tuning, from the clip's own seed.
+fn tune(session: &Session, batch: &TuneBatch, spec: &ScoreSpec, ui: &mut Ui) -> Result<UNet3D> {
+    let models = &session.models;
+    let settings = TuneSettings {
+        learning_rate: spec.learning_rate,
+        ..TuneSettings::default()
+    };
+    let mut tuner = Tuner::new(&models.unet, settings);
+    let mut unet = tuner.train_mode(models.unet.clone());
+    let [frames, c, h, w] = batch.posterior.mean.dims();
+    for step in 0..spec.tune_steps {
+        let draws = seeded_draws(
+            spec.seed,
+            step,
+            [frames, c, h, w],
+            models.schedule.num_train_timesteps(),
+            &session.device,
+        );
+        let (next, outcome) = tuner.step(unet, batch, draws, &models.schedule, false)?;
+        unet = next;
+        ui.event(Event {
+            phase: Phase::Tune,
+            step: step + 1,
+            total: spec.tune_steps,
+            loss: Some(outcome.loss),
+        });
+    }
+    Ok(Tuner::eval_mode(unet))
+}
+
+/// Per method: edits, attribute success (all, and by kind), mean IoU, centroid error and
+/// frame change.
+pub fn summary(scores: &[EditScore]) -> Vec<serde_json::Value> {
+    let mut methods: Vec<&str> = Vec::new();
+    for s in scores {
+        if !methods.contains(&s.method) {
+            methods.push(s.method);
+        }
+    }
+    methods
+        .into_iter()
+        .map(|m| {
+            let rows: Vec<&EditScore> = scores.iter().filter(|s| s.method == m).collect();
+            let mean = |f: &dyn Fn(&EditScore) -> f32| {
+                rows.iter().map(|s| f(s)).sum::<f32>() / rows.len().max(1) as f32
+            };
+            let success = |kind: Option<&str>| {
+                let picked: Vec<_> = rows
+                    .iter()
+                    .filter(|s| kind.is_none_or(|k| s.kind == k))
+                    .collect();
+                picked.iter().filter(|s| s.attribute_ok).count() as f32 / picked.len().max(1) as f32
+            };
+            serde_json::json!({
+                "method": m,
+                "edits": rows.len(),
+                "attribute_success": success(None),
+                "colour_success": success(Some("colour")),
+                "background_success": success(Some("background")),
+                "shape_success": success(Some("shape")),
+                "mean_iou": mean(&|s| s.mean_iou),
+                "centroid_error": mean(&|s| s.centroid_error),
+                "frame_change": mean(&|s| s.frame_change),
+                "source_frame_change": mean(&|s| s.source_frame_change),
+            })
+        })
+        .collect()
+}
+
+/// The summary as a plain-text table.
+pub fn table(summary: &[serde_json::Value]) -> String {
+    let mut out = format!(
+        "{:<20} {:>5} {:>8} {:>7} {:>7} {:>7} {:>8} {:>9} {:>9}\n",
+        "method",
+        "edits",
+        "success",
+        "colour",
+        "backgr",
+        "shape",
+        "mask IoU",
+        "centroid",
+        "flicker"
+    );
+    for row in summary {
+        let f = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
+        out.push_str(&format!(
+            "{:<20} {:>5} {:>8.2} {:>7.2} {:>7.2} {:>7.2} {:>8.3} {:>9.3} {:>9.4}\n",
+            row["method"].as_str().unwrap_or("?"),
+            row["edits"],
+            f("attribute_success"),
+            f("colour_success"),
+            f("background_success"),
+            f("shape_success"),
+            f("mean_iou"),
+            f("centroid_error"),
+            f("frame_change"),
+        ));
+    }
+    out
+}
