@@ -585,3 +585,65 @@ fn score_edits_and_scores_every_method() {
         "multiple of 64",
     );
 }
+
+/// `tav pretrain` at its smallest: it writes a complete diffusers folder (f16 weights within
+/// the toy model's 10 MB) that `tav check` loads and runs like Stable Diffusion, with its
+/// settings and loss curves beside it.
+#[test]
+fn pretrain_writes_a_model_every_command_loads() {
+    let out = scratch("pretrain").join("toy-model");
+    let trained = run(tav().arg("pretrain").arg(&out).args([
+        "--vae-steps",
+        "2",
+        "--vae-batch",
+        "2",
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--quiet",
+    ]));
+    assert!(trained.status.success(), "{}", stderr(&trained));
+    for file in [
+        "model_index.json",
+        "unet/config.json",
+        "vae/config.json",
+        "text_encoder/config.json",
+        "scheduler/scheduler_config.json",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+    ] {
+        assert!(out.join(file).is_file(), "{file} written");
+    }
+    let weights: u64 = [
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+    ]
+    .iter()
+    .map(|f| std::fs::metadata(out.join(f)).unwrap().len())
+    .sum();
+    println!("toy model weights: {weights} bytes in f16");
+    assert!(weights <= 10_000_000, "{weights} bytes of weights");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("tav_pretrain.json")).unwrap()).unwrap();
+    assert_eq!(record["report"]["vae_losses"].as_array().unwrap().len(), 2);
+    assert_eq!(record["report"]["unet_losses"].as_array().unwrap().len(), 2);
+    assert!(record["report"]["latent_scale"].as_f64().unwrap() > 0.0);
+
+    let checked = run(tav()
+        .arg("check")
+        .arg("--model")
+        .arg(&out)
+        .args(["--frames", "2", "--size", "64"]));
+    assert!(checked.status.success(), "{}", stderr(&checked));
+    assert!(
+        String::from_utf8_lossy(&checked.stdout).contains("outputs are finite")
+            || stderr(&checked).contains("outputs are finite")
+    );
+
+    expect_error(
+        tav().arg("pretrain").arg(&out).args(["--size", "100"]),
+        "multiple of 64",
+    );
+}

@@ -3,6 +3,7 @@
 //! Data flows one way: frames → VAE latents → (tuned) 3D UNet → DDIM → frames. This crate
 //! does no I/O a browser lacks, except the optional folder reader for native builds.
 
+pub mod adamw;
 pub mod attention;
 pub mod checkpoint;
 pub mod clip;
@@ -16,6 +17,7 @@ pub mod layers;
 pub mod pack;
 pub mod params;
 pub mod precision;
+pub mod pretrain;
 pub mod progress;
 pub mod resnet;
 pub mod schedule;

@@ -4,6 +4,10 @@
 /// The phases of the job, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// Pretraining the toy world's VAE.
+    PretrainVae,
+    /// Pretraining the toy world's text encoder and UNet.
+    PretrainUnet,
     Encode,
     Tune,
     Invert,
@@ -14,6 +18,8 @@ pub enum Phase {
 impl Phase {
     pub fn name(self) -> &'static str {
         match self {
+            Phase::PretrainVae => "pretrain-vae",
+            Phase::PretrainUnet => "pretrain-unet",
             Phase::Encode => "encode",
             Phase::Tune => "tune",
             Phase::Invert => "invert",

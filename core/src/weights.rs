@@ -111,6 +111,16 @@ impl HostTable {
         }
     }
 
+    /// The whole table as f32.
+    pub fn to_f32(&self) -> HostTensor {
+        let rows = self.shape.first().copied().unwrap_or(0);
+        let mut data = Vec::with_capacity(self.shape.iter().product());
+        for r in 0..rows {
+            self.push_row(r, &mut data);
+        }
+        HostTensor::new(self.shape.clone(), data)
+    }
+
     /// Appends row `r` (of a 2-D table) to `out`, as f32.
     pub fn push_row(&self, r: usize, out: &mut Vec<f32>) {
         let d = self.shape[1];
@@ -121,14 +131,6 @@ impl HostTable {
                     .chunks_exact(2)
                     .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
             ),
-        }
-    }
-
-    /// Bytes the values take in host memory.
-    pub fn bytes(&self) -> usize {
-        match &*self.values {
-            HostValues::F32(v) => v.len() * 4,
-            HostValues::F16(v) => v.len(),
         }
     }
 }
@@ -380,6 +382,8 @@ pub struct ParamEntry {
     pub key: String,
     pub shape: Vec<usize>,
     pub id: ParamId,
+    /// How burn holds it (a linear weight is transposed).
+    pub layout: Layout,
 }
 
 /// Builds the parameters of a model, either from a tensor source (checked against the
@@ -482,6 +486,7 @@ impl<'a> ParamBuilder<'a> {
             key: key.clone(),
             shape: shape.to_vec(),
             id: ParamId::new(),
+            layout: Layout::Same,
         });
         let Some(source) = self.source else {
             return Ok(HostTable::f32(HostTensor {
@@ -491,10 +496,16 @@ impl<'a> ParamBuilder<'a> {
         };
         let table = match source.take_host_f16(&key) {
             Some(half) => HostTable::f16(half),
-            None => HostTable::f32(source.fetch(&key)?.ok_or_else(|| TavError::MissingTensor {
-                path: source.origin(),
-                tensor: key.clone(),
-            })?),
+            None => {
+                let fetched = match source.fetch(&key)? {
+                    Some(t) => Some(t),
+                    None => self.fallback.as_ref().and_then(|f| f(&key, shape)),
+                };
+                HostTable::f32(fetched.ok_or_else(|| TavError::MissingTensor {
+                    path: source.origin(),
+                    tensor: key.clone(),
+                })?)
+            }
         };
         if table.shape != shape {
             return Err(TavError::ShapeMismatch {
@@ -520,6 +531,7 @@ impl<'a> ParamBuilder<'a> {
             key: key.clone(),
             shape: shape.to_vec(),
             id,
+            layout,
         });
         let stored_shape = match layout {
             Layout::Same => shape,

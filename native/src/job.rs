@@ -341,8 +341,8 @@ pub fn tune(
     let frames = clip.frames.len();
     let timesteps = models.schedule.num_train_timesteps();
     let mut unet = tuner.train_mode(unet);
-    while tuner.steps_done < spec.steps {
-        let step = tuner.steps_done;
+    while tuner.steps_done() < spec.steps {
+        let step = tuner.steps_done();
         let draws = seeded_draws(
             spec.seed,
             step,
@@ -364,14 +364,14 @@ pub fn tune(
         meta.losses.push(outcome.loss);
         ui.event(Event {
             phase: Phase::Tune,
-            step: tuner.steps_done,
+            step: tuner.steps_done(),
             total: spec.steps,
             loss: Some(outcome.loss),
         });
         let due =
-            spec.checkpoint_every > 0 && tuner.steps_done.is_multiple_of(spec.checkpoint_every);
-        if due || tuner.steps_done == spec.steps {
-            meta.steps_done = tuner.steps_done;
+            spec.checkpoint_every > 0 && tuner.steps_done().is_multiple_of(spec.checkpoint_every);
+        if due || tuner.steps_done() == spec.steps {
+            meta.steps_done = tuner.steps_done();
             let weights = TunedWeights {
                 meta: meta.clone(),
                 tensors: tuner.trainable_values(&unet),
@@ -381,7 +381,7 @@ pub fn tune(
         }
     }
     let unet = Tuner::eval_mode(unet);
-    meta.steps_done = tuner.steps_done;
+    meta.steps_done = tuner.steps_done();
     let tuned = TunedWeights {
         meta: meta.clone(),
         tensors: tuner.trainable_values(&unet),

@@ -7,6 +7,7 @@ mod job;
 mod jobfile;
 mod pack;
 mod plot;
+mod pretrain;
 mod score;
 mod toy;
 mod ui;
@@ -205,6 +206,42 @@ enum Command {
         /// without it the browser initialises them as the reference does.
         #[arg(long)]
         temporal: Option<PathBuf>,
+    },
+    /// Train the toy world's model from a seed (VAE, then text encoder and UNet) on generated
+    /// frames and write it as a diffusers folder in f16, loadable with --model.
+    Pretrain {
+        /// The model folder to write.
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Frame size in pixels (a multiple of 64); latents are a quarter of it.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 1200)]
+        vae_steps: usize,
+        #[arg(long, default_value_t = 16)]
+        vae_batch: usize,
+        #[arg(long, default_value_t = 1e-3)]
+        vae_learning_rate: f64,
+        /// Weight of the VAE posterior's KL term (per value).
+        #[arg(long, default_value_t = 1e-4)]
+        kl_weight: f64,
+        /// Text encoder + UNet steps.
+        #[arg(long, default_value_t = 3000)]
+        steps: usize,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[arg(long, default_value_t = 3e-4)]
+        learning_rate: f64,
+        /// Share of captions left empty, so guidance has an unconditional model.
+        #[arg(long, default_value_t = 0.1)]
+        empty_captions: f64,
+        /// GPU adapter: auto, discrete[:N], integrated[:N], virtual[:N] or cpu.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// No progress bars or messages.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Score one-shot edits of held-out toy-world clips (colour, background and shape
     /// changes) from their pixels: attribute success, motion kept (mask IoU, centroid path)
@@ -430,6 +467,47 @@ fn dispatch(cli: Cli) -> Result<()> {
                 manifest.shards.len(),
                 manifest.total_bytes() as f64 / 1e6
             );
+            Ok(())
+        }
+        Command::Pretrain {
+            out,
+            seed,
+            size,
+            vae_steps,
+            vae_batch,
+            vae_learning_rate,
+            kl_weight,
+            steps,
+            batch,
+            learning_rate,
+            empty_captions,
+            device,
+            quiet,
+        } => {
+            let spec = pretrain::PretrainSpec {
+                out,
+                seed,
+                size,
+                vae_steps,
+                vae_batch,
+                vae_learning_rate,
+                kl_weight,
+                steps,
+                batch,
+                learning_rate,
+                empty_captions,
+            };
+            let (device, adapter) = gpu::open(&device).map_err(TavError::Device)?;
+            let mut ui = Ui::new(if quiet { Mode::Quiet } else { Mode::Bars });
+            ui.say(&format!("GPU adapter: {adapter}"));
+            let started = std::time::Instant::now();
+            let report = pretrain::run(&spec, &device, &mut ui)?;
+            ui.say(&format!(
+                "wrote {} in {:.1} min ({} parameters)",
+                spec.out.display(),
+                started.elapsed().as_secs_f64() / 60.0,
+                report.parameters.values().sum::<usize>()
+            ));
             Ok(())
         }
         Command::Score {

@@ -174,14 +174,8 @@ pub fn run(session: &Session, spec: &ScoreSpec, ui: &mut Ui) -> Result<Vec<EditS
     let mut scores = Vec::new();
     for c in 0..spec.clips {
         let clip_spec = ClipSpec::random(spec.seed + c as u64, spec.frames, spec.size);
-        let drawn = render(&clip_spec);
-        let source = analyse(&drawn.frames, spec.size);
-        let clip = Clip {
-            width: spec.size as u32,
-            height: spec.size as u32,
-            fps: 8.0,
-            frames: drawn.frames,
-        };
+        let clip = crate::toy::as_clip(render(&clip_spec));
+        let source = analyse(&clip.frames, spec.size);
         ui.say(&format!(
             "clip {}/{}: {} ({})",
             c + 1,

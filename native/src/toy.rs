@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use tav_core::toyworld::{Background, ClipSpec, Colour, Path as Motion, Shape, render};
+use tav_core::toyworld::{Background, ClipSpec, Colour, Path as Motion, Shape, ToyClip, render};
 use tav_core::{Result, TavError};
 
 use crate::video::{Clip, write_gif, write_mp4, write_png_frames};
@@ -68,15 +68,19 @@ fn pick<T, const N: usize>(
     })
 }
 
-/// Draws the clip and writes it to `out` (`.gif`, `.mp4`, or else a folder of PNG frames).
-pub fn write(spec: &ClipSpec, out: &Path) -> Result<()> {
-    let drawn = render(spec);
-    let clip = Clip {
-        width: spec.size as u32,
-        height: spec.size as u32,
+/// A drawn toy clip as a video clip (8 frames a second).
+pub fn as_clip(drawn: ToyClip) -> Clip {
+    Clip {
+        width: drawn.spec.size as u32,
+        height: drawn.spec.size as u32,
         fps: 8.0,
         frames: drawn.frames,
-    };
+    }
+}
+
+/// Draws the clip and writes it to `out` (`.gif`, `.mp4`, or else a folder of PNG frames).
+pub fn write(spec: &ClipSpec, out: &Path) -> Result<()> {
+    let clip = as_clip(render(spec));
     let written = match out.extension().and_then(|e| e.to_str()) {
         Some("gif") => write_gif(out, &clip),
         Some("mp4") => write_mp4(out, &clip),

@@ -1,6 +1,7 @@
 // The engine in headless Chromium (WebGPU on SwiftShader): streams the packed golden model,
 // tunes with the golden draws, inverts, edits, and compares with the reference within the
-// stated f16 tolerance; then reloads and checks the weights come from the cache.
+// stated f16 tolerance; then reloads and checks the weights come from the cache, that a corrupt
+// cache entry is fetched again, and that every error case says what is wrong.
 // Env: TAV_SITE_URL (the served site, with engine.html, pkg/, model/, golden/).
 import { chromium } from 'playwright-core';
 import { mkdtempSync } from 'node:fs';
@@ -76,6 +77,18 @@ if (second.ok) {
     `reload reads every byte from the cache (${second.loadStats.cachedBytes} cached, ${second.loadStats.downloadedBytes} downloaded)`);
   check(shardRequests.length === before, `reload makes no shard requests (${shardRequests.length - before})`);
   for (const c of second.errorChecks) check(c.ok, `error: ${c.what} → "${c.message}"`);
+}
+
+// A cache entry gone bad (one byte flipped): its SHA-256 fails, so that shard alone is
+// fetched again, and the model still loads.
+const beforeCorrupt = shardRequests.length;
+const third = await result(`${site}engine.html?corrupt`);
+check(third.ok, `a corrupt cache entry does not stop loading${third.ok ? '' : `: ${third.error}`}`);
+if (third.ok) {
+  const { loadStats: s, corrupted } = third;
+  check(s.downloadedBytes === corrupted.bytes && s.cachedBytes === s.totalBytes - corrupted.bytes,
+    `the corrupt ${corrupted.file} is fetched again (${s.downloadedBytes} bytes downloaded, ${s.cachedBytes} cached)`);
+  check(shardRequests.length - beforeCorrupt === 1, `one shard request on that reload (${shardRequests.length - beforeCorrupt})`);
 }
 await context.close();
 

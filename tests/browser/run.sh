@@ -20,6 +20,9 @@ cp -r web/pkg "$site/pkg"
 # on a tiny model.
 cargo run --locked -q -p tav-native -- pack-web "$golden/model" "$site/model" \
   --temporal "$golden/temporal_init.safetensors" --shard-mib 1
+# A model whose tensors (4 GiB of f16 each) are over every adapter's binding limit.
+mkdir -p "$site/oversized"
+sed -e 's/"bytes": *[0-9]*/"bytes": 4294967296/g' "$site/model/manifest.json" > "$site/oversized/manifest.json"
 mkdir -p "$site/golden"
 cp "$golden/cases.json" "$golden/cases.safetensors" "$site/golden/"
 cp tests/browser/engine.html "$site/"

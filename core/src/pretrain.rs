@@ -1,0 +1,280 @@
+//! Pretraining the toy world's model from scratch: Stable Diffusion v1's pipeline (VAE, CLIP
+//! text encoder with the real tokenizer, UNet) at small widths, trained on generated frames
+//! and captions. First the VAE learns to reconstruct frames; then the text encoder and the
+//! UNet learn noise prediction on the VAE's latents, as an image model (one frame, no
+//! temporal layers), exactly what Tune-A-Video inflates. The result loads like SD.
+
+use std::collections::HashMap;
+
+use burn::module::{Module, ParamId};
+use burn::tensor::{Device, Tensor};
+
+use crate::adamw::{AdamW, AdamWSettings, read_values};
+use crate::clip::ClipTextEncoder;
+use crate::config::{ClipConfig, UNetConfig, VaeConfig};
+use crate::draws::SeededRng;
+use crate::error::{Result, TavError};
+use crate::schedule::Schedule;
+use crate::tokenizer::ClipTokenizer;
+use crate::toyworld::{ClipSpec, render};
+use crate::transformer::VideoAttentionOptions;
+use crate::unet::{UNet3D, is_temporal};
+use crate::vae::Vae;
+use crate::weights::{HostTensor, Layout, ParamEntry, RandomInit};
+
+/// The toy model's component configs, as diffusers writes them: 64×64 frames, 16×16×4
+/// latents, about 10 MB in f16 with CLIP's 49,408-token table.
+#[derive(Debug, Clone)]
+pub struct ToyConfigs {
+    pub unet: serde_json::Value,
+    pub vae: serde_json::Value,
+    pub text_encoder: serde_json::Value,
+    pub scheduler: serde_json::Value,
+}
+
+impl ToyConfigs {
+    pub fn small() -> Self {
+        Self {
+            unet: serde_json::json!({
+                "_class_name": "UNet2DConditionModel",
+                "attention_head_dim": 4,
+                "block_out_channels": [32, 64, 96],
+                "cross_attention_dim": 32,
+                "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+                "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+                "in_channels": 4, "out_channels": 4, "layers_per_block": 1, "norm_num_groups": 32,
+                "norm_eps": 1e-5, "flip_sin_to_cos": true, "freq_shift": 0, "sample_size": 16
+            }),
+            vae: serde_json::json!({
+                "_class_name": "AutoencoderKL",
+                "block_out_channels": [32, 64, 64],
+                "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+                "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+                "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 1,
+                "norm_num_groups": 32, "sample_size": 64, "scaling_factor": 1.0
+            }),
+            text_encoder: serde_json::json!({
+                "architectures": ["CLIPTextModel"], "model_type": "clip_text_model",
+                "hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "max_position_embeddings": 77, "vocab_size": 49408,
+                "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "bos_token_id": 49406,
+                "eos_token_id": 49407, "pad_token_id": 49407
+            }),
+            scheduler: serde_json::json!({
+                "_class_name": "DDIMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+                "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
+                "set_alpha_to_one": false, "steps_offset": 1, "clip_sample": false
+            }),
+        }
+    }
+
+    pub fn parsed<T: for<'de> serde::Deserialize<'de>>(value: &serde_json::Value) -> Result<T> {
+        serde_json::from_value(value.clone())
+            .map_err(|e| TavError::InvalidInput(format!("toy model config: {e}")))
+    }
+}
+
+/// A model being pretrained, with the parameter entries that name its tensors.
+pub struct Component<M> {
+    pub model: M,
+    pub entries: Vec<ParamEntry>,
+}
+
+impl<M: Module> Component<M> {
+    /// The parameters' values by reference key, in PyTorch layout (`keep` filters keys).
+    pub async fn values(
+        &self,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<std::collections::BTreeMap<String, HostTensor>> {
+        let wanted: HashMap<ParamId, (String, Layout)> = self
+            .entries
+            .iter()
+            .filter(|e| keep(&e.key))
+            .map(|e| (e.id, (e.key.clone(), e.layout)))
+            .collect();
+        read_values(&self.model, &wanted).await
+    }
+}
+
+/// Fresh, seeded components at the toy sizes.
+pub fn initial_models(
+    configs: &ToyConfigs,
+    seed: u64,
+    device: &Device,
+) -> Result<(
+    Component<Vae>,
+    Component<ClipTextEncoder>,
+    Component<UNet3D>,
+)> {
+    let init = RandomInit { seed };
+    let p = init.builder(device);
+    let vae = Vae::load(&p, &ToyConfigs::parsed::<VaeConfig>(&configs.vae)?)?;
+    let vae = Component {
+        model: vae,
+        entries: p.entries(),
+    };
+    let p = init.builder(device);
+    let text = ClipTextEncoder::load(
+        &p,
+        &ToyConfigs::parsed::<ClipConfig>(&configs.text_encoder)?,
+    )?;
+    let text = Component {
+        model: text,
+        entries: p.entries(),
+    };
+    let p = init.builder(device);
+    let unet = UNet3D::load(&p, &ToyConfigs::parsed::<UNetConfig>(&configs.unet)?)?;
+    let entries = unet
+        .params
+        .iter()
+        .filter(|e| !is_temporal(&e.key))
+        .cloned()
+        .collect();
+    Ok((
+        vae,
+        text,
+        Component {
+            model: unet,
+            entries,
+        },
+    ))
+}
+
+/// A batch of training frames: one random frame of each of `batch` random clips, as pixels
+/// `[N, 3, S, S]` in [-1, 1], with the clips' captions.
+pub fn frame_batch(
+    rng: &mut SeededRng,
+    batch: usize,
+    size: usize,
+    device: &Device,
+) -> (Tensor<4>, Vec<String>) {
+    const FRAMES: usize = 8;
+    let mut data = Vec::with_capacity(batch * 3 * size * size);
+    let mut captions = Vec::with_capacity(batch);
+    for _ in 0..batch {
+        let spec = ClipSpec::random(rng.next_u64(), FRAMES, size);
+        let clip = render(&spec);
+        let frame = &clip.frames[rng.below(FRAMES as u64) as usize];
+        for c in 0..3 {
+            data.extend(frame.chunks_exact(3).map(|p| p[c] as f32 / 127.5 - 1.0));
+        }
+        captions.push(spec.caption());
+    }
+    let pixels = HostTensor::new(vec![batch, 3, size, size], data).to_device(device);
+    (pixels, captions)
+}
+
+/// One VAE step: reconstruction MSE plus `kl_weight` × the posterior's KL to a standard
+/// normal. `vae` is in the optimiser's train mode. Returns the reconstruction error too.
+pub async fn vae_step(
+    optimiser: &mut AdamW,
+    vae: Vae,
+    pixels: Tensor<4>,
+    eps: Tensor<4>,
+    kl_weight: f64,
+) -> Result<(Vae, f32)> {
+    let posterior = vae.encode(pixels.clone())?;
+    let kl = (posterior.mean.clone().square() + posterior.logvar.clone().exp()
+        - posterior.logvar.clone().add_scalar(1.0))
+    .mean()
+    .mul_scalar(0.5);
+    let reconstructed = vae.decode(posterior.sample(eps));
+    let mse = (reconstructed - pixels).square().mean();
+    let mse_value = scalar(mse.clone(), "the VAE's reconstruction error").await?;
+    let loss = mse + kl.mul_scalar(kl_weight);
+    let (vae, _) = optimiser.step(vae, loss, false).await?;
+    Ok((vae, mse_value))
+}
+
+/// The latent scale SD uses: 1 / the standard deviation of latent means over `pixels`.
+pub async fn latent_scale(vae: &Vae, pixels: Tensor<4>) -> Result<f64> {
+    let mean = vae.encode(pixels)?.mean;
+    let centred = mean.clone() - mean.mean().unsqueeze::<4>();
+    let var = scalar(centred.square().mean(), "the latents' variance").await?;
+    Ok(1.0 / (var as f64).sqrt().max(1e-6))
+}
+
+/// The text encoder and the UNet, trained together.
+#[derive(Module, Debug)]
+pub struct TextToImage {
+    pub text_encoder: ClipTextEncoder,
+    pub unet: UNet3D,
+}
+
+/// One text-to-image step: noise prediction on scaled latents `[N, C, h, w]` (one frame
+/// each, temporal layers off) at per-item `timesteps`, conditioned on `ids`.
+#[allow(clippy::too_many_arguments)]
+pub async fn text_to_image_step(
+    optimiser: &mut AdamW,
+    model: TextToImage,
+    latents: Tensor<4>,
+    noise: Tensor<4>,
+    timesteps: &[usize],
+    ids: &[Vec<u32>],
+    schedule: &Schedule,
+    device: &Device,
+) -> Result<(TextToImage, f32)> {
+    let [n, c, h, w] = latents.dims();
+    let noisy: Vec<Tensor<4>> = timesteps
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            schedule.add_noise(
+                latents.clone().narrow(0, i, 1),
+                noise.clone().narrow(0, i, 1),
+                t,
+            )
+        })
+        .collect();
+    let noisy = Tensor::cat(noisy, 0).reshape([n, c, 1, h, w]);
+    let context = model.text_encoder.forward(ids, device)?;
+    let options = VideoAttentionOptions {
+        temporal: false,
+        ..VideoAttentionOptions::default()
+    };
+    let t: Vec<f64> = timesteps.iter().map(|&t| t as f64).collect();
+    let predicted = model.unet.forward(noisy, &t, context, options)?;
+    let loss = (predicted.reshape([n, c, h, w]) - noise).square().mean();
+    let value = scalar(loss.clone(), "the denoising loss").await?;
+    let (model, _) = optimiser.step(model, loss, false).await?;
+    Ok((model, value))
+}
+
+/// Captions as token ids, with `empty_share` of them blanked (so guidance has an
+/// unconditional model to push against).
+pub fn caption_ids(
+    tokenizer: &ClipTokenizer,
+    captions: &[String],
+    empty_share: f64,
+    rng: &mut SeededRng,
+) -> Result<Vec<Vec<u32>>> {
+    captions
+        .iter()
+        .map(|c| {
+            let text = if rng.uniform() < empty_share { "" } else { c };
+            tokenizer.encode(text)
+        })
+        .collect()
+}
+
+/// Default optimiser settings for pretraining (no clipping below a norm of 1, mild decay).
+pub fn pretrain_settings(learning_rate: f64) -> AdamWSettings {
+    AdamWSettings {
+        learning_rate,
+        weight_decay: 1e-4,
+        ..AdamWSettings::default()
+    }
+}
+
+async fn scalar(t: Tensor<1>, what: &str) -> Result<f32> {
+    let v: f32 = t
+        .try_into_scalar_async()
+        .await
+        .map_err(|e| TavError::Device(format!("reading {what} back failed: {e:?}")))?;
+    if !v.is_finite() {
+        return Err(TavError::NonFinite(format!(
+            "{what} is {v}; lower the learning rate"
+        )));
+    }
+    Ok(v)
+}

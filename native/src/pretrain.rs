@@ -1,0 +1,283 @@
+//! `tav pretrain`: trains the toy world's model from a seed (VAE first, then the text
+//! encoder and UNet together) and writes it as a diffusers folder, in f16, that every other
+//! command loads as it loads Stable Diffusion.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use burn::tensor::{Device, Tensor};
+use futures_lite::future::block_on;
+use safetensors::Dtype;
+use safetensors::tensor::TensorView;
+use tav_core::adamw::AdamW;
+use tav_core::config::SchedulerConfig;
+use tav_core::draws::SeededRng;
+use tav_core::pretrain::{
+    Component, TextToImage, ToyConfigs, caption_ids, frame_batch, initial_models, latent_scale,
+    pretrain_settings, text_to_image_step, vae_step,
+};
+use tav_core::progress::{Event, Phase};
+use tav_core::schedule::Schedule;
+use tav_core::tokenizer::ClipTokenizer;
+use tav_core::weights::HostTensor;
+use tav_core::{Result, TavError};
+
+use crate::job::write_atomic;
+use crate::ui::Ui;
+
+const VOCAB: &[u8] = include_bytes!("../../assets/clip-tokenizer/vocab.json");
+const MERGES: &[u8] = include_bytes!("../../assets/clip-tokenizer/merges.txt");
+
+/// How to pretrain.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PretrainSpec {
+    #[serde(skip)]
+    pub out: PathBuf,
+    pub seed: u64,
+    /// Frame size in pixels.
+    pub size: usize,
+    pub vae_steps: usize,
+    pub vae_batch: usize,
+    pub vae_learning_rate: f64,
+    pub kl_weight: f64,
+    pub steps: usize,
+    pub batch: usize,
+    pub learning_rate: f64,
+    /// Share of captions left empty (for classifier-free guidance).
+    pub empty_captions: f64,
+}
+
+/// What a pretraining run did, kept beside the model (`tav_pretrain.json`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PretrainReport {
+    /// VAE reconstruction MSE per step.
+    pub vae_losses: Vec<f32>,
+    pub vae_seconds: f64,
+    pub latent_scale: f64,
+    /// Denoising loss per step.
+    pub unet_losses: Vec<f32>,
+    pub unet_seconds: f64,
+    /// Parameters per component.
+    pub parameters: BTreeMap<String, usize>,
+}
+
+/// Trains and writes the model folder.
+pub fn run(spec: &PretrainSpec, device: &Device, ui: &mut Ui) -> Result<PretrainReport> {
+    let mut report = PretrainReport::default();
+    if spec.size == 0 || !spec.size.is_multiple_of(64) {
+        return Err(TavError::InvalidInput(format!(
+            "--size {} is not a positive multiple of 64",
+            spec.size
+        )));
+    }
+    let configs = ToyConfigs::small();
+    let merges = std::str::from_utf8(MERGES).expect("bundled merges are UTF-8");
+    let tokenizer = ClipTokenizer::from_vocab_merges("assets/clip-tokenizer", VOCAB, merges, 77)?;
+    let schedule = Schedule::new(&ToyConfigs::parsed::<SchedulerConfig>(&configs.scheduler)?)?;
+    let (vae, text, unet) = initial_models(&configs, spec.seed, device)?;
+    let mut rng = SeededRng::for_stream(spec.seed, "pretrain");
+
+    // The VAE: reconstruction of single frames.
+    let Component {
+        model: vae_model,
+        entries: vae_entries,
+    } = vae;
+    let mut optimiser = AdamW::new(&vae_entries, pretrain_settings(spec.vae_learning_rate));
+    let mut model = optimiser.train_mode(vae_model);
+    let latent = spec.size / model.downscale;
+    let started = std::time::Instant::now();
+    for step in 0..spec.vae_steps {
+        let (pixels, _) = frame_batch(&mut rng, spec.vae_batch, spec.size, device);
+        let eps = normal(&mut rng, [spec.vae_batch, 4, latent, latent], device);
+        let (next, loss) = block_on(vae_step(&mut optimiser, model, pixels, eps, spec.kl_weight))?;
+        model = next;
+        report.vae_losses.push(loss);
+        ui.event(Event {
+            phase: Phase::PretrainVae,
+            step: step + 1,
+            total: spec.vae_steps,
+            loss: Some(loss),
+        });
+    }
+    report.vae_seconds = started.elapsed().as_secs_f64();
+    let mut vae_model = AdamW::eval_mode(model);
+    let (pixels, _) = frame_batch(&mut rng, 32, spec.size, device);
+    vae_model.scaling_factor = block_on(latent_scale(&vae_model, pixels))?;
+    report.latent_scale = vae_model.scaling_factor;
+    ui.say(&format!(
+        "VAE: {} steps in {:.0} s, reconstruction MSE {:.4}; latent scale {:.4}",
+        spec.vae_steps,
+        report.vae_seconds,
+        report.vae_losses.last().copied().unwrap_or(f32::NAN),
+        vae_model.scaling_factor
+    ));
+
+    // The text encoder and the UNet: noise prediction on the VAE's latents.
+    let Component {
+        model: text_model,
+        entries: text_entries,
+    } = text;
+    let Component {
+        model: unet_model,
+        entries: unet_entries,
+    } = unet;
+    let mut optimiser = AdamW::new(
+        text_entries.iter().chain(&unet_entries),
+        pretrain_settings(spec.learning_rate),
+    );
+    let mut model = optimiser.train_mode(TextToImage {
+        text_encoder: text_model,
+        unet: unet_model,
+    });
+    let timesteps = schedule.num_train_timesteps() as u64;
+    let started = std::time::Instant::now();
+    for step in 0..spec.steps {
+        let (pixels, captions) = frame_batch(&mut rng, spec.batch, spec.size, device);
+        let eps = normal(&mut rng, [spec.batch, 4, latent, latent], device);
+        let latents = vae_model
+            .encode(pixels)?
+            .sample(eps)
+            .mul_scalar(vae_model.scaling_factor);
+        let noise = normal(&mut rng, [spec.batch, 4, latent, latent], device);
+        let t: Vec<usize> = (0..spec.batch)
+            .map(|_| rng.below(timesteps) as usize)
+            .collect();
+        let ids = caption_ids(&tokenizer, &captions, spec.empty_captions, &mut rng)?;
+        let (next, loss) = block_on(text_to_image_step(
+            &mut optimiser,
+            model,
+            latents,
+            noise,
+            &t,
+            &ids,
+            &schedule,
+            device,
+        ))?;
+        model = next;
+        report.unet_losses.push(loss);
+        ui.event(Event {
+            phase: Phase::PretrainUnet,
+            step: step + 1,
+            total: spec.steps,
+            loss: Some(loss),
+        });
+    }
+    report.unet_seconds = started.elapsed().as_secs_f64();
+    let model = AdamW::eval_mode(model);
+    ui.say(&format!(
+        "text encoder and UNet: {} steps in {:.0} s, denoising loss {:.4}",
+        spec.steps,
+        report.unet_seconds,
+        report.unet_losses.last().copied().unwrap_or(f32::NAN)
+    ));
+
+    let text = Component {
+        model: model.text_encoder,
+        entries: text_entries,
+    };
+    let unet = Component {
+        model: model.unet,
+        entries: unet_entries,
+    };
+    let vae = Component {
+        model: vae_model,
+        entries: vae_entries,
+    };
+    let count = |entries: &[tav_core::weights::ParamEntry]| {
+        entries
+            .iter()
+            .map(|e| e.shape.iter().product::<usize>())
+            .sum()
+    };
+    report.parameters = [
+        ("vae", count(&vae.entries)),
+        ("text_encoder", count(&text.entries)),
+        ("unet", count(&unet.entries)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    write_folder(spec, &report, &configs, &vae, &text, &unet)?;
+    Ok(report)
+}
+
+fn normal<const D: usize>(rng: &mut SeededRng, shape: [usize; D], device: &Device) -> Tensor<D> {
+    let n = shape.iter().product();
+    HostTensor::new(shape.to_vec(), rng.normal_vec(n)).to_device(device)
+}
+
+/// The diffusers folder: configs, f16 safetensors, the tokenizer, and `model_index.json`
+/// last (its presence means the folder is complete).
+fn write_folder(
+    spec: &PretrainSpec,
+    report: &PretrainReport,
+    configs: &ToyConfigs,
+    vae: &Component<tav_core::vae::Vae>,
+    text: &Component<tav_core::clip::ClipTextEncoder>,
+    unet: &Component<tav_core::unet::UNet3D>,
+) -> Result<()> {
+    let mut vae_config = configs.vae.clone();
+    vae_config["scaling_factor"] = serde_json::json!(vae.model.scaling_factor);
+    let mut text_tensors = block_on(text.values(|_| true))?;
+    let table = text
+        .entries
+        .iter()
+        .find(|e| e.key.ends_with("token_embedding.weight"))
+        .ok_or_else(|| TavError::InvalidInput("the text encoder has no token table".into()))?;
+    text_tensors.insert(table.key.clone(), text.model.token_embedding.to_f32());
+    let json = |v: &serde_json::Value| serde_json::to_vec_pretty(v).expect("json");
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("unet/config.json", json(&configs.unet)),
+        (
+            "unet/diffusion_pytorch_model.safetensors",
+            f16_safetensors(&block_on(unet.values(|_| true))?)?,
+        ),
+        ("vae/config.json", json(&vae_config)),
+        (
+            "vae/diffusion_pytorch_model.safetensors",
+            f16_safetensors(&block_on(vae.values(|_| true))?)?,
+        ),
+        ("text_encoder/config.json", json(&configs.text_encoder)),
+        (
+            "text_encoder/model.safetensors",
+            f16_safetensors(&text_tensors)?,
+        ),
+        ("scheduler/scheduler_config.json", json(&configs.scheduler)),
+        ("tokenizer/vocab.json", VOCAB.to_vec()),
+        ("tokenizer/merges.txt", MERGES.to_vec()),
+        (
+            "tav_pretrain.json",
+            json(&serde_json::json!({"settings": spec, "report": report})),
+        ),
+    ];
+    for (relative, bytes) in files {
+        write_atomic(&spec.out.join(relative), &bytes)?;
+    }
+    let index = serde_json::json!({"_class_name": "StableDiffusionPipeline", "_tav": "toy-world"});
+    write_atomic(&spec.out.join("model_index.json"), &json(&index))
+}
+
+/// Tensors as f16 safetensors bytes.
+fn f16_safetensors(tensors: &BTreeMap<String, HostTensor>) -> Result<Vec<u8>> {
+    let owned: Vec<(&String, &HostTensor, Vec<u8>)> = tensors
+        .iter()
+        .map(|(k, t)| {
+            let bytes = t
+                .data
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect();
+            (k, t, bytes)
+        })
+        .collect();
+    let views = owned
+        .iter()
+        .map(|(k, t, bytes)| {
+            TensorView::new(Dtype::F16, t.shape.clone(), bytes)
+                .map(|v| ((*k).clone(), v))
+                .map_err(|e| TavError::InvalidInput(format!("tensor {k}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize(views, None::<HashMap<String, String>>)
+        .map_err(|e| TavError::InvalidInput(format!("cannot serialise the model: {e}")))
+}
