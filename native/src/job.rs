@@ -421,41 +421,20 @@ pub fn edit(
             "no edit prompts given (--prompt)".into(),
         ));
     }
-    let models = &session.models;
-    let options = session.attention;
     let posterior = session.encode(clip, ui)?;
-    let latents = clip_latents(posterior.mean, models.vae.scaling_factor);
-    let uncond = session.embed("")?;
-    let mut progress = |e: Event| ui.event(e);
-    let trajectory = invert(
+    let latents = clip_latents(posterior.mean, session.models.vae.scaling_factor);
+    let edits = edited_clips(
+        session,
         unet,
-        &models.schedule,
         latents,
-        uncond.clone(),
-        spec.inversion_steps,
-        options,
-        &mut progress,
+        clip.fps,
+        spec,
+        session.attention,
+        ui,
     )?;
-    let start = trajectory.last().expect("trajectory has the input").clone();
     let mut written = Vec::new();
     let mut rows = vec![clip.clone()];
-    for (i, prompt) in spec.prompts.iter().enumerate() {
-        ui.say(&format!("edit {}: {prompt}", i + 1));
-        let cond = session.embed(prompt)?;
-        let mut progress = |e: Event| ui.event(e);
-        let edited = sample(
-            unet,
-            &models.schedule,
-            start.clone(),
-            cond,
-            uncond.clone(),
-            spec.guidance,
-            spec.steps,
-            options,
-            &mut progress,
-        )?;
-        let video = decode_video(&models.vae, edited, 4, &mut progress);
-        let edited = tensor_to_clip(video, clip.fps);
+    for (i, (prompt, edited)) in spec.prompts.iter().zip(edits).enumerate() {
         let stem = format!("{:02}-{}", i + 1, slug(prompt));
         for ext in ["gif", "mp4"] {
             let path = out.join(format!("{stem}.{ext}"));
@@ -486,6 +465,52 @@ pub fn edit(
         written.push(path);
     }
     Ok(written)
+}
+
+/// DDIM-inverts `latents` (`[1, C, F, h, w]`) with the empty prompt, then samples and decodes
+/// one edit per prompt of `spec`, attending as `options` says.
+pub fn edited_clips(
+    session: &Session,
+    unet: &UNet3D,
+    latents: Tensor<5>,
+    fps: f32,
+    spec: &EditSpec,
+    options: VideoAttentionOptions,
+    ui: &mut Ui,
+) -> Result<Vec<Clip>> {
+    let models = &session.models;
+    let uncond = session.embed("")?;
+    let mut progress = |e: Event| ui.event(e);
+    let trajectory = invert(
+        unet,
+        &models.schedule,
+        latents,
+        uncond.clone(),
+        spec.inversion_steps,
+        options,
+        &mut progress,
+    )?;
+    let start = trajectory.last().expect("trajectory has the input").clone();
+    let mut edits = Vec::new();
+    for (i, prompt) in spec.prompts.iter().enumerate() {
+        ui.say(&format!("edit {}: {prompt}", i + 1));
+        let cond = session.embed(prompt)?;
+        let mut progress = |e: Event| ui.event(e);
+        let edited = sample(
+            unet,
+            &models.schedule,
+            start.clone(),
+            cond,
+            uncond.clone(),
+            spec.guidance,
+            spec.steps,
+            options,
+            &mut progress,
+        )?;
+        let video = decode_video(&models.vae, edited, 4, &mut progress);
+        edits.push(tensor_to_clip(video, fps));
+    }
+    Ok(edits)
 }
 
 /// A file-name-safe short form of a prompt.

@@ -6,8 +6,6 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::Tensor;
-use tav_core::edit::{decode_video, invert, sample};
 use tav_core::progress::{Event, Phase};
 use tav_core::score::{Analysis, analyse, motion_kept};
 use tav_core::toyworld::{Background, ClipSpec, Colour, Shape, caption, render};
@@ -16,7 +14,7 @@ use tav_core::tune::{TuneBatch, TuneSettings, Tuner, clip_latents, seeded_draws}
 use tav_core::unet::UNet3D;
 use tav_core::{Result, TavError};
 
-use crate::job::{Session, tensor_to_clip, write_atomic};
+use crate::job::{EditSpec, Session, edited_clips, write_atomic};
 use crate::ui::Ui;
 use crate::video::Clip;
 
@@ -244,36 +242,15 @@ fn edit_clip(
         tune(session, &batch, spec, ui)?
     };
     let latents = clip_latents(posterior.mean, models.vae.scaling_factor);
-    let uncond = session.embed("")?;
-    let mut progress = |e: Event| ui.event(e);
-    let trajectory = invert(
-        &unet,
-        &models.schedule,
-        latents,
-        uncond.clone(),
-        spec.inversion_steps,
-        options,
-        &mut progress,
-    )?;
-    let start: Tensor<5> = trajectory.last().expect("trajectory has the input").clone();
-    let mut edits = Vec::new();
-    for change in changes(clip_spec) {
-        let cond = session.embed(&change.prompt(clip_spec))?;
-        let edited = sample(
-            &unet,
-            &models.schedule,
-            start.clone(),
-            cond,
-            uncond.clone(),
-            spec.guidance,
-            spec.steps,
-            options,
-            &mut progress,
-        )?;
-        let video = decode_video(&models.vae, edited, 4, &mut progress);
-        edits.push(tensor_to_clip(video, clip.fps).frames);
-    }
-    Ok(edits)
+    let edit = EditSpec {
+        prompts: changes(clip_spec).map(|c| c.prompt(clip_spec)).to_vec(),
+        inversion_steps: spec.inversion_steps,
+        steps: spec.steps,
+        guidance: spec.guidance,
+        png: false,
+    };
+    let edits = edited_clips(session, &unet, latents, clip.fps, &edit, options, ui)?;
+    Ok(edits.into_iter().map(|c| c.frames).collect())
 }
 
 /// `spec.tune_steps` steps of the method's tuning, from the clip's own seed.
