@@ -210,32 +210,8 @@ enum Command {
     /// Train the toy world's model from a seed (VAE, then text encoder and UNet) on generated
     /// frames and write it as a diffusers folder in f16, loadable with --model.
     Pretrain {
-        /// The model folder to write.
-        out: PathBuf,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Frame size in pixels (a multiple of 64); latents are a quarter of it.
-        #[arg(long, default_value_t = 64)]
-        size: usize,
-        #[arg(long, default_value_t = 1200)]
-        vae_steps: usize,
-        #[arg(long, default_value_t = 16)]
-        vae_batch: usize,
-        #[arg(long, default_value_t = 1e-3)]
-        vae_learning_rate: f64,
-        /// Weight of the VAE posterior's KL term (per value).
-        #[arg(long, default_value_t = 1e-4)]
-        kl_weight: f64,
-        /// Text encoder + UNet steps.
-        #[arg(long, default_value_t = 3000)]
-        steps: usize,
-        #[arg(long, default_value_t = 32)]
-        batch: usize,
-        #[arg(long, default_value_t = 3e-4)]
-        learning_rate: f64,
-        /// Share of captions left empty, so guidance has an unconditional model.
-        #[arg(long, default_value_t = 0.1)]
-        empty_captions: f64,
+        #[command(flatten)]
+        spec: pretrain::PretrainSpec,
         /// GPU adapter: auto, discrete[:N], integrated[:N], virtual[:N] or cpu.
         #[arg(long, default_value = "auto")]
         device: String,
@@ -470,33 +446,10 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Pretrain {
-            out,
-            seed,
-            size,
-            vae_steps,
-            vae_batch,
-            vae_learning_rate,
-            kl_weight,
-            steps,
-            batch,
-            learning_rate,
-            empty_captions,
+            spec,
             device,
             quiet,
         } => {
-            let spec = pretrain::PretrainSpec {
-                out,
-                seed,
-                size,
-                vae_steps,
-                vae_batch,
-                vae_learning_rate,
-                kl_weight,
-                steps,
-                batch,
-                learning_rate,
-                empty_captions,
-            };
             let (device, adapter) = gpu::open(&device).map_err(TavError::Device)?;
             let mut ui = Ui::new(if quiet { Mode::Quiet } else { Mode::Bars });
             ui.say(&format!("GPU adapter: {adapter}"));

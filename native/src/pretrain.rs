@@ -28,22 +28,35 @@ use crate::ui::Ui;
 const VOCAB: &[u8] = include_bytes!("../../assets/clip-tokenizer/vocab.json");
 const MERGES: &[u8] = include_bytes!("../../assets/clip-tokenizer/merges.txt");
 
-/// How to pretrain.
-#[derive(Debug, Clone, serde::Serialize)]
+/// How to pretrain (the `tav pretrain` flags).
+#[derive(Debug, Clone, serde::Serialize, clap::Args)]
 pub struct PretrainSpec {
+    /// The model folder to write.
     #[serde(skip)]
     pub out: PathBuf,
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Frame size in pixels.
+    /// Frame size in pixels (a multiple of 64); latents are a quarter of it.
+    #[arg(long, default_value_t = 64)]
     pub size: usize,
+    #[arg(long, default_value_t = 1200)]
     pub vae_steps: usize,
+    #[arg(long, default_value_t = 16)]
     pub vae_batch: usize,
+    #[arg(long, default_value_t = 1e-3)]
     pub vae_learning_rate: f64,
+    /// Weight of the VAE posterior's KL term (per value).
+    #[arg(long, default_value_t = 1e-4)]
     pub kl_weight: f64,
+    /// Text encoder + UNet steps.
+    #[arg(long, default_value_t = 3000)]
     pub steps: usize,
+    #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    #[arg(long, default_value_t = 3e-4)]
     pub learning_rate: f64,
-    /// Share of captions left empty (for classifier-free guidance).
+    /// Share of captions left empty, so guidance has an unconditional model.
+    #[arg(long, default_value_t = 0.1)]
     pub empty_captions: f64,
 }
 
