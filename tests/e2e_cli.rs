@@ -331,6 +331,11 @@ fn bad_inputs_get_clear_errors() {
     cmd.args(["check", "--device", "discrete:7", "--model"])
         .arg(tiny_model());
     expect_error(&mut cmd, "no usable GPU adapter");
+    // The WGSL kernels need a wgpu adapter, which burn's CPU backend is not.
+    let mut cmd = tav();
+    cmd.args(["check", "--kernels", "--device", "flex", "--model"])
+        .arg(tiny_model());
+    expect_error(&mut cmd, "need a wgpu adapter");
     // Out of GPU memory (the VAE's attention at 1536² needs a 10 GB buffer) says what to reduce.
     let mut cmd = tav();
     cmd.args(["check", "--size", "1536", "--frames", "2", "--model"])
@@ -601,9 +606,15 @@ fn pretrain_writes_a_model_every_command_loads() {
         "2",
         "--batch",
         "2",
-        "--quiet",
+        "--device",
+        "flex",
     ]));
     assert!(trained.status.success(), "{}", stderr(&trained));
+    assert!(
+        stderr(&trained).contains("burn's CPU backend"),
+        "--device flex trains on burn's CPU backend: {}",
+        stderr(&trained)
+    );
     for file in [
         "model_index.json",
         "unet/config.json",

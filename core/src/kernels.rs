@@ -340,11 +340,23 @@ impl<C: CheckpointStrategy> VideoAttentionOps for Autodiff<Cube, C> {
     }
 }
 
+/// Whether `device` runs WGSL (a cubecl device, wgpu here). tav's kernels exist only there;
+/// on burn's CPU backend (`flex`) the plain tensor-op path runs instead.
+pub fn runs_wgsl(device: &burn::tensor::Device) -> bool {
+    use burn::backend::DispatchDevice;
+    matches!(
+        device.clone().without_autodiff().as_dispatch(),
+        DispatchDevice::Cube(_)
+    )
+}
+
 /// Whether the kernels can run `q` (`[(B·F), L, H·D]`, f32 or f16, head size within the
 /// kernels' limit) on its device.
 pub fn supported(q: &Tensor<3>, heads: usize) -> bool {
     let [_, _, width] = q.dims();
-    matches!(q.dtype(), DType::F32 | DType::F16) && width / heads <= MAX_HEAD_DIM
+    matches!(q.dtype(), DType::F32 | DType::F16)
+        && width / heads <= MAX_HEAD_DIM
+        && runs_wgsl(&q.device())
 }
 
 /// Sparse-causal (`temporal = false`) or temporal attention through the WGSL kernels.

@@ -15,7 +15,11 @@ use crate::weights::{Layout, ParamBuilder};
 pub fn in_dtype_of<const D: usize>(param: Tensor<D>, like: DType) -> Tensor<D> {
     if param.dtype() == like {
         param
-    } else if param.dtype() == DType::F16 && like == DType::F32 && !param.is_require_grad() {
+    } else if param.dtype() == DType::F16
+        && like == DType::F32
+        && !param.is_require_grad()
+        && crate::kernels::runs_wgsl(&param.device())
+    {
         crate::kernels::widen_f16_to_f32(param)
     } else {
         param.cast(like)

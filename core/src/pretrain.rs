@@ -47,11 +47,11 @@ impl ToyConfigs {
             }),
             vae: serde_json::json!({
                 "_class_name": "AutoencoderKL",
-                "block_out_channels": [32, 64, 64],
+                "block_out_channels": [16, 32, 64],
                 "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
                 "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
                 "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 1,
-                "norm_num_groups": 32, "sample_size": 64, "scaling_factor": 1.0
+                "norm_num_groups": 16, "sample_size": 64, "scaling_factor": 1.0
             }),
             text_encoder: serde_json::json!({
                 "architectures": ["CLIPTextModel"], "model_type": "clip_text_model",

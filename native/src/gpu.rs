@@ -22,22 +22,54 @@ pub fn parse_device_kind(choice: &str) -> Result<DeviceKind, String> {
         "cpu" => DeviceKind::Cpu,
         other => {
             return Err(format!(
-                "unknown device `{other}`: use auto, discrete[:N], integrated[:N], virtual[:N] or cpu"
+                "unknown device `{other}`: use auto, discrete[:N], integrated[:N], virtual[:N], cpu or flex"
             ));
         }
     })
 }
 
-/// Opens the adapter and describes it (name, type, graphics API).
+/// Opens the device for `--device` and describes it (name, type, graphics API). `flex` is
+/// burn's CPU backend instead of a wgpu adapter.
 pub fn open(choice: &str) -> Result<(Device, String), String> {
+    if choice == "flex" {
+        return Ok(flex());
+    }
     let kind = parse_device_kind(choice)?;
     let (device, setup) = Device::wgpu_options().device_kind(kind).init_with_setup().map_err(|e| {
         format!(
             "no usable GPU adapter for --device {choice}: {e}. Install a Vulkan, Metal or DX12 driver \
-             (without a GPU: Mesa's lavapipe, `apt-get install mesa-vulkan-drivers`), or try --device auto"
+             (without a GPU: Mesa's lavapipe, `apt-get install mesa-vulkan-drivers`), use \
+             --device flex (burn's CPU backend), or try --device auto"
         )
     })?;
     let info: wgpu::AdapterInfo = setup.adapter.get_info();
-    let description = format!("{} ({:?}, {:?})", info.name, info.device_type, info.backend);
+    let mut description = format!("{} ({:?}, {:?})", info.name, info.device_type, info.backend);
+    if info.device_type == wgpu::DeviceType::Cpu {
+        // lavapipe: right for the WGSL kernels and memory checks, slow for convolutions.
+        description.push_str(
+            "; a Vulkan driver on the CPU: without --kernels, --device flex is several times faster",
+        );
+    }
     Ok((device, description))
+}
+
+/// Burn's CPU backend: no GPU API, so tav's WGSL kernels do not run there.
+fn flex() -> (Device, String) {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (
+        Device::flex(),
+        format!("burn's CPU backend (flex, {threads} threads)"),
+    )
+}
+
+/// `--kernels` needs WGSL, so a wgpu adapter: refuses it on burn's CPU backend.
+pub fn check_kernels(device: &Device, kernels: bool) -> Result<(), String> {
+    if kernels && !tav_core::kernels::runs_wgsl(device) {
+        return Err(
+            "--kernels runs tav's WGSL kernels, which need a wgpu adapter; --device flex has none \
+             (drop --kernels, or pick a GPU adapter)"
+                .into(),
+        );
+    }
+    Ok(())
 }

@@ -59,7 +59,9 @@ struct Common {
     /// no score matrix in memory) instead of the plain tensor-op path.
     #[arg(long)]
     kernels: bool,
-    /// GPU adapter: auto, discrete[:N], integrated[:N], virtual[:N] or cpu.
+    /// Device: auto (wgpu's default adapter), discrete[:N], integrated[:N], virtual[:N],
+    /// cpu (a wgpu CPU adapter such as lavapipe) or flex (burn's CPU backend; no WGSL
+    /// kernels; several times faster than lavapipe on a machine without a GPU).
     #[arg(long, default_value = "auto")]
     device: String,
     /// Output folder.
@@ -212,7 +214,9 @@ enum Command {
     Pretrain {
         #[command(flatten)]
         spec: pretrain::PretrainSpec,
-        /// GPU adapter: auto, discrete[:N], integrated[:N], virtual[:N] or cpu.
+        /// Device: auto (wgpu's default adapter), discrete[:N], integrated[:N], virtual[:N],
+        /// cpu (a wgpu CPU adapter such as lavapipe) or flex (burn's CPU backend; no WGSL
+        /// kernels; several times faster than lavapipe on a machine without a GPU).
         #[arg(long, default_value = "auto")]
         device: String,
         /// No progress bars or messages.
@@ -304,7 +308,9 @@ enum Command {
         /// Which steps to time (comma-separated): forward, tune, sample.
         #[arg(long, default_value = "forward,tune,sample", value_delimiter = ',')]
         steps: Vec<String>,
-        /// GPU adapter: auto, discrete[:N], integrated[:N], virtual[:N] or cpu.
+        /// Device: auto (wgpu's default adapter), discrete[:N], integrated[:N], virtual[:N],
+        /// cpu (a wgpu CPU adapter such as lavapipe) or flex (burn's CPU backend; no WGSL
+        /// kernels; several times faster than lavapipe on a machine without a GPU).
         #[arg(long, default_value = "auto")]
         device: String,
     },
@@ -376,6 +382,7 @@ fn ui_for(common: &Common) -> Ui {
 
 fn open_session(common: &Common, ui: &mut Ui) -> Result<Session> {
     let (device, adapter) = gpu::open(&common.device).map_err(TavError::Device)?;
+    gpu::check_kernels(&device, common.kernels).map_err(TavError::InvalidInput)?;
     ui.say(&format!("GPU adapter: {adapter}"));
     ui.record(serde_json::json!({"event": "adapter", "adapter": adapter}));
     let mut session = Session::load(
@@ -545,6 +552,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             device,
         } => {
             let (device, adapter) = gpu::open(&device).map_err(TavError::Device)?;
+            gpu::check_kernels(&device, kernels == "on").map_err(TavError::InvalidInput)?;
             let size = size.unwrap_or(if config == "tiny" { 64 } else { 512 });
             let spec = bench::BenchSpec {
                 config,
@@ -631,6 +639,7 @@ fn check(common: &Common, frames: usize, size: usize) -> Result<()> {
     }
     let mut ui = ui_for(common);
     let (device, adapter) = gpu::open(&common.device).map_err(TavError::Device)?;
+    gpu::check_kernels(&device, common.kernels).map_err(TavError::InvalidInput)?;
     println!("GPU adapter: {adapter}");
     let model = if common.model.as_os_str() == "demo" {
         demo::ensure_demo_model()?

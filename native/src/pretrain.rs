@@ -39,9 +39,9 @@ pub struct PretrainSpec {
     /// Frame size in pixels (a multiple of 64); latents are a quarter of it.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
-    #[arg(long, default_value_t = 1200)]
+    #[arg(long, default_value_t = 600)]
     pub vae_steps: usize,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 8)]
     pub vae_batch: usize,
     #[arg(long, default_value_t = 1e-3)]
     pub vae_learning_rate: f64,
@@ -49,11 +49,11 @@ pub struct PretrainSpec {
     #[arg(long, default_value_t = 1e-4)]
     pub kl_weight: f64,
     /// Text encoder + UNet steps.
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 1500)]
     pub steps: usize,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 16)]
     pub batch: usize,
-    #[arg(long, default_value_t = 3e-4)]
+    #[arg(long, default_value_t = 5e-4)]
     pub learning_rate: f64,
     /// Share of captions left empty, so guidance has an unconditional model.
     #[arg(long, default_value_t = 0.1)]
