@@ -247,6 +247,31 @@ pub fn load_vae(
     ))
 }
 
+/// The text encoder of `text_encoder/` with the entries naming its tensors (for training
+/// on from it).
+pub fn load_text_encoder_entries(
+    files: &dyn CheckpointFiles,
+    device: &Device,
+) -> Result<(ClipTextEncoder, Vec<crate::weights::ParamEntry>)> {
+    let cfg: ClipConfig = config(files, "text_encoder/config.json")?;
+    let file = weights_file(files, "text_encoder", "model", None)?;
+    let p = ParamBuilder::from_source(&file, device);
+    let model = ClipTextEncoder::load(&p, &cfg)?;
+    Ok((model, p.entries()))
+}
+
+/// The VAE of `vae/` with the entries naming its tensors (for training on from it).
+pub fn load_vae_entries(
+    files: &dyn CheckpointFiles,
+    device: &Device,
+) -> Result<(Vae, Vec<crate::weights::ParamEntry>)> {
+    let cfg: VaeConfig = config(files, "vae/config.json")?;
+    let file = weights_file(files, "vae", "diffusion_pytorch_model", None)?;
+    let p = ParamBuilder::from_source(&file, device);
+    let model = Vae::load(&p, &cfg)?;
+    Ok((model, p.entries()))
+}
+
 /// Loads the 2D UNet from `unet/` and inflates it. Temporal layers come from `temporal`
 /// where given (keys are the reference's module paths), else are initialised as the
 /// reference initialises them.

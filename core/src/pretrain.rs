@@ -74,6 +74,9 @@ impl ToyConfigs {
     }
 }
 
+/// Standard deviation of the toy text encoder's frozen random token table.
+pub const TOKEN_TABLE_STD: f32 = 0.5;
+
 /// A model being pretrained, with the parameter entries that name its tensors.
 pub struct Component<M> {
     pub model: M,
@@ -113,7 +116,10 @@ pub fn initial_models(
         model: vae,
         entries: p.entries(),
     };
-    let p = init.builder(device);
+    // The token table stays at its init (tav gathers it on the host, outside autodiff), so
+    // its rows must be far apart for the encoder to tell words apart: std 0.5, not the 0.02
+    // of an embedding that trains (position embeddings, which do, would drown it).
+    let p = init.builder_scaling(device, "token_embedding.weight", TOKEN_TABLE_STD / 0.02);
     let text = ClipTextEncoder::load(
         &p,
         &ToyConfigs::parsed::<ClipConfig>(&configs.text_encoder)?,

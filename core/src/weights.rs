@@ -304,10 +304,24 @@ impl RandomInit {
 impl RandomInit {
     /// A builder that makes every parameter it is asked for with this init.
     pub fn builder<'a>(&self, device: &Device) -> ParamBuilder<'a> {
+        self.builder_scaling(device, "", 1.0)
+    }
+
+    /// Like [`Self::builder`], with every tensor whose key ends in `suffix` scaled by `scale`.
+    pub fn builder_scaling<'a>(
+        &self,
+        device: &Device,
+        suffix: &'static str,
+        scale: f32,
+    ) -> ParamBuilder<'a> {
         let init = RandomInit { seed: self.seed };
         ParamBuilder::from_source(&NO_TENSORS, device).with_fallback(Rc::new(
             move |key: &str, shape: &[usize]| {
-                Some(HostTensor::new(shape.to_vec(), init.value(key, shape)))
+                let mut values = init.value(key, shape);
+                if key.ends_with(suffix) && scale != 1.0 {
+                    values.iter_mut().for_each(|v| *v *= scale);
+                }
+                Some(HostTensor::new(shape.to_vec(), values))
             },
         ))
     }

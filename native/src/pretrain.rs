@@ -10,6 +10,10 @@ use futures_lite::future::block_on;
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 use tav_core::adamw::AdamW;
+use tav_core::checkpoint::{
+    Folder, LoadOptions, load_text_encoder_entries, load_unet, load_vae_entries,
+};
+use tav_core::clip::ClipTextEncoder;
 use tav_core::config::SchedulerConfig;
 use tav_core::draws::SeededRng;
 use tav_core::pretrain::{
@@ -19,7 +23,10 @@ use tav_core::pretrain::{
 use tav_core::progress::{Event, Phase};
 use tav_core::schedule::Schedule;
 use tav_core::tokenizer::ClipTokenizer;
+use tav_core::unet::{UNet3D, is_temporal};
+use tav_core::vae::Vae;
 use tav_core::weights::HostTensor;
+use tav_core::weights::ParamEntry;
 use tav_core::{Result, TavError};
 
 use crate::job::write_atomic;
@@ -58,6 +65,18 @@ pub struct PretrainSpec {
     /// Share of captions left empty, so guidance has an unconditional model.
     #[arg(long, default_value_t = 0.1)]
     pub empty_captions: f64,
+    /// Take the VAE (weights and latent scale) from this toy model folder instead of
+    /// training one (`--vae-steps` is then ignored): retrain the text side only.
+    #[arg(long)]
+    pub vae_from: Option<PathBuf>,
+    /// Then fine-tune the VAE's decoder alone for this many steps (batch `--vae-batch`,
+    /// reconstruction only): the encoder, so the latents the UNet learns, stay as they are.
+    #[arg(long, default_value_t = 0)]
+    pub decoder_steps: usize,
+    /// Start the text encoder and UNet from this toy model folder instead of from the seed
+    /// (to train them on, or with `--steps 0` to take them as they are).
+    #[arg(long)]
+    pub resume_from: Option<PathBuf>,
 }
 
 /// What a pretraining run did, kept beside the model (`tav_pretrain.json`).
@@ -95,11 +114,27 @@ pub fn run(spec: &PretrainSpec, device: &Device, ui: &mut Ui) -> Result<Pretrain
         model: vae_model,
         entries: vae_entries,
     } = vae;
+    let (vae_model, vae_entries, vae_steps) = match &spec.vae_from {
+        Some(dir) => {
+            let (vae, entries) = load_vae_entries(&Folder(dir.clone()), device)?;
+            if vae.downscale != vae_model.downscale {
+                return Err(TavError::InvalidInput(format!(
+                    "--vae-from {}: its VAE downscales by {}, the toy model's by {}",
+                    dir.display(),
+                    vae.downscale,
+                    vae_model.downscale
+                )));
+            }
+            (vae, entries, 0)
+        }
+        None => (vae_model, vae_entries, spec.vae_steps),
+    };
+    let loaded_scale = spec.vae_from.as_ref().map(|_| vae_model.scaling_factor);
     let mut optimiser = AdamW::new(&vae_entries, pretrain_settings(spec.vae_learning_rate));
     let mut model = optimiser.train_mode(vae_model);
     let latent = spec.size / model.downscale;
     let started = std::time::Instant::now();
-    for step in 0..spec.vae_steps {
+    for step in 0..vae_steps {
         let (pixels, _) = frame_batch(&mut rng, spec.vae_batch, spec.size, device);
         let eps = normal(&mut rng, [spec.vae_batch, 4, latent, latent], device);
         let (next, loss) = block_on(vae_step(&mut optimiser, model, pixels, eps, spec.kl_weight))?;
@@ -108,24 +143,48 @@ pub fn run(spec: &PretrainSpec, device: &Device, ui: &mut Ui) -> Result<Pretrain
         ui.event(Event {
             phase: Phase::PretrainVae,
             step: step + 1,
-            total: spec.vae_steps,
+            total: vae_steps,
             loss: Some(loss),
         });
     }
+    let model = train_decoder(
+        spec,
+        &vae_entries,
+        model,
+        latent,
+        &mut rng,
+        device,
+        ui,
+        &mut report,
+    )?;
     report.vae_seconds = started.elapsed().as_secs_f64();
     let mut vae_model = AdamW::eval_mode(model);
     let (pixels, _) = frame_batch(&mut rng, 32, spec.size, device);
-    vae_model.scaling_factor = block_on(latent_scale(&vae_model, pixels))?;
+    vae_model.scaling_factor = match loaded_scale {
+        Some(scale) => scale,
+        None => block_on(latent_scale(&vae_model, pixels))?,
+    };
     report.latent_scale = vae_model.scaling_factor;
-    ui.say(&format!(
-        "VAE: {} steps in {:.0} s, reconstruction MSE {:.4}; latent scale {:.4}",
-        spec.vae_steps,
-        report.vae_seconds,
-        report.vae_losses.last().copied().unwrap_or(f32::NAN),
-        vae_model.scaling_factor
-    ));
+    ui.say(&match &spec.vae_from {
+        Some(dir) => format!(
+            "VAE: taken from {}; latent scale {:.4}",
+            dir.display(),
+            vae_model.scaling_factor
+        ),
+        None => format!(
+            "VAE: {} steps in {:.0} s, reconstruction MSE {:.4}; latent scale {:.4}",
+            vae_steps,
+            report.vae_seconds,
+            report.vae_losses.last().copied().unwrap_or(f32::NAN),
+            vae_model.scaling_factor
+        ),
+    });
 
     // The text encoder and the UNet: noise prediction on the VAE's latents.
+    let (text, unet) = match &spec.resume_from {
+        Some(dir) => resumed(dir, device)?,
+        None => (text, unet),
+    };
     let Component {
         model: text_model,
         entries: text_entries,
@@ -212,6 +271,71 @@ pub fn run(spec: &PretrainSpec, device: &Device, ui: &mut Ui) -> Result<Pretrain
     .collect();
     write_folder(spec, &report, &configs, &vae, &text, &unet)?;
     Ok(report)
+}
+
+/// `--decoder-steps` of reconstruction training for the decoder (and `post_quant_conv`)
+/// alone; the losses are appended to the VAE's curve.
+#[allow(clippy::too_many_arguments)]
+fn train_decoder(
+    spec: &PretrainSpec,
+    vae_entries: &[ParamEntry],
+    model: Vae,
+    latent: usize,
+    rng: &mut SeededRng,
+    device: &Device,
+    ui: &mut Ui,
+    report: &mut PretrainReport,
+) -> Result<Vae> {
+    if spec.decoder_steps == 0 {
+        return Ok(model);
+    }
+    let decoder: Vec<ParamEntry> = vae_entries
+        .iter()
+        .filter(|e| e.key.starts_with("decoder.") || e.key.starts_with("post_quant_conv."))
+        .cloned()
+        .collect();
+    let mut optimiser = AdamW::new(&decoder, pretrain_settings(spec.vae_learning_rate));
+    let mut model = optimiser.train_mode(AdamW::eval_mode(model));
+    for step in 0..spec.decoder_steps {
+        let (pixels, _) = frame_batch(rng, spec.vae_batch, spec.size, device);
+        let eps = normal(rng, [spec.vae_batch, 4, latent, latent], device);
+        let (next, loss) = block_on(vae_step(&mut optimiser, model, pixels, eps, 0.0))?;
+        model = next;
+        report.vae_losses.push(loss);
+        ui.event(Event {
+            phase: Phase::PretrainVae,
+            step: step + 1,
+            total: spec.decoder_steps,
+            loss: Some(loss),
+        });
+    }
+    Ok(model)
+}
+
+/// The text encoder and UNet of a toy model folder, to train on from.
+fn resumed(
+    dir: &std::path::Path,
+    device: &Device,
+) -> Result<(Component<ClipTextEncoder>, Component<UNet3D>)> {
+    let files = Folder(dir.to_path_buf());
+    let (text, text_entries) = load_text_encoder_entries(&files, device)?;
+    let (unet, _, _) = load_unet(&files, None, &LoadOptions::default(), device)?;
+    let unet_entries = unet
+        .params
+        .iter()
+        .filter(|e| !is_temporal(&e.key))
+        .cloned()
+        .collect();
+    Ok((
+        Component {
+            model: text,
+            entries: text_entries,
+        },
+        Component {
+            model: unet,
+            entries: unet_entries,
+        },
+    ))
 }
 
 fn normal<const D: usize>(rng: &mut SeededRng, shape: [usize; D], device: &Device) -> Tensor<D> {
