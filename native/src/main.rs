@@ -222,6 +222,9 @@ enum Command {
         /// No progress bars or messages.
         #[arg(long)]
         quiet: bool,
+        /// Progress as JSON lines on stdout (one per step, with its loss) instead of bars.
+        #[arg(long, conflicts_with = "quiet")]
+        json: bool,
     },
     /// Score one-shot edits of held-out toy-world clips (colour, background and shape
     /// changes) from their pixels: attribute success, motion kept (mask IoU, centroid path)
@@ -456,9 +459,16 @@ fn dispatch(cli: Cli) -> Result<()> {
             spec,
             device,
             quiet,
+            json,
         } => {
             let (device, adapter) = gpu::open(&device).map_err(TavError::Device)?;
-            let mut ui = Ui::new(if quiet { Mode::Quiet } else { Mode::Bars });
+            let mut ui = Ui::new(if quiet {
+                Mode::Quiet
+            } else if json {
+                Mode::Json
+            } else {
+                Mode::Bars
+            });
             ui.say(&format!("GPU adapter: {adapter}"));
             let started = std::time::Instant::now();
             let report = pretrain::run(&spec, &device, &mut ui)?;
