@@ -130,20 +130,21 @@ pub fn initial_models(
     };
     let p = init.builder(device);
     let unet = UNet3D::load(&p, &ToyConfigs::parsed::<UNetConfig>(&configs.unet)?)?;
+    Ok((vae, text, image_unet(unet)))
+}
+
+/// The UNet as an image model to pretrain: every parameter but the temporal layers.
+pub fn image_unet(unet: UNet3D) -> Component<UNet3D> {
     let entries = unet
         .params
         .iter()
         .filter(|e| !is_temporal(&e.key))
         .cloned()
         .collect();
-    Ok((
-        vae,
-        text,
-        Component {
-            model: unet,
-            entries,
-        },
-    ))
+    Component {
+        model: unet,
+        entries,
+    }
 }
 
 /// A batch of training frames: one random frame of each of `batch` random clips, as pixels

@@ -17,13 +17,13 @@ use tav_core::clip::ClipTextEncoder;
 use tav_core::config::SchedulerConfig;
 use tav_core::draws::SeededRng;
 use tav_core::pretrain::{
-    Component, TextToImage, ToyConfigs, caption_ids, frame_batch, initial_models, latent_scale,
-    pretrain_settings, text_to_image_step, vae_step,
+    Component, TextToImage, ToyConfigs, caption_ids, frame_batch, image_unet, initial_models,
+    latent_scale, pretrain_settings, text_to_image_step, vae_step,
 };
 use tav_core::progress::{Event, Phase};
 use tav_core::schedule::Schedule;
 use tav_core::tokenizer::ClipTokenizer;
-use tav_core::unet::{UNet3D, is_temporal};
+use tav_core::unet::UNet3D;
 use tav_core::vae::Vae;
 use tav_core::weights::HostTensor;
 use tav_core::weights::ParamEntry;
@@ -320,21 +320,12 @@ fn resumed(
     let files = Folder(dir.to_path_buf());
     let (text, text_entries) = load_text_encoder_entries(&files, device)?;
     let (unet, _, _) = load_unet(&files, None, &LoadOptions::default(), device)?;
-    let unet_entries = unet
-        .params
-        .iter()
-        .filter(|e| !is_temporal(&e.key))
-        .cloned()
-        .collect();
     Ok((
         Component {
             model: text,
             entries: text_entries,
         },
-        Component {
-            model: unet,
-            entries: unet_entries,
-        },
+        image_unet(unet),
     ))
 }
 
