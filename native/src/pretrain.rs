@@ -134,19 +134,20 @@ pub fn run(spec: &PretrainSpec, device: &Device, ui: &mut Ui) -> Result<Pretrain
     let mut model = optimiser.train_mode(vae_model);
     let latent = spec.size / model.downscale;
     let started = std::time::Instant::now();
-    for step in 0..vae_steps {
-        let (pixels, _) = frame_batch(&mut rng, spec.vae_batch, spec.size, device);
-        let eps = normal(&mut rng, [spec.vae_batch, 4, latent, latent], device);
-        let (next, loss) = block_on(vae_step(&mut optimiser, model, pixels, eps, spec.kl_weight))?;
-        model = next;
-        report.vae_losses.push(loss);
-        ui.event(Event {
-            phase: Phase::PretrainVae,
-            step: step + 1,
-            total: vae_steps,
-            loss: Some(loss),
-        });
-    }
+    let steps = VaeSteps {
+        count: vae_steps,
+        kl_weight: spec.kl_weight,
+        latent,
+    };
+    model = steps.run(
+        spec,
+        &mut optimiser,
+        model,
+        &mut rng,
+        device,
+        ui,
+        &mut report,
+    )?;
     let model = train_decoder(
         spec,
         &vae_entries,
@@ -295,21 +296,51 @@ fn train_decoder(
         .cloned()
         .collect();
     let mut optimiser = AdamW::new(&decoder, pretrain_settings(spec.vae_learning_rate));
-    let mut model = optimiser.train_mode(AdamW::eval_mode(model));
-    for step in 0..spec.decoder_steps {
-        let (pixels, _) = frame_batch(rng, spec.vae_batch, spec.size, device);
-        let eps = normal(rng, [spec.vae_batch, 4, latent, latent], device);
-        let (next, loss) = block_on(vae_step(&mut optimiser, model, pixels, eps, 0.0))?;
-        model = next;
-        report.vae_losses.push(loss);
-        ui.event(Event {
-            phase: Phase::PretrainVae,
-            step: step + 1,
-            total: spec.decoder_steps,
-            loss: Some(loss),
-        });
+    let model = optimiser.train_mode(AdamW::eval_mode(model));
+    let steps = VaeSteps {
+        count: spec.decoder_steps,
+        kl_weight: 0.0,
+        latent,
+    };
+    steps.run(spec, &mut optimiser, model, rng, device, ui, report)
+}
+
+/// A run of VAE steps on fresh frame batches (the whole VAE, or what `optimiser` trains),
+/// appending the reconstruction errors to the report's VAE curve.
+struct VaeSteps {
+    count: usize,
+    kl_weight: f64,
+    /// Latent side, for the posterior's noise.
+    latent: usize,
+}
+
+impl VaeSteps {
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        spec: &PretrainSpec,
+        optimiser: &mut AdamW,
+        mut model: Vae,
+        rng: &mut SeededRng,
+        device: &Device,
+        ui: &mut Ui,
+        report: &mut PretrainReport,
+    ) -> Result<Vae> {
+        for step in 0..self.count {
+            let (pixels, _) = frame_batch(rng, spec.vae_batch, spec.size, device);
+            let eps = normal(rng, [spec.vae_batch, 4, self.latent, self.latent], device);
+            let (next, loss) = block_on(vae_step(optimiser, model, pixels, eps, self.kl_weight))?;
+            model = next;
+            report.vae_losses.push(loss);
+            ui.event(Event {
+                phase: Phase::PretrainVae,
+                step: step + 1,
+                total: self.count,
+                loss: Some(loss),
+            });
+        }
+        Ok(model)
     }
-    Ok(model)
 }
 
 /// The text encoder and UNet of a toy model folder, to train on from.
