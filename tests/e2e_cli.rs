@@ -572,6 +572,15 @@ fn score_edits_and_scores_every_method() {
         edits.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds.len(), 3, "colour, background and shape edits");
     assert_eq!(json["summary"].as_array().unwrap().len(), 4);
+    // Every scored edit can be looked at: per clip and method, the source beside its edits.
+    for method in ["full", "no-tuning", "no-temporal", "per-frame-attention"] {
+        let (w, h, frames) = gif_frames(&out.join(format!("videos/1000-{method}.gif")));
+        assert_eq!(frames.len(), 2, "{method}: the clip's frames");
+        assert!(
+            w >= 4 * 64 && h >= 64,
+            "{method}: source and three edits side by side"
+        );
+    }
 
     expect_error(
         tav()
@@ -587,6 +596,59 @@ fn score_edits_and_scores_every_method() {
             .arg("--model")
             .arg(tiny_model())
             .args(["--size", "96"]),
+        "multiple of 64",
+    );
+}
+
+/// `tav sample` draws one video per prompt from the same seeded noise: the prompts, not
+/// the noise, make them differ, and the same seed draws the same video again.
+#[test]
+fn sample_draws_a_video_per_prompt() {
+    let out = scratch("sample");
+    let sample = |out: &Path, prompts: &[&str]| {
+        let mut cmd = tav();
+        cmd.arg("sample").arg("--model").arg(tiny_model()).args([
+            "--frames",
+            "2",
+            "--size",
+            "64",
+            "--steps",
+            "2",
+            "--guidance",
+            "3",
+            "--quiet",
+        ]);
+        for p in prompts {
+            cmd.args(["--prompt", p]);
+        }
+        run(cmd.arg("--out").arg(out))
+    };
+    let done = sample(&out, &["a red car", "a man is skiing"]);
+    assert!(done.status.success(), "{}", stderr(&done));
+    let (w, h, car) = gif_frames(&out.join("01-a-red-car.gif"));
+    assert_eq!((w, h, car.len()), (64, 64, 2));
+    let (_, _, skiing) = gif_frames(&out.join("02-a-man-is-skiing.gif"));
+    assert!(
+        mean_abs_diff(&car[0], &skiing[0]) > 0.0,
+        "different prompts, same noise: the videos differ"
+    );
+    let (gw, _, grid) = gif_frames(&out.join("grid.gif"));
+    assert!(gw >= 2 * 64 && grid.len() == 2, "both prompts side by side");
+
+    let again = scratch("sample-again");
+    assert!(sample(&again, &["a red car"]).status.success());
+    let (_, _, repeat) = gif_frames(&again.join("01-a-red-car.gif"));
+    assert!(
+        mean_abs_diff(&repeat[0], &car[0]) < 1.0,
+        "the seed reproduces the video"
+    );
+
+    expect_error(
+        tav()
+            .arg("sample")
+            .arg("--model")
+            .arg(tiny_model())
+            .args(["--size", "96", "--prompt", "a car"]),
         "multiple of 64",
     );
 }

@@ -66,6 +66,10 @@ pub struct UNetConfig {
     pub upcast_attention: bool,
     #[serde(default = "default_mid_scale")]
     pub mid_block_scale_factor: f64,
+    /// The latent size the model was trained at (64 for SD v1.x, so 512² frames); it only
+    /// sets the default size of `tav sample`.
+    #[serde(default)]
+    pub sample_size: Option<usize>,
 }
 
 /// `vae/config.json` (AutoencoderKL).
@@ -231,6 +235,7 @@ impl UNetConfig {
             resnet_time_scale_shift: "default".into(),
             upcast_attention: false,
             mid_block_scale_factor: 1.0,
+            sample_size: Some(64),
         }
     }
 

@@ -8,6 +8,7 @@ mod jobfile;
 mod pack;
 mod plot;
 mod pretrain;
+mod sample;
 mod score;
 mod toy;
 mod ui;
@@ -226,10 +227,39 @@ enum Command {
         #[arg(long, conflicts_with = "quiet")]
         json: bool,
     },
+    /// Text-to-video without a source clip: sample each prompt from the same seeded noise
+    /// (DDIM, classifier-free guidance) with the inflated model, or with tuned weights.
+    /// Writes NN-prompt.gif per prompt and grid.gif to --out (default outputs/sample).
+    Sample {
+        #[command(flatten)]
+        common: Common,
+        /// A prompt; repeat for several videos.
+        #[arg(long = "prompt", required = true)]
+        prompts: Vec<String>,
+        /// Tuned weights from `tav tune` to sample with instead of the base model.
+        #[arg(long)]
+        tuned: Option<PathBuf>,
+        #[arg(long, default_value_t = 8)]
+        frames: usize,
+        /// Width and height in pixels, a multiple of 64 [default: the model's trained size,
+        /// 512 for SD v1.x, 64 for the toy model].
+        #[arg(long)]
+        size: Option<usize>,
+        /// DDIM sampling steps.
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        /// Classifier-free guidance scale.
+        #[arg(long, default_value_t = 7.5)]
+        guidance: f64,
+        /// Seed of the initial noise (shared by every prompt).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Score one-shot edits of held-out toy-world clips (colour, background and shape
     /// changes) from their pixels: attribute success, motion kept (mask IoU, centroid path)
     /// and frame-to-frame change, for the full method and its ablations with the same seeds.
-    /// Prints a table; `--out DIR` also writes DIR/score.json.
+    /// Prints a table; `--out DIR` also writes DIR/score.json and DIR/videos/ (each clip
+    /// beside its edits, per method).
     Score {
         #[command(flatten)]
         common: Common,
@@ -426,6 +456,27 @@ fn dispatch(cli: Cli) -> Result<()> {
         } => {
             let spec = jobfile::Job::from_file(&job)?.with_overrides(&common, &clip, &tune, &edit);
             run_job(&common, &spec, true)
+        }
+        Command::Sample {
+            common,
+            prompts,
+            tuned,
+            frames,
+            size,
+            steps,
+            guidance,
+            seed,
+        } => {
+            let spec = sample::SampleSpec {
+                prompts,
+                frames,
+                size,
+                steps,
+                guidance,
+                seed,
+                fps: video::DEFAULT_FPS,
+            };
+            sample_videos(&common, &spec, tuned.as_deref())
         }
         Command::Check {
             common,
@@ -634,6 +685,32 @@ fn edit_only(
         "wrote {} files to {}",
         written.len(),
         spec.out.display()
+    ));
+    Ok(())
+}
+
+fn sample_videos(
+    common: &Common,
+    spec: &sample::SampleSpec,
+    tuned: Option<&std::path::Path>,
+) -> Result<()> {
+    let mut ui = ui_for(common);
+    let session = open_session(common, &mut ui)?;
+    let unet = match tuned {
+        Some(path) => job::load_tuned(&session, path)?.0,
+        None => session.models.unet.clone(),
+    };
+    let clips = sample::videos(&session, &unet, spec, &mut ui)?;
+    let out = common
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("outputs/sample"));
+    let written = sample::write(&out, &spec.prompts, &clips, &mut ui)?;
+    ui.finish();
+    ui.say(&format!(
+        "wrote {} files to {}",
+        written.len(),
+        out.display()
     ));
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! asked for, the motion kept (mask IoU and centroid path against the source) and
 //! frame-to-frame change.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tav_core::progress::{Event, Phase};
 use tav_core::score::{Analysis, analyse, motion_kept};
@@ -14,9 +14,9 @@ use tav_core::tune::{TuneBatch, TuneSettings, Tuner, clip_latents, seeded_draws}
 use tav_core::unet::UNet3D;
 use tav_core::{Result, TavError};
 
-use crate::job::{EditSpec, Session, edited_clips, write_atomic};
+use crate::job::{EditSpec, Session, edited_clips, video_error, write_atomic};
 use crate::ui::Ui;
-use crate::video::Clip;
+use crate::video::{self, Clip};
 
 /// The method and its ablations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +81,7 @@ pub struct ScoreSpec {
     pub steps: usize,
     pub guidance: f64,
     pub methods: Vec<Method>,
-    /// Where to write `score.json` (and nothing else).
+    /// Where to write `score.json` and `videos/` (each clip beside its edits, per method).
     pub out: Option<PathBuf>,
 }
 
@@ -183,8 +183,11 @@ pub fn run(session: &Session, spec: &ScoreSpec, ui: &mut Ui) -> Result<Vec<EditS
         ));
         for &method in &spec.methods {
             let edits = edit_clip(session, spec, method, &clip_spec, &clip, ui)?;
-            for (change, frames) in changes(&clip_spec).into_iter().zip(edits) {
-                let seen = analyse(&frames, spec.size);
+            if let Some(out) = &spec.out {
+                write_grid(out, &clip, &edits, clip_spec.seed, method, ui)?;
+            }
+            for (change, edited) in changes(&clip_spec).into_iter().zip(edits) {
+                let seen = analyse(&edited.frames, spec.size);
                 let kept = motion_kept(&source, &seen, spec.size);
                 scores.push(EditScore {
                     method: method.name(),
@@ -226,7 +229,7 @@ fn edit_clip(
     clip_spec: &ClipSpec,
     clip: &Clip,
     ui: &mut Ui,
-) -> Result<Vec<Vec<Vec<u8>>>> {
+) -> Result<Vec<Clip>> {
     let models = &session.models;
     let options = method.attention(session.attention);
     let posterior = session.encode(clip, ui)?;
@@ -249,8 +252,28 @@ fn edit_clip(
         guidance: spec.guidance,
         png: false,
     };
-    let edits = edited_clips(session, &unet, latents, clip.fps, &edit, options, ui)?;
-    Ok(edits.into_iter().map(|c| c.frames).collect())
+    edited_clips(session, &unet, latents, clip.fps, &edit, options, ui)
+}
+
+/// `out/videos/SEED-METHOD.gif`: the source clip beside its three edits, so every scored
+/// edit can be looked at.
+fn write_grid(
+    out: &Path,
+    clip: &Clip,
+    edits: &[Clip],
+    seed: u64,
+    method: Method,
+    ui: &mut Ui,
+) -> Result<()> {
+    let dir = out.join("videos");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| TavError::InvalidInput(format!("cannot create {}: {e}", dir.display())))?;
+    let mut rows = vec![clip.clone()];
+    rows.extend(edits.iter().cloned());
+    let path = dir.join(format!("{seed}-{}.gif", method.name()));
+    video::write_gif(&path, &video::grid(&rows)).map_err(video_error)?;
+    ui.record(serde_json::json!({"event": "written", "file": path.display().to_string()}));
+    Ok(())
 }
 
 /// `spec.tune_steps` steps of the method's tuning, from the clip's own seed.

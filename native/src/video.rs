@@ -32,7 +32,7 @@ use openh264::formats::{RgbSliceU8, YUVBuffer, YUVSource};
 
 /// Frame rate given to clips whose source carries no timing (image folders, GIFs without delays).
 /// 8 fps is what Tune-A-Video uses for its result videos.
-const DEFAULT_FPS: f32 = 8.0;
+pub const DEFAULT_FPS: f32 = 8.0;
 
 /// Width in pixels of the blank strip between clips in a [`grid`].
 const GRID_GAP: u32 = 4;
