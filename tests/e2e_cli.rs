@@ -344,6 +344,14 @@ fn bad_inputs_get_clear_errors() {
         &mut cmd,
         "out of GPU memory: reduce --frames or --width/--height",
     );
+    // On burn's CPU backend a failed allocation would abort the process: the size is
+    // refused before anything is allocated, with what it needs.
+    let mut cmd = tav();
+    cmd.args([
+        "check", "--device", "flex", "--size", "1536", "--frames", "2", "--model",
+    ])
+    .arg(tiny_model());
+    expect_error(&mut cmd, "reduce --frames or --width/--height");
     // A NaN loss stops tuning and keeps the last good checkpoint.
     let nan_out = scratch("nan");
     let _ = std::fs::remove_dir_all(&nan_out);

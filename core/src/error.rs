@@ -49,6 +49,10 @@ pub enum TavError {
 
     #[error("GPU error: {0}")]
     Device(String),
+
+    /// Known before allocating: the job needs more memory than the device has.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
 }
 
 pub type Result<T> = std::result::Result<T, TavError>;

@@ -73,3 +73,11 @@ pub fn check_kernels(device: &Device, kernels: bool) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Memory the host can still hand out (Linux's `MemAvailable`), if known.
+pub fn free_host_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

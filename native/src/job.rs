@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor};
 use tav_core::checkpoint::{Folder, LoadOptions, Models};
+use tav_core::config::UNetConfig;
 use tav_core::delta::{TuneMeta, TunedWeights, apply_tuned};
 use tav_core::edit::{decode_video, invert, sample};
+use tav_core::footprint::{VideoShape, largest_attention_bytes};
 use tav_core::progress::{Event, Phase};
 use tav_core::transformer::VideoAttentionOptions;
 use tav_core::tune::{TuneBatch, TuneSettings, Tuner, clip_latents, seeded_draws};
@@ -242,6 +244,23 @@ impl Session {
                 ..VideoAttentionOptions::default()
             },
         })
+    }
+
+    /// Refuses a video whose attention would not fit in host memory on burn's CPU backend,
+    /// where a failed allocation aborts the process instead of returning an error. (A GPU
+    /// adapter reports its own out-of-memory errors.)
+    pub fn check_fits(&self, frames: usize, height: usize, width: usize) -> Result<()> {
+        check_fits(
+            &self.device,
+            &self.models.unet_config,
+            self.models.vae.downscale,
+            VideoShape {
+                frames,
+                height,
+                width,
+                batch: 2,
+            },
+        )
     }
 
     pub fn embed(&self, prompt: &str) -> Result<Tensor<3>> {
@@ -531,4 +550,29 @@ pub fn slug(prompt: &str) -> String {
     let s = s.trim_matches('-');
     let s: String = s.chars().take(48).collect();
     if s.is_empty() { "edit".into() } else { s }
+}
+
+/// See [`Session::check_fits`].
+pub fn check_fits(
+    device: &Device,
+    unet: &UNetConfig,
+    vae_downscale: usize,
+    video: VideoShape,
+) -> Result<()> {
+    if tav_core::kernels::runs_wgsl(device) {
+        return Ok(());
+    }
+    let needed = largest_attention_bytes(unet, vae_downscale, video);
+    match crate::gpu::free_host_memory() {
+        Some(free) if needed > free => Err(TavError::OutOfMemory(format!(
+            "attention over {} frames at {}×{} needs {:.1} GB at once on burn's CPU \
+             backend, and this machine has {:.1} GB free: reduce --frames or --width/--height",
+            video.frames,
+            video.width,
+            video.height,
+            needed as f64 / 1e9,
+            free as f64 / 1e9
+        ))),
+        _ => Ok(()),
+    }
 }

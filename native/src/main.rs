@@ -642,6 +642,7 @@ fn run_job(common: &Common, spec: &jobfile::Job, edit: bool) -> Result<()> {
     let mut session_common = common.clone();
     session_common.model = spec.model.clone();
     let session = open_session(&session_common, &mut ui)?;
+    session.check_fits(spec.clip.frames, spec.clip.height, spec.clip.width)?;
     let started = Instant::now();
     let (unet, clip) = job::tune(&session, &spec.clip, &spec.tune, &out, &mut ui)?;
     ui.say(&format!(
@@ -673,6 +674,7 @@ fn edit_only(
     let session = open_session(common, &mut ui)?;
     let (unet, meta) = job::load_tuned(&session, tuned)?;
     let spec = jobfile::Job::for_edit(common, clip_args, edit, &meta, prompts, tuned)?;
+    session.check_fits(spec.clip.frames, spec.clip.height, spec.clip.width)?;
     std::fs::create_dir_all(&spec.out).map_err(|e| TavError::Io {
         path: spec.out.display().to_string(),
         reason: e.to_string(),
@@ -768,6 +770,17 @@ fn check(common: &Common, frames: usize, size: usize) -> Result<()> {
     );
     let text = models.text_encoder.forward(&[ids], &device)?;
     report("text encoder", &text.clone().reshape([-1]))?;
+    job::check_fits(
+        &device,
+        &models.unet_config,
+        models.vae.downscale,
+        tav_core::footprint::VideoShape {
+            frames,
+            height: size,
+            width: size,
+            batch: 1,
+        },
+    )?;
     let latent_size = size / models.vae.downscale;
     let pixels = Tensor::<4>::random(
         [frames, 3, size, size],

@@ -64,6 +64,7 @@ pub fn videos(
     }
     let models = &session.models;
     let size = frame_size(session, spec.size)?;
+    session.check_fits(spec.frames, size, size)?;
     let latent = size / models.vae.downscale;
     let shape = [
         1,

@@ -169,6 +169,7 @@ impl ScoreSpec {
 /// Runs every method on every clip and returns the scores, edit by edit.
 pub fn run(session: &Session, spec: &ScoreSpec, ui: &mut Ui) -> Result<Vec<EditScore>> {
     spec.validate()?;
+    session.check_fits(spec.frames, spec.size, spec.size)?;
     let mut scores = Vec::new();
     for c in 0..spec.clips {
         let clip_spec = ClipSpec::random(spec.seed + c as u64, spec.frames, spec.size);
