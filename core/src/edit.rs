@@ -41,8 +41,54 @@ pub fn invert(
     Ok(trajectory)
 }
 
+/// Classifier-free guidance: the scale, and how far to rescale the guided prediction back to
+/// the conditional one's standard deviation (Lin et al. 2024, "Common Diffusion Noise
+/// Schedules and Sample Steps are Flawed", §3.4). Strong guidance inflates the prediction's
+/// scale, so latents leave the range the VAE decodes (saturated, washed-out frames); a
+/// rescale of 0.5–0.7 keeps them in range. 0 is the reference (Tune-A-Video does not rescale).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Guidance {
+    pub scale: f64,
+    pub rescale: f64,
+}
+
+impl From<f64> for Guidance {
+    /// Guidance at `scale` without rescaling, as the reference guides.
+    fn from(scale: f64) -> Self {
+        Self {
+            scale,
+            rescale: 0.0,
+        }
+    }
+}
+
+impl Guidance {
+    /// The guided noise prediction from the unconditional and conditional ones.
+    pub fn combine<const D: usize>(&self, uncond: Tensor<D>, cond: Tensor<D>) -> Tensor<D> {
+        let guided = uncond.clone() + (cond.clone() - uncond).mul_scalar(self.scale);
+        if self.rescale == 0.0 {
+            return guided;
+        }
+        let ratio = per_item_std(cond) / per_item_std(guided.clone());
+        let rescaled = guided.clone() * ratio;
+        rescaled.mul_scalar(self.rescale) + guided.mul_scalar(1.0 - self.rescale)
+    }
+}
+
+/// The standard deviation of each batch item over all its other axes, shaped to broadcast.
+fn per_item_std<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let dims = x.dims();
+    let mut shape = [1; D];
+    shape[0] = dims[0];
+    x.reshape([dims[0] as i32, -1])
+        .var(1)
+        .sqrt()
+        .clamp_min(1e-12)
+        .reshape(shape)
+}
+
 /// DDIM sampling (eta 0) from `latents` with classifier-free guidance: the unconditional
-/// and conditional predictions come from one batch of 2. A guidance of 1 skips the
+/// and conditional predictions come from one batch of 2. A guidance scale of 1 skips the
 /// unconditional pass.
 #[allow(clippy::too_many_arguments)]
 pub fn sample(
@@ -51,13 +97,14 @@ pub fn sample(
     latents: Tensor<5>,
     cond: Tensor<3>,
     uncond: Tensor<3>,
-    guidance: f64,
+    guidance: impl Into<Guidance>,
     steps: usize,
     options: VideoAttentionOptions,
     progress: Progress,
 ) -> Result<Tensor<5>> {
+    let guidance = guidance.into();
     let timesteps = schedule.ddim_timesteps(steps)?;
-    let context = guidance_context(cond, uncond, guidance);
+    let context = guidance_context(cond, uncond, guidance.scale);
     let mut x = latents;
     for (i, &t) in timesteps.iter().enumerate() {
         x = sampling_step(
@@ -152,11 +199,12 @@ pub fn sampling_step(
     x: Tensor<5>,
     t: usize,
     context: Tensor<3>,
-    guidance: f64,
+    guidance: impl Into<Guidance>,
     steps: usize,
     options: VideoAttentionOptions,
 ) -> Result<Tensor<5>> {
-    let guided = guidance != 1.0;
+    let guidance = guidance.into();
+    let guided = guidance.scale != 1.0;
     let input = if guided {
         Tensor::cat(vec![x.clone(), x.clone()], 0)
     } else {
@@ -165,7 +213,7 @@ pub fn sampling_step(
     let eps = unet.forward(input, &[t as f64], context, options)?;
     let eps = if guided {
         let [e_uncond, e_cond] = eps.chunk(2, 0).try_into().expect("two halves");
-        e_uncond.clone() + (e_cond - e_uncond).mul_scalar(guidance)
+        guidance.combine(e_uncond, e_cond)
     } else {
         eps
     };

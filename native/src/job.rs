@@ -7,7 +7,7 @@ use burn::tensor::{Device, Tensor};
 use tav_core::checkpoint::{Folder, LoadOptions, Models};
 use tav_core::config::UNetConfig;
 use tav_core::delta::{TuneMeta, TunedWeights, apply_tuned};
-use tav_core::edit::{decode_video, invert, sample};
+use tav_core::edit::{Guidance, decode_video, invert, sample};
 use tav_core::footprint::{VideoShape, largest_attention_bytes};
 use tav_core::progress::{Event, Phase};
 use tav_core::transformer::VideoAttentionOptions;
@@ -47,7 +47,7 @@ pub struct EditSpec {
     pub prompts: Vec<String>,
     pub inversion_steps: usize,
     pub steps: usize,
-    pub guidance: f64,
+    pub guidance: Guidance,
     pub png: bool,
 }
 
@@ -72,7 +72,7 @@ impl EditSpec {
             prompts,
             inversion_steps: 50,
             steps: 50,
-            guidance: 12.5,
+            guidance: Guidance::from(12.5),
             png: false,
         }
     }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use tav_core::delta::TuneMeta;
+use tav_core::edit::Guidance;
 use tav_core::{Result, TavError};
 
 use crate::job::{ClipSpec, EditSpec, TuneSpec};
@@ -53,6 +54,7 @@ struct EditSection {
     inversion_steps: Option<usize>,
     inference_steps: Option<usize>,
     guidance: Option<f64>,
+    guidance_rescale: Option<f64>,
     png: Option<bool>,
 }
 
@@ -144,7 +146,10 @@ impl Job {
                 EditSpec {
                     inversion_steps: file.edit.inversion_steps.unwrap_or(d.inversion_steps),
                     steps: file.edit.inference_steps.unwrap_or(d.steps),
-                    guidance: file.edit.guidance.unwrap_or(d.guidance),
+                    guidance: Guidance {
+                        scale: file.edit.guidance.unwrap_or(d.guidance.scale),
+                        rescale: file.edit.guidance_rescale.unwrap_or(d.guidance.rescale),
+                    },
                     png: file.edit.png.unwrap_or(d.png),
                     ..d
                 }
@@ -273,6 +278,7 @@ fn apply_tune(spec: &mut TuneSpec, a: &TuneArgs) {
 fn apply_edit(spec: &mut EditSpec, a: &EditArgs) {
     spec.inversion_steps = a.inversion_steps.unwrap_or(spec.inversion_steps);
     spec.steps = a.inference_steps.unwrap_or(spec.steps);
-    spec.guidance = a.guidance.unwrap_or(spec.guidance);
+    spec.guidance.scale = a.guidance.unwrap_or(spec.guidance.scale);
+    spec.guidance.rescale = a.guidance_rescale.unwrap_or(spec.guidance.rescale);
     spec.png |= a.png;
 }

@@ -21,6 +21,7 @@ use std::time::Instant;
 use burn::tensor::{Distribution, Tensor};
 use clap::{Args, Parser, Subcommand};
 use tav_core::checkpoint::{Folder, LoadOptions, Models};
+use tav_core::edit::Guidance;
 use tav_core::transformer::VideoAttentionOptions;
 use tav_core::{Result, TavError};
 
@@ -132,6 +133,10 @@ struct EditArgs {
     /// Classifier-free guidance scale [default: 12.5].
     #[arg(long)]
     guidance: Option<f64>,
+    /// Rescale the guided prediction toward the conditional one's standard deviation, 0–1
+    /// (0.5–0.7 keeps strong guidance from washing frames out) [default: 0, the reference].
+    #[arg(long)]
+    guidance_rescale: Option<f64>,
     /// Also write every edited frame as PNG.
     #[arg(long)]
     png: bool,
@@ -251,6 +256,9 @@ enum Command {
         /// Classifier-free guidance scale.
         #[arg(long, default_value_t = 7.5)]
         guidance: f64,
+        /// Rescale of the guided prediction toward the conditional one's scale, 0–1.
+        #[arg(long, default_value_t = 0.0)]
+        guidance_rescale: f64,
         /// Seed of the initial noise (shared by every prompt).
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -283,6 +291,9 @@ enum Command {
         steps: usize,
         #[arg(long, default_value_t = 2.0)]
         guidance: f64,
+        /// Rescale of the guided prediction toward the conditional one's scale, 0–1.
+        #[arg(long, default_value_t = 0.0)]
+        guidance_rescale: f64,
         /// Methods, comma-separated: full, no-tuning, no-temporal, per-frame-attention.
         #[arg(
             long,
@@ -465,6 +476,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             size,
             steps,
             guidance,
+            guidance_rescale,
             seed,
         } => {
             let spec = sample::SampleSpec {
@@ -472,7 +484,10 @@ fn dispatch(cli: Cli) -> Result<()> {
                 frames,
                 size,
                 steps,
-                guidance,
+                guidance: Guidance {
+                    scale: guidance,
+                    rescale: guidance_rescale,
+                },
                 seed,
                 fps: video::DEFAULT_FPS,
             };
@@ -542,6 +557,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             inversion_steps,
             steps,
             guidance,
+            guidance_rescale,
             methods,
         } => {
             let methods = methods
@@ -564,7 +580,10 @@ fn dispatch(cli: Cli) -> Result<()> {
                 learning_rate,
                 inversion_steps,
                 steps,
-                guidance,
+                guidance: Guidance {
+                    scale: guidance,
+                    rescale: guidance_rescale,
+                },
                 methods,
                 out: common.out.clone(),
             };

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use tav_core::draws::SeededRng;
-use tav_core::edit::{decode_video, sample};
+use tav_core::edit::{Guidance, decode_video, sample};
 use tav_core::progress::Event;
 use tav_core::unet::UNet3D;
 use tav_core::weights::HostTensor;
@@ -25,7 +25,7 @@ pub struct SampleSpec {
     /// Frame width and height in pixels; `None` takes the model's own (`sample_size`).
     pub size: Option<usize>,
     pub steps: usize,
-    pub guidance: f64,
+    pub guidance: Guidance,
     pub seed: u64,
     pub fps: f32,
 }

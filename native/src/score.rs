@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use tav_core::edit::Guidance;
 use tav_core::progress::{Event, Phase};
 use tav_core::score::{Analysis, analyse, motion_kept};
 use tav_core::toyworld::{Background, ClipSpec, Colour, Shape, caption, render};
@@ -79,7 +80,7 @@ pub struct ScoreSpec {
     pub learning_rate: f64,
     pub inversion_steps: usize,
     pub steps: usize,
-    pub guidance: f64,
+    pub guidance: Guidance,
     pub methods: Vec<Method>,
     /// Where to write `score.json` and `videos/` (each clip beside its edits, per method).
     pub out: Option<PathBuf>,
@@ -142,6 +143,8 @@ pub struct EditScore {
     pub kind: &'static str,
     pub prompt: String,
     pub attribute_ok: bool,
+    /// What the edit shows, read from its pixels (`none` where no object is seen).
+    pub seen: String,
     pub mean_iou: f32,
     pub centroid_error: f32,
     pub frame_change: f32,
@@ -197,6 +200,7 @@ pub fn run(session: &Session, spec: &ScoreSpec, ui: &mut Ui) -> Result<Vec<EditS
                     kind: change.kind(),
                     prompt: change.prompt(&clip_spec),
                     attribute_ok: change.achieved(&seen),
+                    seen: described(&seen),
                     mean_iou: kept.mean_iou,
                     centroid_error: kept.centroid_error,
                     frame_change: seen.frame_change,
@@ -211,7 +215,8 @@ pub fn run(session: &Session, spec: &ScoreSpec, ui: &mut Ui) -> Result<Vec<EditS
                 "clips": spec.clips, "seed": spec.seed, "frames": spec.frames, "size": spec.size,
                 "tune_steps": spec.tune_steps, "learning_rate": spec.learning_rate,
                 "inversion_steps": spec.inversion_steps, "steps": spec.steps,
-                "guidance": spec.guidance,
+                "guidance": spec.guidance.scale,
+                "guidance_rescale": spec.guidance.rescale,
             },
             "summary": summary(&scores),
             "edits": scores,
@@ -254,6 +259,16 @@ fn edit_clip(
         png: false,
     };
     edited_clips(session, &unet, latents, clip.fps, &edit, options, ui)
+}
+
+/// What a video shows, as a caption would say it: "red circle on the beach".
+fn described(seen: &Analysis) -> String {
+    format!(
+        "{} {} on the {}",
+        seen.colour.map_or("none", Colour::name),
+        seen.shape.map_or("none", Shape::name),
+        seen.background.name()
+    )
 }
 
 /// `out/videos/SEED-METHOD.gif`: the source clip beside its three edits, so every scored
