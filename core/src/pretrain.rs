@@ -147,28 +147,83 @@ pub fn image_unet(unet: UNet3D) -> Component<UNet3D> {
     }
 }
 
-/// A batch of training frames: one random frame of each of `batch` random clips, as pixels
-/// `[N, 3, S, S]` in [-1, 1], with the clips' captions.
-pub fn frame_batch(
-    rng: &mut SeededRng,
-    batch: usize,
-    size: usize,
-    device: &Device,
-) -> (Tensor<4>, Vec<String>) {
+/// A batch of training frames: one random frame of each of `batch` random clips.
+pub struct FrameBatch {
+    /// `[N, 3, S, S]` in [-1, 1].
+    pub pixels: Tensor<4>,
+    pub captions: Vec<String>,
+    /// The object's pixels in each frame (`S × S`, row-major).
+    pub masks: Vec<Vec<bool>>,
+}
+
+pub fn frame_batch(rng: &mut SeededRng, batch: usize, size: usize, device: &Device) -> FrameBatch {
     const FRAMES: usize = 8;
     let mut data = Vec::with_capacity(batch * 3 * size * size);
     let mut captions = Vec::with_capacity(batch);
+    let mut masks = Vec::with_capacity(batch);
     for _ in 0..batch {
         let spec = ClipSpec::random(rng.next_u64(), FRAMES, size);
-        let clip = render(&spec);
-        let frame = &clip.frames[rng.below(FRAMES as u64) as usize];
+        let mut clip = render(&spec);
+        let pick = rng.below(FRAMES as u64) as usize;
         for c in 0..3 {
-            data.extend(frame.chunks_exact(3).map(|p| p[c] as f32 / 127.5 - 1.0));
+            data.extend(
+                clip.frames[pick]
+                    .chunks_exact(3)
+                    .map(|p| p[c] as f32 / 127.5 - 1.0),
+            );
         }
         captions.push(spec.caption());
+        masks.push(std::mem::take(&mut clip.masks[pick]));
     }
-    let pixels = HostTensor::new(vec![batch, 3, size, size], data).to_device(device);
-    (pixels, captions)
+    FrameBatch {
+        pixels: HostTensor::new(vec![batch, 3, size, size], data).to_device(device),
+        captions,
+        masks,
+    }
+}
+
+/// Per-latent weights of the denoising loss `[N, 1, S/d, S/d]`: 1 on the background, up to
+/// `object_weight` where the object covers the latent's `d × d` pixels. The object is a few
+/// latents of a frame, so an unweighted loss learns the background long before the shape a
+/// caption names.
+pub fn object_weights(
+    masks: &[Vec<bool>],
+    size: usize,
+    downscale: usize,
+    object_weight: f32,
+    device: &Device,
+) -> Tensor<4> {
+    let latent = size / downscale;
+    let data = object_weight_values(masks, size, downscale, object_weight);
+    HostTensor::new(vec![masks.len(), 1, latent, latent], data).to_device(device)
+}
+
+fn object_weight_values(
+    masks: &[Vec<bool>],
+    size: usize,
+    downscale: usize,
+    object_weight: f32,
+) -> Vec<f32> {
+    let latent = size / downscale;
+    let mut data = Vec::with_capacity(masks.len() * latent * latent);
+    for mask in masks {
+        for ly in 0..latent {
+            for lx in 0..latent {
+                let covered = (0..downscale * downscale)
+                    .filter(|i| {
+                        let (y, x) = (
+                            ly * downscale + i / downscale,
+                            lx * downscale + i % downscale,
+                        );
+                        mask[y * size + x]
+                    })
+                    .count() as f32
+                    / (downscale * downscale) as f32;
+                data.push(1.0 + (object_weight - 1.0) * covered);
+            }
+        }
+    }
+    data
 }
 
 /// One VAE step: reconstruction MSE plus `kl_weight` × the posterior's KL to a standard
@@ -209,7 +264,8 @@ pub struct TextToImage {
 }
 
 /// One text-to-image step: noise prediction on scaled latents `[N, C, h, w]` (one frame
-/// each, temporal layers off) at per-item `timesteps`, conditioned on `ids`.
+/// each, temporal layers off) at per-item `timesteps`, conditioned on `ids`; the squared
+/// error is averaged with `weights` `[N, 1, h, w]` (see [`object_weights`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn text_to_image_step(
     optimiser: &mut AdamW,
@@ -218,6 +274,7 @@ pub async fn text_to_image_step(
     noise: Tensor<4>,
     timesteps: &[usize],
     ids: &[Vec<u32>],
+    weights: Tensor<4>,
     schedule: &Schedule,
     device: &Device,
 ) -> Result<(TextToImage, f32)> {
@@ -241,7 +298,9 @@ pub async fn text_to_image_step(
     };
     let t: Vec<f64> = timesteps.iter().map(|&t| t as f64).collect();
     let predicted = model.unet.forward(noisy, &t, context, options)?;
-    let loss = (predicted.reshape([n, c, h, w]) - noise).square().mean();
+    let weights = weights.expand([n, c, h, w]);
+    let loss = ((predicted.reshape([n, c, h, w]) - noise).square() * weights.clone()).sum()
+        / weights.sum();
     let value = scalar(loss.clone(), "the denoising loss").await?;
     let (model, _) = optimiser.step(model, loss, false).await?;
     Ok((model, value))
@@ -284,4 +343,21 @@ async fn scalar(t: Tensor<1>, what: &str) -> Result<f32> {
         )));
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_weights_follow_the_share_of_object_pixels_per_latent() {
+        // 4×4 pixels, downscale 2: the object covers the top-left latent fully and half of
+        // the top-right one.
+        let mut mask = vec![false; 16];
+        for i in [0, 1, 4, 5, 2, 6] {
+            mask[i] = true;
+        }
+        let weights = object_weight_values(&[mask, vec![false; 16]], 4, 2, 5.0);
+        assert_eq!(weights, vec![5.0, 3.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]);
+    }
 }

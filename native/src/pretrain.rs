@@ -18,7 +18,7 @@ use tav_core::config::SchedulerConfig;
 use tav_core::draws::SeededRng;
 use tav_core::pretrain::{
     Component, TextToImage, ToyConfigs, caption_ids, frame_batch, image_unet, initial_models,
-    latent_scale, pretrain_settings, text_to_image_step, vae_step,
+    latent_scale, object_weights, pretrain_settings, text_to_image_step, vae_step,
 };
 use tav_core::progress::{Event, Phase};
 use tav_core::schedule::Schedule;
@@ -62,6 +62,10 @@ pub struct PretrainSpec {
     pub batch: usize,
     #[arg(long, default_value_t = 5e-4)]
     pub learning_rate: f64,
+    /// Weight of the denoising loss where the object is (1 elsewhere): the object is a few
+    /// latents of a frame, and its shape and colour are what captions name.
+    #[arg(long, default_value_t = 1.0)]
+    pub object_weight: f32,
     /// Share of captions left empty, so guidance has an unconditional model.
     #[arg(long, default_value_t = 0.1)]
     pub empty_captions: f64,
@@ -160,7 +164,7 @@ pub fn run(spec: &PretrainSpec, device: &Device, ui: &mut Ui) -> Result<Pretrain
     )?;
     report.vae_seconds = started.elapsed().as_secs_f64();
     let mut vae_model = AdamW::eval_mode(model);
-    let (pixels, _) = frame_batch(&mut rng, 32, spec.size, device);
+    let pixels = frame_batch(&mut rng, 32, spec.size, device).pixels;
     vae_model.scaling_factor = match loaded_scale {
         Some(scale) => scale,
         None => block_on(latent_scale(&vae_model, pixels))?,
@@ -205,17 +209,24 @@ pub fn run(spec: &PretrainSpec, device: &Device, ui: &mut Ui) -> Result<Pretrain
     let timesteps = schedule.num_train_timesteps() as u64;
     let started = std::time::Instant::now();
     for step in 0..spec.steps {
-        let (pixels, captions) = frame_batch(&mut rng, spec.batch, spec.size, device);
+        let batch = frame_batch(&mut rng, spec.batch, spec.size, device);
+        let weights = object_weights(
+            &batch.masks,
+            spec.size,
+            vae_model.downscale,
+            spec.object_weight,
+            device,
+        );
         let eps = normal(&mut rng, [spec.batch, 4, latent, latent], device);
         let latents = vae_model
-            .encode(pixels)?
+            .encode(batch.pixels)?
             .sample(eps)
             .mul_scalar(vae_model.scaling_factor);
         let noise = normal(&mut rng, [spec.batch, 4, latent, latent], device);
         let t: Vec<usize> = (0..spec.batch)
             .map(|_| rng.below(timesteps) as usize)
             .collect();
-        let ids = caption_ids(&tokenizer, &captions, spec.empty_captions, &mut rng)?;
+        let ids = caption_ids(&tokenizer, &batch.captions, spec.empty_captions, &mut rng)?;
         let (next, loss) = block_on(text_to_image_step(
             &mut optimiser,
             model,
@@ -223,6 +234,7 @@ pub fn run(spec: &PretrainSpec, device: &Device, ui: &mut Ui) -> Result<Pretrain
             noise,
             &t,
             &ids,
+            weights,
             &schedule,
             device,
         ))?;
@@ -327,7 +339,7 @@ impl VaeSteps {
         report: &mut PretrainReport,
     ) -> Result<Vae> {
         for step in 0..self.count {
-            let (pixels, _) = frame_batch(rng, spec.vae_batch, spec.size, device);
+            let pixels = frame_batch(rng, spec.vae_batch, spec.size, device).pixels;
             let eps = normal(rng, [spec.vae_batch, 4, self.latent, self.latent], device);
             let (next, loss) = block_on(vae_step(optimiser, model, pixels, eps, self.kl_weight))?;
             model = next;
