@@ -550,14 +550,20 @@ fn score_edits_and_scores_every_method() {
         "--steps",
         "1",
         "--methods",
-        "full,no-tuning,no-temporal,per-frame-attention",
+        "full,no-tuning,no-temporal,per-frame-attention,text-to-video",
         "--quiet",
         "--out",
         out.to_str().unwrap(),
     ]));
     assert!(scored.status.success(), "{}", stderr(&scored));
     let table = String::from_utf8_lossy(&scored.stdout);
-    for method in ["full", "no-tuning", "no-temporal", "per-frame-attention"] {
+    for method in [
+        "full",
+        "no-tuning",
+        "no-temporal",
+        "per-frame-attention",
+        "text-to-video",
+    ] {
         assert!(
             table.lines().any(|l| l.starts_with(method)),
             "a row for {method}"
@@ -566,7 +572,7 @@ fn score_edits_and_scores_every_method() {
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("score.json")).unwrap()).unwrap();
     let edits = json["edits"].as_array().unwrap();
-    assert_eq!(edits.len(), 4 * 3, "three edits per method");
+    assert_eq!(edits.len(), 5 * 3, "three edits per method");
     for e in edits {
         let iou = e["mean_iou"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&iou), "{e}");
@@ -583,9 +589,15 @@ fn score_edits_and_scores_every_method() {
     let kinds: std::collections::BTreeSet<&str> =
         edits.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds.len(), 3, "colour, background and shape edits");
-    assert_eq!(json["summary"].as_array().unwrap().len(), 4);
+    assert_eq!(json["summary"].as_array().unwrap().len(), 5);
     // Every scored edit can be looked at: per clip and method, the source beside its edits.
-    for method in ["full", "no-tuning", "no-temporal", "per-frame-attention"] {
+    for method in [
+        "full",
+        "no-tuning",
+        "no-temporal",
+        "per-frame-attention",
+        "text-to-video",
+    ] {
         let (w, h, frames) = gif_frames(&out.join(format!("videos/1000-{method}.gif")));
         assert_eq!(frames.len(), 2, "{method}: the clip's frames");
         assert!(

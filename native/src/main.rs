@@ -294,7 +294,9 @@ enum Command {
         /// Rescale of the guided prediction toward the conditional one's scale, 0–1.
         #[arg(long, default_value_t = 0.0)]
         guidance_rescale: f64,
-        /// Methods, comma-separated: full, no-tuning, no-temporal, per-frame-attention.
+        /// Methods, comma-separated: full, no-tuning, no-temporal, per-frame-attention, and
+        /// text-to-video (not an edit: the base model samples the edit prompts from noise,
+        /// what the model draws for a prompt without a source clip).
         #[arg(
             long,
             default_value = "full,no-tuning,no-temporal,per-frame-attention",

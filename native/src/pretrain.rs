@@ -62,6 +62,10 @@ pub struct PretrainSpec {
     pub batch: usize,
     #[arg(long, default_value_t = 5e-4)]
     pub learning_rate: f64,
+    /// Anneal the text encoder + UNet learning rate to this by the last step (cosine)
+    /// [default: constant at `--learning-rate`]: a constant rate leaves the loss hovering.
+    #[arg(long)]
+    pub final_learning_rate: Option<f64>,
     /// Weight of the denoising loss where the object is (1 elsewhere): the object is a few
     /// latents of a frame, and its shape and colour are what captions name.
     #[arg(long, default_value_t = 1.0)]
@@ -81,6 +85,22 @@ pub struct PretrainSpec {
     /// (to train them on, or with `--steps 0` to take them as they are).
     #[arg(long)]
     pub resume_from: Option<PathBuf>,
+}
+
+impl PretrainSpec {
+    /// The text encoder + UNet learning rate at `step`: constant, or cosine-annealed from
+    /// `learning_rate` to `final_learning_rate` over `steps`.
+    pub fn learning_rate_at(&self, step: usize) -> f64 {
+        match self.final_learning_rate {
+            None => self.learning_rate,
+            Some(last) => {
+                let progress = step as f64 / (self.steps.max(2) - 1) as f64;
+                last + (self.learning_rate - last)
+                    * 0.5
+                    * (1.0 + (std::f64::consts::PI * progress).cos())
+            }
+        }
+    }
 }
 
 /// What a pretraining run did, kept beside the model (`tav_pretrain.json`).
@@ -209,6 +229,7 @@ pub fn run(spec: &PretrainSpec, device: &Device, ui: &mut Ui) -> Result<Pretrain
     let timesteps = schedule.num_train_timesteps() as u64;
     let started = std::time::Instant::now();
     for step in 0..spec.steps {
+        optimiser.settings.learning_rate = spec.learning_rate_at(step);
         let batch = frame_batch(&mut rng, spec.batch, spec.size, device);
         let weights = object_weights(
             &batch.masks,
@@ -451,4 +472,41 @@ fn f16_safetensors(tensors: &BTreeMap<String, HostTensor>) -> Result<Vec<u8>> {
         .collect::<Result<Vec<_>>>()?;
     safetensors::serialize(views, None::<HashMap<String, String>>)
         .map_err(|e| TavError::InvalidInput(format!("cannot serialise the model: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        spec: PretrainSpec,
+    }
+
+    fn spec(args: &[&str]) -> PretrainSpec {
+        let mut all = vec!["pretrain", "x"];
+        all.extend(args);
+        Flags::parse_from(all).spec
+    }
+
+    #[test]
+    fn learning_rate_is_constant_or_annealed_to_the_final_one() {
+        let constant = spec(&["--steps", "11", "--learning-rate", "1e-3"]);
+        assert_eq!(constant.learning_rate_at(0), 1e-3);
+        assert_eq!(constant.learning_rate_at(10), 1e-3);
+        let cosine = spec(&[
+            "--steps",
+            "11",
+            "--learning-rate",
+            "1e-3",
+            "--final-learning-rate",
+            "1e-4",
+        ]);
+        assert!((cosine.learning_rate_at(0) - 1e-3).abs() < 1e-12);
+        assert!((cosine.learning_rate_at(5) - 5.5e-4).abs() < 1e-12);
+        assert!((cosine.learning_rate_at(10) - 1e-4).abs() < 1e-12);
+        assert!(cosine.learning_rate_at(3) > cosine.learning_rate_at(4));
+    }
 }

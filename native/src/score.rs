@@ -16,6 +16,7 @@ use tav_core::unet::UNet3D;
 use tav_core::{Result, TavError};
 
 use crate::job::{EditSpec, Session, edited_clips, video_error, write_atomic};
+use crate::sample::SampleSpec;
 use crate::ui::Ui;
 use crate::video::{self, Clip};
 
@@ -30,14 +31,19 @@ pub enum Method {
     NoTemporal,
     /// Tuned, with each frame attending only to itself instead of sparse-causal attention.
     FullSelfAttention,
+    /// Not an edit: the base model samples each edit prompt from seeded noise, with no
+    /// source clip. Its attribute success is what the model itself draws for a prompt, the
+    /// bound an edit works within; its motion scores show what inversion adds.
+    TextToVideo,
 }
 
 impl Method {
-    pub const ALL: [Method; 4] = [
+    pub const ALL: [Method; 5] = [
         Method::Full,
         Method::NoTuning,
         Method::NoTemporal,
         Method::FullSelfAttention,
+        Method::TextToVideo,
     ];
 
     pub fn name(self) -> &'static str {
@@ -46,6 +52,7 @@ impl Method {
             Method::NoTuning => "no-tuning",
             Method::NoTemporal => "no-temporal",
             Method::FullSelfAttention => "per-frame-attention",
+            Method::TextToVideo => "text-to-video",
         }
     }
 
@@ -55,7 +62,7 @@ impl Method {
 
     fn attention(self, base: VideoAttentionOptions) -> VideoAttentionOptions {
         match self {
-            Method::Full | Method::NoTuning => base,
+            Method::Full | Method::NoTuning | Method::TextToVideo => base,
             Method::NoTemporal => VideoAttentionOptions {
                 temporal: false,
                 ..base
@@ -238,6 +245,19 @@ fn edit_clip(
 ) -> Result<Vec<Clip>> {
     let models = &session.models;
     let options = method.attention(session.attention);
+    let prompts = changes(clip_spec).map(|c| c.prompt(clip_spec)).to_vec();
+    if method == Method::TextToVideo {
+        let sampling = SampleSpec {
+            prompts,
+            frames: spec.frames,
+            size: Some(spec.size),
+            steps: spec.steps,
+            guidance: spec.guidance,
+            seed: clip_spec.seed,
+            fps: clip.fps,
+        };
+        return crate::sample::videos(session, &models.unet, &sampling, ui);
+    }
     let posterior = session.encode(clip, ui)?;
     let unet = if method == Method::NoTuning {
         models.unet.clone()
@@ -252,7 +272,7 @@ fn edit_clip(
     };
     let latents = clip_latents(posterior.mean, models.vae.scaling_factor);
     let edit = EditSpec {
-        prompts: changes(clip_spec).map(|c| c.prompt(clip_spec)).to_vec(),
+        prompts,
         inversion_steps: spec.inversion_steps,
         steps: spec.steps,
         guidance: spec.guidance,
