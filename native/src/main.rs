@@ -289,10 +289,12 @@ enum Command {
         inversion_steps: usize,
         #[arg(long, default_value_t = 25)]
         steps: usize,
-        #[arg(long, default_value_t = 2.0)]
+        /// Classifier-free guidance (4 with a rescale of 0.7 scored best on the toy model:
+        /// 0.58 against 0.42 at guidance 2 without rescale, same clips).
+        #[arg(long, default_value_t = 4.0)]
         guidance: f64,
         /// Rescale of the guided prediction toward the conditional one's scale, 0–1.
-        #[arg(long, default_value_t = 0.0)]
+        #[arg(long, default_value_t = 0.7)]
         guidance_rescale: f64,
         /// Methods, comma-separated: full, no-tuning, no-temporal, per-frame-attention, and
         /// text-to-video (not an edit: the base model samples the edit prompts from noise,
