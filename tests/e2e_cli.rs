@@ -537,6 +537,13 @@ fn toy_clip_writes_the_clip_it_captions() {
 /// edits are noise, so no success rate is asserted.)
 #[test]
 fn score_edits_and_scores_every_method() {
+    const METHODS: [&str; 5] = [
+        "full",
+        "no-tuning",
+        "no-temporal",
+        "per-frame-attention",
+        "text-to-video",
+    ];
     let out = scratch("score");
     let scored = run(tav().arg("score").arg("--model").arg(tiny_model()).args([
         "--clips",
@@ -550,20 +557,14 @@ fn score_edits_and_scores_every_method() {
         "--steps",
         "1",
         "--methods",
-        "full,no-tuning,no-temporal,per-frame-attention,text-to-video",
+        &METHODS.join(","),
         "--quiet",
         "--out",
         out.to_str().unwrap(),
     ]));
     assert!(scored.status.success(), "{}", stderr(&scored));
     let table = String::from_utf8_lossy(&scored.stdout);
-    for method in [
-        "full",
-        "no-tuning",
-        "no-temporal",
-        "per-frame-attention",
-        "text-to-video",
-    ] {
+    for method in METHODS {
         assert!(
             table.lines().any(|l| l.starts_with(method)),
             "a row for {method}"
@@ -572,7 +573,7 @@ fn score_edits_and_scores_every_method() {
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("score.json")).unwrap()).unwrap();
     let edits = json["edits"].as_array().unwrap();
-    assert_eq!(edits.len(), 5 * 3, "three edits per method");
+    assert_eq!(edits.len(), METHODS.len() * 3, "three edits per method");
     for e in edits {
         let iou = e["mean_iou"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&iou), "{e}");
@@ -589,15 +590,9 @@ fn score_edits_and_scores_every_method() {
     let kinds: std::collections::BTreeSet<&str> =
         edits.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds.len(), 3, "colour, background and shape edits");
-    assert_eq!(json["summary"].as_array().unwrap().len(), 5);
+    assert_eq!(json["summary"].as_array().unwrap().len(), METHODS.len());
     // Every scored edit can be looked at: per clip and method, the source beside its edits.
-    for method in [
-        "full",
-        "no-tuning",
-        "no-temporal",
-        "per-frame-attention",
-        "text-to-video",
-    ] {
+    for method in METHODS {
         let (w, h, frames) = gif_frames(&out.join(format!("videos/1000-{method}.gif")));
         assert_eq!(frames.len(), 2, "{method}: the clip's frames");
         assert!(
