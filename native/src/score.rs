@@ -244,7 +244,6 @@ fn edit_clip(
     ui: &mut Ui,
 ) -> Result<Vec<Clip>> {
     let models = &session.models;
-    let options = method.attention(session.attention);
     let prompts = changes(clip_spec).map(|c| c.prompt(clip_spec)).to_vec();
     if method == Method::TextToVideo {
         let sampling = SampleSpec {
@@ -258,6 +257,7 @@ fn edit_clip(
         };
         return crate::sample::videos(session, &models.unet, &sampling, ui);
     }
+    let options = method.attention(session.attention);
     let posterior = session.encode(clip, ui)?;
     let unet = if method == Method::NoTuning {
         models.unet.clone()
