@@ -578,6 +578,8 @@ fn score_edits_and_scores_every_method() {
         let iou = e["mean_iou"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&iou), "{e}");
         assert!(e["frame_change"].as_f64().unwrap() >= 0.0, "{e}");
+        let drift = e["colour_drift"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&drift), "{e}");
         assert!(
             e["seen"].as_str().unwrap().contains(" on the "),
             "what the edit shows: {e}"

@@ -19,6 +19,8 @@ pub struct Analysis {
     pub background: Background,
     /// Mean absolute change between consecutive frames, in [0, 1].
     pub frame_change: f32,
+    /// How far the object's colour drifts from the first frame it is seen in, in [0, 1].
+    pub colour_drift: f32,
 }
 
 /// Frames smaller than this share of object pixels are taken as showing no object.
@@ -53,6 +55,7 @@ pub fn analyse(frames: &[Vec<u8>], size: usize) -> Analysis {
         shape,
         background: background_of(frames, &masks),
         frame_change: frame_change(frames),
+        colour_drift: colour_drift(frames, &masks, min_pixels),
         centroids,
         masks,
     }
@@ -108,6 +111,38 @@ fn background_of(frames: &[Vec<u8>], masks: &[Vec<bool>]) -> Background {
         .into_iter()
         .min_by(|a, b| distance(a).total_cmp(&distance(b)))
         .expect("four backgrounds")
+}
+
+/// Mean over the frames after the first that shows the object (of those that show it, at
+/// least `min_pixels`) of the mean absolute difference between the object's mean colour
+/// there and in that first one, in [0, 1]. This is the appearance sparse-causal attention
+/// holds to frame 0; whether the object is there at all is the motion scores' part, so
+/// frames without it are left out, but an object seen in fewer than two frames drifts 1.
+pub fn colour_drift(frames: &[Vec<u8>], masks: &[Vec<bool>], min_pixels: usize) -> f32 {
+    let colours: Vec<[f32; 3]> = frames
+        .iter()
+        .zip(masks)
+        .filter(|(_, mask)| mask.iter().filter(|on| **on).count() >= min_pixels)
+        .map(|(frame, mask)| mean_colour(frame, mask))
+        .collect();
+    let Some((first, rest)) = colours.split_first().filter(|(_, rest)| !rest.is_empty()) else {
+        return 1.0;
+    };
+    let distance = |c: &[f32; 3]| (0..3).map(|i| (c[i] - first[i]).abs()).sum::<f32>() / 3.0;
+    rest.iter().map(distance).sum::<f32>() / rest.len() as f32
+}
+
+/// The mean colour of a frame's pixels under `mask`, in [0, 1].
+fn mean_colour(frame: &[u8], mask: &[bool]) -> [f32; 3] {
+    let mut sum = [0f64; 3];
+    let mut n = 0usize;
+    for (p, _) in frame.chunks_exact(3).zip(mask).filter(|(_, on)| **on) {
+        for (s, v) in sum.iter_mut().zip(unit(p)) {
+            *s += v as f64;
+        }
+        n += 1;
+    }
+    sum.map(|s| (s / n.max(1) as f64) as f32)
 }
 
 /// Mean absolute difference between consecutive frames, in [0, 1].
@@ -312,6 +347,30 @@ mod tests {
         let moved = motion_kept(&source, &analyse(&render(&other).frames, 64), 64);
         assert!(moved.mean_iou < 0.7, "{moved:?}");
         assert!(moved.centroid_error > 0.05, "{moved:?}");
+    }
+
+    /// A generated clip keeps its object's colour; recolouring later frames is drift, and
+    /// an object that is never seen twice drifts fully.
+    #[test]
+    fn recoloured_frames_drift_and_generated_ones_do_not() {
+        // Red, so swapping red and blue makes it blue.
+        let spec = ClipSpec {
+            colour: Colour::Red,
+            ..ClipSpec::random(3, 6, 64)
+        };
+        let clip = render(&spec);
+        let seen = analyse(&clip.frames, 64);
+        assert!(seen.colour_drift < 0.02, "{}", seen.colour_drift);
+        let mut recoloured = clip.frames.clone();
+        for (frame, mask) in recoloured.iter_mut().zip(&clip.masks).skip(3) {
+            for (p, _) in frame.chunks_exact_mut(3).zip(mask).filter(|(_, on)| **on) {
+                p.swap(0, 2);
+            }
+        }
+        let drifted = analyse(&recoloured, 64).colour_drift;
+        assert!(drifted > seen.colour_drift + 0.05, "{drifted}");
+        let empty = vec![vec![128u8; 64 * 64 * 3]; 4];
+        assert_eq!(analyse(&empty, 64).colour_drift, 1.0);
     }
 
     #[test]

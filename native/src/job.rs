@@ -193,6 +193,23 @@ pub fn tensor_to_clip(video: Tensor<5>, fps: f32) -> Clip {
     }
 }
 
+/// What a user should know of a model that is not Stable Diffusion, if it is not.
+pub fn small_model_note(folder: &Path, models: &Models) -> Option<&'static str> {
+    if folder.join(crate::pretrain::REPORT_FILE).is_file() {
+        Some(
+            "note: a toy-world model (tav pretrain): it draws coloured shapes moving on road, \
+             beach, snow or grass; edits of other videos need SD v1.x weights (--model)",
+        )
+    } else if models.unet_config.block_out_channels[0] < 320 {
+        Some(
+            "note: this is a small test model, not Stable Diffusion: real edits need SD v1.x \
+             weights (--model PATH/TO/stable-diffusion-v1-5)",
+        )
+    } else {
+        None
+    }
+}
+
 impl Session {
     pub fn load(
         model: &Path,
@@ -233,8 +250,8 @@ impl Session {
                 ));
             }
         }
-        if models.unet_config.block_out_channels[0] < 320 {
-            ui.say("note: this is a small test model, not Stable Diffusion: real edits need SD v1.x weights (--model)");
+        if let Some(note) = small_model_note(&model, &models) {
+            ui.say(note);
         }
         Ok(Self {
             device,

@@ -778,8 +778,8 @@ fn check(common: &Common, frames: usize, size: usize) -> Result<()> {
             println!("    warning: unexpected tensor `{extra}` (not used)");
         }
     }
-    if models.unet_config.block_out_channels[0] < 320 {
-        ui.say("note: this is a small test model: real edits need Stable Diffusion v1.x weights (--model PATH_TO_SD_FOLDER)");
+    if let Some(note) = job::small_model_note(&model, &models) {
+        ui.say(note);
     }
     let prompt = "a man is skiing";
     let ids = models.tokenizer.encode(prompt)?;

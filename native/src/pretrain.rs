@@ -103,7 +103,10 @@ impl PretrainSpec {
     }
 }
 
-/// What a pretraining run did, kept beside the model (`tav_pretrain.json`).
+/// The file beside a pretrained model's components that records how it was made.
+pub const REPORT_FILE: &str = "tav_pretrain.json";
+
+/// What a pretraining run did, kept beside the model (`REPORT_FILE`).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct PretrainReport {
     /// VAE reconstruction MSE per step.
@@ -438,7 +441,7 @@ fn write_folder(
         ("tokenizer/vocab.json", VOCAB.to_vec()),
         ("tokenizer/merges.txt", MERGES.to_vec()),
         (
-            "tav_pretrain.json",
+            REPORT_FILE,
             json(&serde_json::json!({"settings": spec, "report": report})),
         ),
     ];

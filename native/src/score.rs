@@ -1,8 +1,8 @@
 //! `tav score`: one-shot edits of held-out toy-world clips, scored from their pixels, for the
 //! full method and the paper's ablations with the same seeds. Each clip is edited three
 //! ways (its colour, its background, its shape); every edit is scored for the attribute
-//! asked for, the motion kept (mask IoU and centroid path against the source) and
-//! frame-to-frame change.
+//! asked for, the motion kept (mask IoU and centroid path against the source),
+//! frame-to-frame change and the object's colour drift across frames.
 
 use std::path::{Path, PathBuf};
 
@@ -156,6 +156,8 @@ pub struct EditScore {
     pub centroid_error: f32,
     pub frame_change: f32,
     pub source_frame_change: f32,
+    /// The object's colour drift from the first frame it is seen in (0 for a generated clip).
+    pub colour_drift: f32,
 }
 
 impl ScoreSpec {
@@ -212,6 +214,7 @@ pub fn run(session: &Session, spec: &ScoreSpec, ui: &mut Ui) -> Result<Vec<EditS
                     centroid_error: kept.centroid_error,
                     frame_change: seen.frame_change,
                     source_frame_change: source.frame_change,
+                    colour_drift: seen.colour_drift,
                 });
             }
         }
@@ -376,6 +379,7 @@ pub fn summary(scores: &[EditScore]) -> Vec<serde_json::Value> {
                 "centroid_error": mean(&|s| s.centroid_error),
                 "frame_change": mean(&|s| s.frame_change),
                 "source_frame_change": mean(&|s| s.source_frame_change),
+                "colour_drift": mean(&|s| s.colour_drift),
             })
         })
         .collect()
@@ -384,7 +388,7 @@ pub fn summary(scores: &[EditScore]) -> Vec<serde_json::Value> {
 /// The summary as a plain-text table.
 pub fn table(summary: &[serde_json::Value]) -> String {
     let mut out = format!(
-        "{:<20} {:>5} {:>8} {:>7} {:>7} {:>7} {:>8} {:>9} {:>9}\n",
+        "{:<20} {:>5} {:>8} {:>7} {:>7} {:>7} {:>8} {:>9} {:>9} {:>6}\n",
         "method",
         "edits",
         "success",
@@ -393,12 +397,13 @@ pub fn table(summary: &[serde_json::Value]) -> String {
         "shape",
         "mask IoU",
         "centroid",
-        "flicker"
+        "flicker",
+        "drift"
     );
     for row in summary {
         let f = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
         out.push_str(&format!(
-            "{:<20} {:>5} {:>8.2} {:>7.2} {:>7.2} {:>7.2} {:>8.3} {:>9.3} {:>9.4}\n",
+            "{:<20} {:>5} {:>8.2} {:>7.2} {:>7.2} {:>7.2} {:>8.3} {:>9.3} {:>9.4} {:>6.3}\n",
             row["method"].as_str().unwrap_or("?"),
             row["edits"],
             f("attribute_success"),
@@ -408,6 +413,7 @@ pub fn table(summary: &[serde_json::Value]) -> String {
             f("mean_iou"),
             f("centroid_error"),
             f("frame_change"),
+            f("colour_drift"),
         ));
     }
     out
