@@ -264,8 +264,9 @@ enum Command {
         seed: u64,
     },
     /// Score one-shot edits of held-out toy-world clips (colour, background and shape
-    /// changes) from their pixels: attribute success, motion kept (mask IoU, centroid path)
-    /// and frame-to-frame change, for the full method and its ablations with the same seeds.
+    /// changes) from their pixels: attribute success, motion kept (mask IoU, centroid path),
+    /// frame-to-frame change and colour drift, for the full method and its ablations with the
+    /// same seeds.
     /// Prints a table; `--out DIR` also writes DIR/score.json and DIR/videos/ (each clip
     /// beside its edits, per method).
     Score {
@@ -289,8 +290,8 @@ enum Command {
         inversion_steps: usize,
         #[arg(long, default_value_t = 25)]
         steps: usize,
-        /// Classifier-free guidance (4 with a rescale of 0.7 scored best on the previous toy
-        /// model: 0.58 against 0.42 at guidance 2 without rescale, same 24 edits).
+        /// Classifier-free guidance (4 with a rescale of 0.7 scored best on an earlier toy
+        /// model, stage 3: 0.58 against 0.42 at guidance 2 without rescale, same 24 edits).
         #[arg(long, default_value_t = 4.0)]
         guidance: f64,
         /// Rescale of the guided prediction toward the conditional one's scale, 0–1.
