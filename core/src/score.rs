@@ -92,17 +92,13 @@ fn hue_distance(a: f32, b: f32) -> f32 {
 
 /// The background whose mean colour is nearest to that of the non-object pixels.
 fn background_of(frames: &[Vec<u8>], masks: &[Vec<bool>]) -> Background {
-    let mut sum = [0f64; 3];
-    let mut n = 0usize;
-    for (frame, mask) in frames.iter().zip(masks) {
-        for (p, _) in frame.chunks_exact(3).zip(mask).filter(|(_, on)| !**on) {
-            for (s, v) in sum.iter_mut().zip(unit(p)) {
-                *s += v as f64;
-            }
-            n += 1;
-        }
-    }
-    let mean = sum.map(|s| (s / n.max(1) as f64) as f32);
+    let mean = mean_rgb(frames.iter().zip(masks).flat_map(|(frame, mask)| {
+        frame
+            .chunks_exact(3)
+            .zip(mask)
+            .filter(|(_, on)| !**on)
+            .map(|(p, _)| p)
+    }));
     let distance = |b: &Background| {
         let proto = b.mean_colour();
         (0..3).map(|i| (proto[i] - mean[i]).powi(2)).sum::<f32>()
@@ -134,9 +130,20 @@ pub fn colour_drift(frames: &[Vec<u8>], masks: &[Vec<bool>], min_pixels: usize) 
 
 /// The mean colour of a frame's pixels under `mask`, in [0, 1].
 fn mean_colour(frame: &[u8], mask: &[bool]) -> [f32; 3] {
+    mean_rgb(
+        frame
+            .chunks_exact(3)
+            .zip(mask)
+            .filter(|(_, on)| **on)
+            .map(|(p, _)| p),
+    )
+}
+
+/// The mean of RGB8 pixels, in [0, 1] (black when there are none).
+fn mean_rgb<'a>(pixels: impl Iterator<Item = &'a [u8]>) -> [f32; 3] {
     let mut sum = [0f64; 3];
     let mut n = 0usize;
-    for (p, _) in frame.chunks_exact(3).zip(mask).filter(|(_, on)| **on) {
+    for p in pixels {
         for (s, v) in sum.iter_mut().zip(unit(p)) {
             *s += v as f64;
         }
