@@ -39,24 +39,24 @@ pub fn analyse(frames: &[Vec<u8>], size: usize) -> Analysis {
         .iter()
         .map(|f| f.chunks_exact(3).map(|p| is_object(unit(p))).collect())
         .collect();
-    let min_pixels = (MIN_OBJECT_SHARE * (size * size) as f32).max(1.0) as usize;
-    let centroids = masks
+    // Whole pixels: the share of the frame, rounded down, at least one.
+    let min_pixels = (MIN_OBJECT_SHARE * (size * size) as f32).max(1.0).floor();
+    // Per frame, the object's moments where it is seen (enough pixels), else `None`.
+    let moments: Vec<Option<Moments>> = masks
         .iter()
-        .map(|m| Moments::of(m, size).filter(|mo| mo.count >= min_pixels as f32))
-        .map(|mo| mo.map(|mo| [mo.cx, mo.cy]))
+        .map(|m| Moments::of(m, size).filter(|mo| mo.count >= min_pixels))
         .collect();
-    let shape = majority(masks.iter().filter_map(|m| {
-        Moments::of(m, size)
-            .filter(|mo| mo.count >= min_pixels as f32)
-            .map(|mo| mo.shape())
-    }));
+    let shown: Vec<bool> = moments.iter().map(Option::is_some).collect();
     Analysis {
         colour: object_colour(frames, &masks),
-        shape,
+        shape: majority(moments.iter().flatten().map(Moments::shape)),
         background: background_of(frames, &masks),
         frame_change: frame_change(frames),
-        colour_drift: colour_drift(frames, &masks, min_pixels),
-        centroids,
+        colour_drift: colour_drift(frames, &masks, &shown),
+        centroids: moments
+            .iter()
+            .map(|mo| mo.map(|mo| [mo.cx, mo.cy]))
+            .collect(),
         masks,
     }
 }
@@ -109,17 +109,18 @@ fn background_of(frames: &[Vec<u8>], masks: &[Vec<bool>]) -> Background {
         .expect("four backgrounds")
 }
 
-/// Mean over the frames after the first that shows the object (of those that show it, at
-/// least `min_pixels`) of the mean absolute difference between the object's mean colour
-/// there and in that first one, in [0, 1]. This is the appearance sparse-causal attention
-/// holds to frame 0; whether the object is there at all is the motion scores' part, so
-/// frames without it are left out, but an object seen in fewer than two frames drifts 1.
-pub fn colour_drift(frames: &[Vec<u8>], masks: &[Vec<bool>], min_pixels: usize) -> f32 {
+/// Mean over the frames after the first that shows the object (of those `shown`) of the
+/// mean absolute difference between the object's mean colour there and in that first one,
+/// in [0, 1]. This is the appearance sparse-causal attention holds to frame 0; whether the
+/// object is there at all is the motion scores' part, so frames without it are left out,
+/// but an object seen in fewer than two frames drifts 1.
+fn colour_drift(frames: &[Vec<u8>], masks: &[Vec<bool>], shown: &[bool]) -> f32 {
     let colours: Vec<[f32; 3]> = frames
         .iter()
         .zip(masks)
-        .filter(|(_, mask)| mask.iter().filter(|on| **on).count() >= min_pixels)
-        .map(|(frame, mask)| mean_colour(frame, mask))
+        .zip(shown)
+        .filter(|(_, shown)| **shown)
+        .map(|((frame, mask), _)| mean_colour(frame, mask))
         .collect();
     let Some((first, rest)) = colours.split_first().filter(|(_, rest)| !rest.is_empty()) else {
         return 1.0;

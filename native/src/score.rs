@@ -156,7 +156,8 @@ pub struct EditScore {
     pub centroid_error: f32,
     pub frame_change: f32,
     pub source_frame_change: f32,
-    /// The object's colour drift from the first frame it is seen in (0 for a generated clip).
+    /// The object's colour drift from the first frame it is seen in (near 0 for a generated
+    /// clip).
     pub colour_drift: f32,
 }
 
