@@ -73,6 +73,12 @@ pub struct PretrainSpec {
     /// Share of captions left empty, so guidance has an unconditional model.
     #[arg(long, default_value_t = 0.1)]
     pub empty_captions: f64,
+    /// Offset noise: add this times one normal draw per latent and channel, constant over
+    /// the latent, to the training noise. Plain noise leaves a latent's mean almost intact
+    /// at every timestep, so the model never learns to move it, and inverted latents keep
+    /// the source's brightness (road → beach, snow → grass fail).
+    #[arg(long, default_value_t = 0.0)]
+    pub offset_noise: f32,
     /// Take the VAE (weights and latent scale) from this toy model folder instead of
     /// training one (`--vae-steps` is then ignored): retrain the text side only.
     #[arg(long)]
@@ -246,7 +252,8 @@ pub fn run(spec: &PretrainSpec, device: &Device, ui: &mut Ui) -> Result<Pretrain
             .encode(batch.pixels)?
             .sample(eps)
             .mul_scalar(vae_model.scaling_factor);
-        let noise = normal(&mut rng, [spec.batch, 4, latent, latent], device);
+        let noise = training_noise(&mut rng, [spec.batch, 4, latent, latent], spec.offset_noise)
+            .to_device(device);
         let t: Vec<usize> = (0..spec.batch)
             .map(|_| rng.below(timesteps) as usize)
             .collect();
@@ -401,6 +408,20 @@ fn normal<const D: usize>(rng: &mut SeededRng, shape: [usize; D], device: &Devic
     HostTensor::new(shape.to_vec(), rng.normal_vec(n)).to_device(device)
 }
 
+/// Normal noise of `shape` `[N, C, h, w]`, plus `offset` times one normal draw per `(n, c)`
+/// spread over `h × w` (none are drawn at offset 0, so earlier runs replay exactly).
+fn training_noise(rng: &mut SeededRng, shape: [usize; 4], offset: f32) -> HostTensor {
+    let [n, c, h, w] = shape;
+    let mut values = rng.normal_vec(n * c * h * w);
+    if offset != 0.0 {
+        let shifts = rng.normal_vec(n * c);
+        for (plane, shift) in values.chunks_mut(h * w).zip(shifts) {
+            plane.iter_mut().for_each(|v| *v += offset * shift);
+        }
+    }
+    HostTensor::new(shape.to_vec(), values)
+}
+
 /// The diffusers folder: configs, f16 safetensors, the tokenizer, and `model_index.json`
 /// last (its presence means the folder is complete).
 fn write_folder(
@@ -492,6 +513,27 @@ mod tests {
         let mut all = vec!["pretrain", "x"];
         all.extend(args);
         Flags::parse_from(all).spec
+    }
+
+    #[test]
+    fn offset_noise_moves_each_planes_mean_and_none_replays_plain_noise() {
+        let plain = training_noise(&mut SeededRng::new(7), [4, 4, 8, 8], 0.0);
+        let again = training_noise(&mut SeededRng::new(7), [4, 4, 8, 8], 0.0);
+        assert_eq!(plain.data, again.data);
+        let offset = training_noise(&mut SeededRng::new(7), [4, 4, 8, 8], 1.0);
+        let plane_means = |t: &HostTensor| -> Vec<f32> {
+            t.data
+                .chunks(64)
+                .map(|p| p.iter().sum::<f32>() / 64.0)
+                .collect()
+        };
+        let spread = |means: Vec<f32>| means.iter().map(|m| m * m).sum::<f32>() / 16.0;
+        // A plane mean of 64 unit draws has variance 1/64; the offset adds 1.
+        assert!(spread(plane_means(&plain)) < 0.1);
+        assert!(spread(plane_means(&offset)) > 0.3);
+        // The offset is constant within a plane: the within-plane differences are unchanged.
+        let diff = |t: &HostTensor| t.data[1] - t.data[0];
+        assert!((diff(&plain) - diff(&offset)).abs() < 1e-5);
     }
 
     #[test]
