@@ -513,6 +513,7 @@ fn toy_clip_writes_the_clip_it_captions() {
         frames: 6,
         size: 64,
         seed: 9,
+        pan: 0.0,
     });
     let kept = motion_kept(&analyse(&drawn.frames, 64), &seen, 64);
     println!("toy clip through GIF: {kept:?}");
@@ -556,6 +557,8 @@ fn score_edits_and_scores_every_method() {
         "1",
         "--steps",
         "1",
+        "--pan",
+        "0.25",
         "--methods",
         &METHODS.join(","),
         "--quiet",
@@ -580,6 +583,12 @@ fn score_edits_and_scores_every_method() {
         assert!(e["frame_change"].as_f64().unwrap() >= 0.0, "{e}");
         let drift = e["colour_drift"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&drift), "{e}");
+        let background = e["background_change"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&background), "{e}");
+        // The source's background slides 16 whole pixels between its two frames: with the
+        // pan undone, it does not change.
+        let source_background = e["source_background_change"].as_f64().unwrap();
+        assert!(source_background < 0.01, "{e}");
         assert!(
             e["seen"].as_str().unwrap().contains(" on the "),
             "what the edit shows: {e}"
@@ -592,6 +601,7 @@ fn score_edits_and_scores_every_method() {
     let kinds: std::collections::BTreeSet<&str> =
         edits.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds.len(), 3, "colour, background and shape edits");
+    assert_eq!(json["settings"]["pan"], 0.25);
     assert_eq!(json["summary"].as_array().unwrap().len(), METHODS.len());
     // Every scored edit can be looked at: per clip and method, the source beside its edits.
     for method in METHODS {
@@ -618,6 +628,14 @@ fn score_edits_and_scores_every_method() {
             .arg(tiny_model())
             .args(["--size", "96"]),
         "multiple of 64",
+    );
+    expect_error(
+        tav()
+            .arg("score")
+            .arg("--model")
+            .arg(tiny_model())
+            .args(["--pan", "nan"]),
+        "--pan NaN is not a finite share",
     );
 }
 

@@ -172,6 +172,46 @@ pub fn frame_change(frames: &[Vec<u8>]) -> f32 {
     (total / (frames.len() - 1) as f64) as f32
 }
 
+/// How much the background changes between consecutive frames once the camera's pan is
+/// undone, in [0, 1]: frame f's pixel x against frame f − 1's at x + `shift` pixels (linearly
+/// interpolated), over pixels where neither shows the object (`masks`) and the shift stays in
+/// the frame. 0 for a background that moves exactly with the camera; a background that
+/// flickers, or stands still while the camera pans, scores higher. With `shift` 0 it is the
+/// background's frame-to-frame change. Frames with no background to compare count 1.
+pub fn background_change(frames: &[Vec<u8>], masks: &[Vec<bool>], size: usize, shift: f32) -> f32 {
+    if frames.len() < 2 {
+        return 0.0;
+    }
+    let mut total = 0f64;
+    for f in 1..frames.len() {
+        let (now, before) = (&frames[f], &frames[f - 1]);
+        let (mut sum, mut count) = (0f64, 0usize);
+        for y in 0..size {
+            for x in 0..size {
+                let from = x as f32 + shift;
+                if from < 0.0 || from > (size - 1) as f32 {
+                    continue;
+                }
+                let x0 = from.floor() as usize;
+                let x1 = (x0 + 1).min(size - 1);
+                let weight = from - x0 as f32;
+                let (i, i0, i1) = (y * size + x, y * size + x0, y * size + x1);
+                if masks[f][i] || masks[f - 1][i0] || masks[f - 1][i1] {
+                    continue;
+                }
+                for c in 0..3 {
+                    let was = before[i0 * 3 + c] as f32 * (1.0 - weight)
+                        + before[i1 * 3 + c] as f32 * weight;
+                    sum += ((now[i * 3 + c] as f32 - was).abs() / 255.0) as f64;
+                }
+                count += 3;
+            }
+        }
+        total += if count == 0 { 1.0 } else { sum / count as f64 };
+    }
+    (total / (frames.len() - 1) as f64) as f32
+}
+
 fn majority<T: PartialEq + Copy>(items: impl Iterator<Item = T>) -> Option<T> {
     let mut counts: Vec<(T, usize)> = Vec::new();
     for item in items {
@@ -313,6 +353,7 @@ mod tests {
                         frames: 4,
                         size: 64,
                         seed: (i * 100 + j * 10 + k) as u64,
+                        pan: 0.25 * (k % 2) as f32,
                     };
                     let clip = render(&spec);
                     let seen = analyse(&clip.frames, spec.size);
@@ -379,6 +420,46 @@ mod tests {
         assert!(drifted > seen.colour_drift + 0.05, "{drifted}");
         let empty = vec![vec![128u8; 64 * 64 * 3]; 4];
         assert_eq!(analyse(&empty, 64).colour_drift, 1.0);
+    }
+
+    /// A panned clip's background follows the camera: little change once the pan is undone,
+    /// much more if it is not undone, or if the background stands still while the camera
+    /// pans, or flickers.
+    #[test]
+    fn a_background_that_follows_the_pan_changes_least() {
+        let spec = ClipSpec {
+            pan: 0.5,
+            ..ClipSpec::random(21, 8, 64)
+        };
+        let shift = 0.5 * 64.0 / 7.0;
+        let clip = render(&spec);
+        let seen = analyse(&clip.frames, 64);
+        let follows = background_change(&clip.frames, &seen.masks, 64, shift);
+        let not_undone = background_change(&clip.frames, &seen.masks, 64, 0.0);
+        let still = render(&ClipSpec { pan: 0.0, ..spec });
+        let still_seen = analyse(&still.frames, 64);
+        let stands_still = background_change(&still.frames, &still_seen.masks, 64, shift);
+        let mut flicker = clip.frames.clone();
+        let mut rng = crate::draws::SeededRng::new(2);
+        for frame in flicker.iter_mut().skip(1).step_by(2) {
+            frame
+                .iter_mut()
+                .for_each(|v| *v = v.saturating_add((rng.next_u64() % 40) as u8));
+        }
+        let flickers = background_change(&flicker, &seen.masks, 64, shift);
+        println!(
+            "background change: follows {follows:.4}, pan not undone {not_undone:.4}, \
+             stands still {stands_still:.4}, flickers {flickers:.4}"
+        );
+        assert!(follows < 0.02, "{follows}");
+        for worse in [not_undone, stands_still, flickers] {
+            assert!(worse > 2.0 * follows, "{worse} against {follows}");
+        }
+        // A still clip, measured as still, does not change at all.
+        assert_eq!(
+            background_change(&still.frames, &still_seen.masks, 64, 0.0),
+            0.0
+        );
     }
 
     #[test]

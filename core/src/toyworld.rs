@@ -144,7 +144,7 @@ impl Background {
             Background::ALL
                 .iter()
                 .map(|&b| {
-                    let pixels = texture(b, 64, 0);
+                    let pixels = texture(b, 64, 0, 0.0);
                     let mut sum = [0f32; 3];
                     for p in &pixels {
                         for c in 0..3 {
@@ -216,6 +216,10 @@ pub struct ClipSpec {
     pub size: usize,
     /// Texture and jitter.
     pub seed: u64,
+    /// Camera pan: the background slides left by this share of the frame's width over the
+    /// clip (0: a still camera, as `random` draws). Frames then differ in every pixel, not
+    /// only where the object is.
+    pub pan: f32,
 }
 
 impl ClipSpec {
@@ -231,6 +235,7 @@ impl ClipSpec {
             frames,
             size,
             seed,
+            pan: 0.0,
         }
     }
 
@@ -268,7 +273,7 @@ pub struct ToyClip {
 /// Draws the clip `spec` describes.
 pub fn render(spec: &ClipSpec) -> ToyClip {
     let n = spec.size;
-    let background = texture(spec.background, n, spec.seed);
+    let still = texture(spec.background, n, spec.seed, 0.0);
     let radius = 0.15 * n as f32;
     let mut frames = Vec::with_capacity(spec.frames);
     let mut masks = Vec::with_capacity(spec.frames);
@@ -277,6 +282,13 @@ pub fn render(spec: &ClipSpec) -> ToyClip {
             f as f32 / (spec.frames - 1) as f32
         } else {
             0.5
+        };
+        let panned;
+        let background = if spec.pan == 0.0 {
+            &still
+        } else {
+            panned = texture(spec.background, n, spec.seed, spec.pan * t);
+            &panned
         };
         let [cx, cy] = spec.path.centre(t);
         let (cx, cy) = (cx * n as f32, cy * n as f32);
@@ -331,13 +343,14 @@ fn inside(shape: Shape, dx: f32, dy: f32, r: f32) -> bool {
     }
 }
 
-/// The background's texture, `n × n` RGB in [0, 1].
-fn texture(background: Background, n: usize, seed: u64) -> Vec<[f32; 3]> {
+/// The background's texture, `n × n` RGB in [0, 1], seen from `shift` frame widths to the
+/// right of the origin.
+fn texture(background: Background, n: usize, seed: u64, shift: f32) -> Vec<[f32; 3]> {
     let noise = ValueNoise::new(SeededRng::for_stream(seed, background.name()));
     let fine = ValueNoise::new(SeededRng::for_stream(seed, "fine"));
     (0..n * n)
         .map(|i| {
-            let (x, y) = ((i % n) as f32 / n as f32, (i / n) as f32 / n as f32);
+            let (x, y) = ((i % n) as f32 / n as f32 + shift, (i / n) as f32 / n as f32);
             let coarse = noise.at(x * 4.0, y * 4.0) - 0.5;
             let grain = fine.at(x * 24.0, y * 24.0) - 0.5;
             let base = background.base();
@@ -437,4 +450,41 @@ pub fn hsv([r, g, b]: [f32; 3]) -> [f32; 3] {
         delta / max
     };
     [hue, saturation, max]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panned clip's background is the still one slid left: 0.25 of a 64-pixel frame over
+    /// a 2-frame clip is 16 pixels by the last frame, and the first frame is unmoved.
+    #[test]
+    fn a_panned_background_slides_left_by_the_pan() {
+        let still = ClipSpec {
+            background: Background::Road,
+            ..ClipSpec::random(11, 2, 64)
+        };
+        let panned = ClipSpec { pan: 0.25, ..still };
+        let (a, b) = (render(&still), render(&panned));
+        assert_eq!(a.frames[0], b.frames[0]);
+        let (n, shift) = (64, 16);
+        fn background(clip: &ToyClip, f: usize, x: usize, y: usize) -> Option<&[u8]> {
+            let i = y * 64 + x;
+            (!clip.masks[f][i]).then(|| &clip.frames[f][i * 3..i * 3 + 3])
+        }
+        let (mut same, mut compared) = (0, 0);
+        for y in 0..n {
+            for x in 0..n - shift {
+                if let (Some(moved), Some(origin)) =
+                    (background(&b, 1, x, y), background(&a, 1, x + shift, y))
+                {
+                    compared += 1;
+                    same += (moved == origin) as usize;
+                }
+            }
+        }
+        assert!(compared > 2000, "{compared}");
+        assert!(same * 100 >= compared * 99, "{same} of {compared}");
+        assert_ne!(a.frames[1], b.frames[1]);
+    }
 }

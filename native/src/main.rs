@@ -282,6 +282,10 @@ enum Command {
         /// Width and height in pixels (a multiple of 64).
         #[arg(long, default_value_t = 64)]
         size: usize,
+        /// Camera pan: the clips' backgrounds slide left by this share of the frame over the
+        /// clip (0: a still camera), so frames differ in every pixel.
+        #[arg(long, default_value_t = 0.0)]
+        pan: f32,
         #[arg(long, default_value_t = 300)]
         tune_steps: usize,
         #[arg(long, default_value_t = 3e-4)]
@@ -331,6 +335,9 @@ enum Command {
         /// left-to-right, right-to-left, top-to-bottom, diagonal, arc or bounce.
         #[arg(long)]
         path: Option<String>,
+        /// Camera pan: the background slides left by this share of the frame over the clip.
+        #[arg(long, default_value_t = 0.0)]
+        pan: f32,
     },
     /// Time a UNet forward, a tuning step and a guided sampling step on random weights;
     /// prints the median time and peak GPU memory of each as JSON lines.
@@ -557,6 +564,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             seed,
             frames,
             size,
+            pan,
             tune_steps,
             learning_rate,
             inversion_steps,
@@ -581,6 +589,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 seed,
                 frames,
                 size,
+                pan,
                 tune_steps,
                 learning_rate,
                 inversion_steps,
@@ -608,12 +617,14 @@ fn dispatch(cli: Cli) -> Result<()> {
             colour,
             background,
             path,
+            pan,
         } => {
             let choices = toy::Choices {
                 shape,
                 colour,
                 background,
                 path,
+                pan,
             };
             let spec = toy::spec(seed, frames, size, &choices)?;
             toy::write(&spec, &out)?;

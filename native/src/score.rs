@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use tav_core::edit::Guidance;
 use tav_core::progress::{Event, Phase};
-use tav_core::score::{Analysis, analyse, motion_kept};
+use tav_core::score::{Analysis, analyse, background_change, motion_kept};
 use tav_core::toyworld::{Background, ClipSpec, Colour, Shape, caption, render};
 use tav_core::transformer::{SelfAttentionKind, VideoAttentionOptions};
 use tav_core::tune::{TuneBatch, TuneSettings, Tuner, clip_latents, seeded_draws};
@@ -83,6 +83,8 @@ pub struct ScoreSpec {
     pub seed: u64,
     pub frames: usize,
     pub size: usize,
+    /// Camera pan of every clip (see [`ClipSpec::pan`]).
+    pub pan: f32,
     pub tune_steps: usize,
     pub learning_rate: f64,
     pub inversion_steps: usize,
@@ -159,9 +161,22 @@ pub struct EditScore {
     /// The object's colour drift from the first frame it is seen in (near 0 for a generated
     /// clip).
     pub colour_drift: f32,
+    /// The background's frame-to-frame change once the camera's pan is undone (see
+    /// `tav_core::score::background_change`): what a still or panned background should keep
+    /// low, and per-frame generation does not.
+    pub background_change: f32,
+    pub source_background_change: f32,
 }
 
 impl ScoreSpec {
+    /// The camera's pan between consecutive frames, in pixels.
+    fn pan_per_frame(&self) -> f32 {
+        if self.frames < 2 {
+            return 0.0;
+        }
+        self.pan * self.size as f32 / (self.frames - 1) as f32
+    }
+
     /// Checks the settings before any model is loaded.
     pub fn validate(&self) -> Result<()> {
         if self.size == 0 || !self.size.is_multiple_of(64) {
@@ -170,6 +185,7 @@ impl ScoreSpec {
                 self.size
             )));
         }
+        crate::toy::check_pan(self.pan)?;
         if self.clips == 0 || self.frames == 0 || self.methods.is_empty() {
             return Err(TavError::InvalidInput(
                 "--clips, --frames and --methods must not be empty".into(),
@@ -185,9 +201,15 @@ pub fn run(session: &Session, spec: &ScoreSpec, ui: &mut Ui) -> Result<Vec<EditS
     session.check_fits(spec.frames, spec.size, spec.size)?;
     let mut scores = Vec::new();
     for c in 0..spec.clips {
-        let clip_spec = ClipSpec::random(spec.seed + c as u64, spec.frames, spec.size);
+        let clip_spec = ClipSpec {
+            pan: spec.pan,
+            ..ClipSpec::random(spec.seed + c as u64, spec.frames, spec.size)
+        };
         let clip = crate::toy::as_clip(render(&clip_spec));
         let source = analyse(&clip.frames, spec.size);
+        let shift = spec.pan_per_frame();
+        let source_background_change =
+            background_change(&clip.frames, &source.masks, spec.size, shift);
         ui.say(&format!(
             "clip {}/{}: {} ({})",
             c + 1,
@@ -216,6 +238,13 @@ pub fn run(session: &Session, spec: &ScoreSpec, ui: &mut Ui) -> Result<Vec<EditS
                     frame_change: seen.frame_change,
                     source_frame_change: source.frame_change,
                     colour_drift: seen.colour_drift,
+                    background_change: background_change(
+                        &edited.frames,
+                        &seen.masks,
+                        spec.size,
+                        shift,
+                    ),
+                    source_background_change,
                 });
             }
         }
@@ -224,6 +253,7 @@ pub fn run(session: &Session, spec: &ScoreSpec, ui: &mut Ui) -> Result<Vec<EditS
         let json = serde_json::to_vec_pretty(&serde_json::json!({
             "settings": {
                 "clips": spec.clips, "seed": spec.seed, "frames": spec.frames, "size": spec.size,
+                "pan": spec.pan,
                 "tune_steps": spec.tune_steps, "learning_rate": spec.learning_rate,
                 "inversion_steps": spec.inversion_steps, "steps": spec.steps,
                 "guidance": spec.guidance.scale,
@@ -381,6 +411,8 @@ pub fn summary(scores: &[EditScore]) -> Vec<serde_json::Value> {
                 "frame_change": mean(&|s| s.frame_change),
                 "source_frame_change": mean(&|s| s.source_frame_change),
                 "colour_drift": mean(&|s| s.colour_drift),
+                "background_change": mean(&|s| s.background_change),
+                "source_background_change": mean(&|s| s.source_background_change),
             })
         })
         .collect()
@@ -389,7 +421,7 @@ pub fn summary(scores: &[EditScore]) -> Vec<serde_json::Value> {
 /// The summary as a plain-text table.
 pub fn table(summary: &[serde_json::Value]) -> String {
     let mut out = format!(
-        "{:<20} {:>5} {:>8} {:>7} {:>7} {:>7} {:>8} {:>9} {:>9} {:>6}\n",
+        "{:<20} {:>5} {:>8} {:>7} {:>7} {:>7} {:>8} {:>9} {:>9} {:>6} {:>9}\n",
         "method",
         "edits",
         "success",
@@ -399,12 +431,13 @@ pub fn table(summary: &[serde_json::Value]) -> String {
         "mask IoU",
         "centroid",
         "flicker",
-        "drift"
+        "drift",
+        "bg change"
     );
     for row in summary {
         let f = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
         out.push_str(&format!(
-            "{:<20} {:>5} {:>8.2} {:>7.2} {:>7.2} {:>7.2} {:>8.3} {:>9.3} {:>9.4} {:>6.3}\n",
+            "{:<20} {:>5} {:>8.2} {:>7.2} {:>7.2} {:>7.2} {:>8.3} {:>9.3} {:>9.4} {:>6.3} {:>9.4}\n",
             row["method"].as_str().unwrap_or("?"),
             row["edits"],
             f("attribute_success"),
@@ -415,6 +448,7 @@ pub fn table(summary: &[serde_json::Value]) -> String {
             f("centroid_error"),
             f("frame_change"),
             f("colour_drift"),
+            f("background_change"),
         ));
     }
     out

@@ -13,6 +13,8 @@ pub struct Choices {
     pub colour: Option<String>,
     pub background: Option<String>,
     pub path: Option<String>,
+    /// Camera pan (see [`ClipSpec::pan`]).
+    pub pan: f32,
 }
 
 /// The spec for `seed`, with the named attributes fixed.
@@ -23,7 +25,11 @@ pub fn spec(seed: u64, frames: usize, size: usize, choices: &Choices) -> Result<
              (got {frames} frames of {size}×{size})"
         )));
     }
-    let mut spec = ClipSpec::random(seed, frames, size);
+    check_pan(choices.pan)?;
+    let mut spec = ClipSpec {
+        pan: choices.pan,
+        ..ClipSpec::random(seed, frames, size)
+    };
     if let Some(name) = &choices.shape {
         spec.shape = pick(name, "shape", Shape::from_name, Shape::ALL.map(Shape::name))?;
     }
@@ -52,6 +58,17 @@ pub fn spec(seed: u64, frames: usize, size: usize, choices: &Choices) -> Result<
         )?;
     }
     Ok(spec)
+}
+
+/// A pan is a share of the frame's width: any finite number (negative slides right).
+pub fn check_pan(pan: f32) -> Result<()> {
+    if pan.is_finite() {
+        Ok(())
+    } else {
+        Err(TavError::InvalidInput(format!(
+            "--pan {pan} is not a finite share of the frame"
+        )))
+    }
 }
 
 fn pick<T, const N: usize>(
