@@ -81,3 +81,51 @@ pub fn free_host_memory() -> Option<u64> {
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
+
+#[cfg(test)]
+mod sparse_causal_tests {
+    use burn::tensor::{Device, Tensor, TensorData};
+    use tav_core::attention::sparse_causal_context;
+
+    /// Frame i's context is frame 0's tokens then frame i−1's (frame 0: its own twice), in
+    /// every video of the batch, on burn's CPU backend (`--device flex`) as on wgpu.
+    #[test]
+    fn sparse_causal_context_is_frame_zero_then_the_previous_frame() {
+        let (videos, frames, tokens, channels) = (2, 8, 3, 2);
+        // Each value names its video, frame, token and channel.
+        let value =
+            |b: usize, f: usize, l: usize, c: usize| (b * 1000 + f * 100 + l * 10 + c) as f32;
+        let mut data = Vec::new();
+        for b in 0..videos {
+            for f in 0..frames {
+                for l in 0..tokens {
+                    for c in 0..channels {
+                        data.push(value(b, f, l, c));
+                    }
+                }
+            }
+        }
+        for device in [Device::flex(), Device::default()] {
+            let t = Tensor::<3>::from_data(
+                TensorData::new(data.clone(), [videos * frames, tokens, channels]),
+                &device,
+            );
+            let out: Vec<f32> = sparse_causal_context(t, frames)
+                .try_into_vec_as::<f32>()
+                .expect("f32");
+            let mut expected = Vec::new();
+            for b in 0..videos {
+                for f in 0..frames {
+                    for source in [0, f.saturating_sub(1)] {
+                        for l in 0..tokens {
+                            for c in 0..channels {
+                                expected.push(value(b, source, l, c));
+                            }
+                        }
+                    }
+                }
+            }
+            assert_eq!(out, expected, "{device:?}");
+        }
+    }
+}
