@@ -431,7 +431,7 @@ mod tests {
             pan: 0.5,
             ..ClipSpec::random(21, 8, 64)
         };
-        let shift = 0.5 * 64.0 / 7.0;
+        let shift = spec.pan_per_frame();
         let clip = render(&spec);
         let seen = analyse(&clip.frames, 64);
         let follows = background_change(&clip.frames, &seen.masks, 64, shift);

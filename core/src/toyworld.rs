@@ -239,6 +239,14 @@ impl ClipSpec {
         }
     }
 
+    /// How far the background slides between consecutive frames, in pixels (0 for one frame).
+    pub fn pan_per_frame(&self) -> f32 {
+        if self.frames < 2 {
+            return 0.0;
+        }
+        self.pan * self.size as f32 / (self.frames - 1) as f32
+    }
+
     /// The reference's caption style.
     pub fn caption(&self) -> String {
         caption(self.colour, self.shape, self.background)
@@ -486,5 +494,6 @@ mod tests {
         assert!(compared > 2000, "{compared}");
         assert!(same * 100 >= compared * 99, "{same} of {compared}");
         assert_ne!(a.frames[1], b.frames[1]);
+        assert_eq!(panned.pan_per_frame(), shift as f32);
     }
 }

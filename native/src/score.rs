@@ -169,14 +169,6 @@ pub struct EditScore {
 }
 
 impl ScoreSpec {
-    /// The camera's pan between consecutive frames, in pixels.
-    fn pan_per_frame(&self) -> f32 {
-        if self.frames < 2 {
-            return 0.0;
-        }
-        self.pan * self.size as f32 / (self.frames - 1) as f32
-    }
-
     /// Checks the settings before any model is loaded.
     pub fn validate(&self) -> Result<()> {
         if self.size == 0 || !self.size.is_multiple_of(64) {
@@ -207,7 +199,7 @@ pub fn run(session: &Session, spec: &ScoreSpec, ui: &mut Ui) -> Result<Vec<EditS
         };
         let clip = crate::toy::as_clip(render(&clip_spec));
         let source = analyse(&clip.frames, spec.size);
-        let shift = spec.pan_per_frame();
+        let shift = clip_spec.pan_per_frame();
         let source_background_change =
             background_change(&clip.frames, &source.masks, spec.size, shift);
         ui.say(&format!(
