@@ -739,7 +739,13 @@ fn e2e_cases(golden: &Golden, models: &Models, unet: UNet3D, device: &Device, ru
             &mut silent,
         )
         .unwrap();
-        let video = decode_video(&models.vae, edited, usize::MAX, &mut silent);
+        let video = decode_video(
+            &models.vae,
+            edited,
+            &tav_core::limits::DeviceLimits::UNLIMITED,
+            &mut silent,
+        )
+        .unwrap();
         let key = format!("e2e.edit{i}.video");
         run.check(&key, &to_vec(video), &golden.host(&key).data, TOL_E2E);
         run.cover(&[&key]);

@@ -250,3 +250,247 @@ fn widened_f16_weight_in_a_tuning_graph() {
         .collect();
     assert!(rel_error(&d_x, &expected) < 1e-6, "{d_x:?} vs {expected:?}");
 }
+
+/// One point of the sweep: `[(B·F), L, H·D]` projections through the model's own path.
+#[derive(Debug, Clone, Copy)]
+struct Point {
+    videos: usize,
+    frames: usize,
+    tokens: usize,
+    heads: usize,
+    head_dim: usize,
+    temporal: bool,
+}
+
+impl Point {
+    fn shape(&self) -> Shape {
+        Shape {
+            videos: self.videos,
+            frames: self.frames,
+            tokens: self.tokens,
+            heads: self.heads,
+            head_dim: self.head_dim,
+            mode: if self.temporal {
+                AttentionMode::Temporal
+            } else {
+                AttentionMode::SparseCausal
+            },
+        }
+    }
+}
+
+/// The sweep: every head size SD-family models use (and the toy/test sizes), 1 to 24
+/// frames with odd counts, token counts of non-square latents (h·w with h ≠ w), one video
+/// and two (a tuning batch of 2, and the guidance batch), both attention modes. Sizes are
+/// kept small enough for lavapipe; what varies is what the kernels index by.
+fn sweep() -> Vec<Point> {
+    let head_dims = [8, 16, 32, 40, 64, 80, 160];
+    let frames = [1, 2, 3, 4, 5, 7, 8, 13, 16, 24];
+    // (h, w) of the latent grid at one UNet level: none square, some not multiples of 8.
+    let grids = [(3, 5), (4, 6), (2, 9), (5, 7), (6, 10)];
+    let mut points = Vec::new();
+    for (i, &head_dim) in head_dims.iter().enumerate() {
+        for (j, &f) in frames.iter().enumerate() {
+            // Walk the grids and head counts with the frames so every pairing is different.
+            let (h, w) = grids[(i + j) % grids.len()];
+            let heads = [1, 2, 3, 8][(i + 2 * j) % 4];
+            let videos = 1 + (i + j) % 2;
+            for temporal in [false, true] {
+                points.push(Point {
+                    videos,
+                    frames: f,
+                    tokens: h * w,
+                    heads,
+                    head_dim,
+                    temporal,
+                });
+            }
+        }
+    }
+    // Rows with long loops: past llvmpipe's shared budget of 65,535 loop iterations per
+    // invocation, where the kernels must run in passes.
+    for (videos, frames, tokens, heads, head_dim) in [
+        (1, 1, 12 * 20, 1, 160),
+        (2, 4, 6 * 10, 1, 160),
+        (1, 2, 16 * 40, 2, 40),
+        (1, 3, 10 * 24, 1, 80),
+    ] {
+        for temporal in [false, true] {
+            points.push(Point {
+                videos,
+                frames,
+                tokens,
+                heads,
+                head_dim,
+                temporal,
+            });
+        }
+    }
+    points
+}
+
+/// The kernels as the model calls them (burn backend extension, autodiff, hand-written
+/// backward) against the plain path, output and all three gradients.
+fn check_through_model_path(point: Point, device: &Device) -> [(&'static str, f64); 4] {
+    let shape = point.shape();
+    let n = shape.elements();
+    let mut rng = SeededRng::new(7 * n as u64 + point.frames as u64);
+    let (q, k, v, d_out) = (
+        rng.normal_vec(n),
+        rng.normal_vec(n),
+        rng.normal_vec(n),
+        rng.normal_vec(n),
+    );
+    let reference = plain(&shape, &q, &k, &v, &d_out, device);
+    let ad = device.clone().autodiff();
+    let dims = vec![
+        point.videos * point.frames,
+        point.tokens,
+        point.heads * point.head_dim,
+    ];
+    let leaf = |data: &[f32]| {
+        HostTensor::new(dims.clone(), data.to_vec())
+            .to_device::<3>(&ad)
+            .require_grad()
+    };
+    let (qt, kt, vt) = (leaf(&q), leaf(&k), leaf(&v));
+    let out = tav_core::kernels::video_attention(
+        qt.clone(),
+        kt.clone(),
+        vt.clone(),
+        point.frames,
+        point.heads,
+        point.temporal,
+    );
+    let weight: Tensor<3> = HostTensor::new(dims.clone(), d_out).to_device(&ad);
+    let grads = (out.clone() * weight).sum().backward();
+    let grad = |t: &Tensor<3>| to_vec(t.grad(&grads).expect("gradient"));
+    [
+        ("out", rel_error(&to_vec(out.inner()), &reference.out)),
+        ("dq", rel_error(&grad(&qt), &reference.d_q)),
+        ("dk", rel_error(&grad(&kt), &reference.d_k)),
+        ("dv", rel_error(&grad(&vt), &reference.d_v)),
+    ]
+}
+
+/// The sweep through the model's path: every point within 1e-4 in f32.
+#[test]
+fn kernel_sweep_matches_plain_path_through_autodiff() {
+    let device = device();
+    let mut failures = Vec::new();
+    let points = sweep();
+    for point in &points {
+        let errors = check_through_model_path(*point, &device);
+        let worst = errors.iter().map(|(_, e)| *e).fold(0.0, f64::max);
+        println!("{point:?}: {errors:?}");
+        if worst > 1e-4 {
+            failures.push(format!("{point:?}: {errors:?}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} sweep points differ from the plain path:\n{}",
+        failures.len(),
+        points.len(),
+        failures.join("\n")
+    );
+}
+
+/// Naive f64 sparse-causal attention gradients (videos 1, heads 1) for debugging.
+fn naive(
+    frames: usize,
+    l: usize,
+    d: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dout: &[f32],
+) -> (Vec<f64>, Vec<f64>) {
+    let at = |f: usize, i: usize| (f * l + i) * d;
+    let scale = (d as f64).powf(-0.5);
+    let mut dk = vec![0f64; frames * l * d];
+    let mut dv = vec![0f64; frames * l * d];
+    for f in 0..frames {
+        let prev = f.saturating_sub(1);
+        let keys: Vec<(usize, usize)> = (0..l)
+            .map(|j| (0, j))
+            .chain((0..l).map(|j| (prev, j)))
+            .collect();
+        for i in 0..l {
+            let s: Vec<f64> = keys
+                .iter()
+                .map(|&(g, j)| {
+                    (0..d)
+                        .map(|x| q[at(f, i) + x] as f64 * k[at(g, j) + x] as f64)
+                        .sum::<f64>()
+                        * scale
+                })
+                .collect();
+            let m = s.iter().cloned().fold(f64::MIN, f64::max);
+            let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+            let p: Vec<f64> = s.iter().map(|x| (x - m).exp() / z).collect();
+            let dp: Vec<f64> = keys
+                .iter()
+                .map(|&(g, j)| {
+                    (0..d)
+                        .map(|x| dout[at(f, i) + x] as f64 * v[at(g, j) + x] as f64)
+                        .sum()
+                })
+                .collect();
+            let delta: f64 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
+            for (n, &(g, j)) in keys.iter().enumerate() {
+                let ds = p[n] * (dp[n] - delta);
+                for x in 0..d {
+                    dv[at(g, j) + x] += p[n] * dout[at(f, i) + x] as f64;
+                    dk[at(g, j) + x] += ds * q[at(f, i) + x] as f64 * scale;
+                }
+            }
+        }
+    }
+    (dk, dv)
+}
+
+/// Rows whose loops run past llvmpipe's 65,535 shared loop iterations (one pass would be
+/// cut short there and give wrong numbers silently): the kernels, split into passes, against
+/// an f64 loop written from the definition, so burn's autodiff is not the only judge.
+#[test]
+fn long_rows_match_a_naive_reference() {
+    let device = device();
+    let mut runner = KernelRunner::new().unwrap();
+    for (frames, tokens, head_dim) in [(1, 240, 160), (4, 60, 160), (2, 512, 40), (3, 300, 64)] {
+        let shape = Shape {
+            videos: 1,
+            frames,
+            tokens,
+            heads: 1,
+            head_dim,
+            mode: AttentionMode::SparseCausal,
+        };
+        let n = shape.elements();
+        let mut rng = SeededRng::new(n as u64);
+        let (q, k, v, d) = (
+            rng.normal_vec(n),
+            rng.normal_vec(n),
+            rng.normal_vec(n),
+            rng.normal_vec(n),
+        );
+        let (dk, dv) = naive(frames, tokens, head_dim, &q, &k, &v, &d);
+        let as_f32 = |x: Vec<f64>| -> Vec<f32> { x.into_iter().map(|v| v as f32).collect() };
+        let (dk, dv) = (as_f32(dk), as_f32(dv));
+        let forward = runner.forward(&shape, &q, &k, &v, false).unwrap();
+        let back = runner
+            .backward(&shape, &q, &k, &v, &forward, &d, false)
+            .unwrap();
+        let reference = plain(&shape, &q, &k, &v, &d, &device);
+        let errors = [
+            ("out", rel_error(&forward.out, &reference.out)),
+            ("dq", rel_error(&back.d_q, &reference.d_q)),
+            ("dk", rel_error(&back.d_k, &dk)),
+            ("dv", rel_error(&back.d_v, &dv)),
+        ];
+        println!("{frames} frames × {tokens} tokens, head {head_dim}: {errors:?}");
+        for (name, err) in errors {
+            assert!(err < 1e-5, "{name} {err:.2e} at {shape:?}");
+        }
+    }
+}

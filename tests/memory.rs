@@ -84,3 +84,59 @@ fn tuning_at_4096_tokens_and_8_frames_fits_only_with_the_kernels() {
         "it fails for memory: {message}"
     );
 }
+
+/// Encoding a clip at SD v1.5's VAE widths (random weights) whose whole-clip activations
+/// cross lavapipe's 128 MiB binding: 20 frames of 128², where the first level's padded
+/// activation is 20 × 128 × 129² floats (170 MB). Encoded in frame chunks sized from the
+/// adapter's limit, it runs to the end, and chunks change nothing: the first two frames
+/// match an encoding of those two alone.
+#[test]
+fn vae_encode_of_a_clip_over_the_binding_limit_runs_in_frame_chunks() {
+    use tav_core::config::VaeConfig;
+    use tav_core::limits::DeviceLimits;
+    use tav_core::progress::Event;
+    use tav_core::vae::Vae;
+    use tav_core::weights::RandomInit;
+
+    let device = device();
+    let vae = Vae::load(
+        &RandomInit { seed: 3 }.builder(&device),
+        &VaeConfig::sd_v1_5(),
+    )
+    .unwrap();
+    let (frames, side) = (20, 128);
+    let pixels = Tensor::<4>::random(
+        [frames, 3, side, side],
+        Distribution::Uniform(-1.0, 1.0),
+        &device,
+    );
+    let lavapipe = DeviceLimits::from_wgpu(u64::MAX, 128 << 20);
+    let per_frame = vae.encoder_frame_elements(side, side) * 4;
+    assert!(
+        per_frame * frames as u64 > lavapipe.max_buffer_bytes,
+        "the whole clip at once is over the limit ({per_frame} B a frame)"
+    );
+    let started = std::time::Instant::now();
+    let mut chunks = Vec::new();
+    let posterior = vae
+        .encode_frames(pixels.clone(), &lavapipe, &mut |e: Event| {
+            chunks.push(e.step)
+        })
+        .expect("encodes in chunks");
+    println!(
+        "{frames} frames of {side}² in chunks ending at {chunks:?}: {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(chunks.len() > 1, "more than one chunk: {chunks:?}");
+    assert_eq!(chunks.last(), Some(&frames));
+    assert_eq!(posterior.mean.dims(), [frames, 4, side / 8, side / 8]);
+    let mean = tav_tests::to_vec(posterior.mean.clone());
+    assert!(mean.iter().all(|v| v.is_finite()));
+    let alone = vae.encode(pixels.narrow(0, 0, 2)).unwrap();
+    let head = tav_tests::to_vec(posterior.mean.narrow(0, 0, 2));
+    let err = tav_tests::rel_error(&head, &tav_tests::to_vec(alone.mean));
+    assert!(
+        err < 1e-5,
+        "chunked and unchunked encodings differ: {err:.2e}"
+    );
+}

@@ -321,7 +321,15 @@ fn golden_job(f16_compute: bool, edit_bound: f64, out_dir: Option<std::path::Pat
             &mut silent,
         )
         .unwrap();
-        let video = to_vec(decode_video(&models.vae, edited, usize::MAX, &mut silent));
+        let video = to_vec(
+            decode_video(
+                &models.vae,
+                edited,
+                &tav_core::limits::DeviceLimits::UNLIMITED,
+                &mut silent,
+            )
+            .unwrap(),
+        );
         let e = rel_error(&video, &golden.host(&format!("e2e.edit{i}.video")).data);
         println!(
             "streamed f16 job (f16 arithmetic: {f16_compute}): edit {i} rel.err {e:.2e} (bound {edit_bound})"

@@ -39,6 +39,57 @@ pub fn multi_head(
     probs.matmul(v).swap_dims(1, 2).reshape([n, lq, inner])
 }
 
+/// [`multi_head`] computed in pieces so that no score matrix (`[n, heads, rows, Lk]`, f32)
+/// exceeds `max_buffer_bytes`: batch items first, then query rows within an item. Each
+/// query row's softmax is independent of the others, so the result is the same.
+pub fn multi_head_within(
+    q: Tensor<3>,
+    k: Tensor<3>,
+    v: Tensor<3>,
+    heads: usize,
+    max_buffer_bytes: u64,
+) -> Tensor<3> {
+    let [n, lq, _] = q.dims();
+    let lk = k.dims()[1];
+    let row_bytes = (heads * lk * 4) as u64;
+    let rows = (max_buffer_bytes / row_bytes.max(1)).max(1) as usize;
+    if rows >= n * lq {
+        return multi_head(q, k, v, heads, None);
+    }
+    if rows >= lq {
+        let items = rows / lq;
+        let parts = (0..n)
+            .step_by(items)
+            .map(|i| {
+                let take = items.min(n - i);
+                multi_head(
+                    q.clone().narrow(0, i, take),
+                    k.clone().narrow(0, i, take),
+                    v.clone().narrow(0, i, take),
+                    heads,
+                    None,
+                )
+            })
+            .collect();
+        return Tensor::cat(parts, 0);
+    }
+    let items = (0..n)
+        .map(|i| {
+            let (k, v) = (k.clone().narrow(0, i, 1), v.clone().narrow(0, i, 1));
+            let parts = (0..lq)
+                .step_by(rows)
+                .map(|r| {
+                    let take = rows.min(lq - r);
+                    let q = q.clone().narrow(0, i, 1).narrow(1, r, take);
+                    multi_head(q, k.clone(), v.clone(), heads, None)
+                })
+                .collect();
+            Tensor::cat(parts, 1)
+        })
+        .collect();
+    Tensor::cat(items, 0)
+}
+
 /// diffusers' `CrossAttention`: `to_q`, `to_k`, `to_v` (no bias), `to_out.0` (bias).
 #[derive(Module, Debug)]
 pub struct Attention {
@@ -68,17 +119,24 @@ impl Attention {
         })
     }
 
-    /// Attention of `x` (`[N, L, C]`) to `context` (`[N, M, Cc]`).
-    pub fn forward_cross(&self, x: Tensor<3>, context: Tensor<3>) -> Tensor<3> {
+    /// Attention of `x` (`[N, L, C]`) to `context` (`[N, M, Cc]`); no score tensor larger
+    /// than `max_buffer_bytes`.
+    pub fn forward_cross(
+        &self,
+        x: Tensor<3>,
+        context: Tensor<3>,
+        max_buffer_bytes: u64,
+    ) -> Tensor<3> {
         let q = self.to_q.forward(x);
         let k = self.to_k.forward(context.clone());
         let v = self.to_v.forward(context);
-        self.to_out.forward(multi_head(q, k, v, self.heads, None))
+        self.to_out
+            .forward(multi_head_within(q, k, v, self.heads, max_buffer_bytes))
     }
 
     /// Full self-attention of each item of `x` (`[N, L, C]`).
-    pub fn forward_self(&self, x: Tensor<3>) -> Tensor<3> {
-        self.forward_cross(x.clone(), x)
+    pub fn forward_self(&self, x: Tensor<3>, max_buffer_bytes: u64) -> Tensor<3> {
+        self.forward_cross(x.clone(), x, max_buffer_bytes)
     }
 
     /// Sparse-causal self-attention. `x` is `[(B·F), L, C]`, frame-major within each
@@ -86,7 +144,13 @@ impl Attention {
     /// uses frame 0 twice, as the reference does.
     ///
     /// With `kernels`, the WGSL kernels read K/V in place and store no score matrix.
-    pub fn forward_sparse_causal(&self, x: Tensor<3>, frames: usize, kernels: bool) -> Tensor<3> {
+    pub fn forward_sparse_causal(
+        &self,
+        x: Tensor<3>,
+        frames: usize,
+        kernels: bool,
+        max_buffer_bytes: u64,
+    ) -> Tensor<3> {
         let q = self.to_q.forward(x.clone());
         let k = self.to_k.forward(x.clone());
         let v = self.to_v.forward(x);
@@ -95,7 +159,7 @@ impl Attention {
         } else {
             let k = sparse_causal_context(k, frames);
             let v = sparse_causal_context(v, frames);
-            multi_head(q, k, v, self.heads, None)
+            multi_head_within(q, k, v, self.heads, max_buffer_bytes)
         };
         self.to_out.forward(out)
     }
@@ -104,7 +168,13 @@ impl Attention {
     /// the F frames of its video (no positional encoding).
     ///
     /// With `kernels`, the WGSL kernels attend along frames in place (no transposes).
-    pub fn forward_temporal(&self, x: Tensor<3>, frames: usize, kernels: bool) -> Tensor<3> {
+    pub fn forward_temporal(
+        &self,
+        x: Tensor<3>,
+        frames: usize,
+        kernels: bool,
+        max_buffer_bytes: u64,
+    ) -> Tensor<3> {
         if kernels {
             let q = self.to_q.forward(x.clone());
             if crate::kernels::supported(&q, self.heads) {
@@ -116,7 +186,7 @@ impl Attention {
         }
         let videos = x.dims()[0] / frames;
         let along_frames = frames_to_sequence(x, frames);
-        let out = self.forward_self(along_frames);
+        let out = self.forward_self(along_frames, max_buffer_bytes);
         sequence_to_frames(out, videos)
     }
 }

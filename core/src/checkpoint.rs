@@ -124,6 +124,16 @@ fn config<T: for<'de> serde::Deserialize<'de>>(
     parse_json(&files.show(relative), &text)
 }
 
+/// The three model configs of a checkpoint folder (UNet, VAE, text encoder), without
+/// reading any weights: what a memory plan needs.
+pub fn read_configs(files: &dyn CheckpointFiles) -> Result<(UNetConfig, VaeConfig, ClipConfig)> {
+    Ok((
+        config(files, "unet/config.json")?,
+        config(files, "vae/config.json")?,
+        config(files, "text_encoder/config.json")?,
+    ))
+}
+
 /// Reads `component`'s weights: `stem.safetensors`, or its variant `stem.VARIANT.safetensors`.
 pub fn weights_file(
     files: &dyn CheckpointFiles,

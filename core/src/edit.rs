@@ -5,6 +5,7 @@
 use burn::tensor::Tensor;
 
 use crate::error::Result;
+use crate::limits::DeviceLimits;
 use crate::progress::{Event, Phase, Progress};
 use crate::schedule::Schedule;
 use crate::transformer::VideoAttentionOptions;
@@ -127,15 +128,21 @@ pub fn sample(
     Ok(x)
 }
 
-/// Latents `[1, C, F, h, w]` to a video `[1, 3, F, H, W]` in [0, 1], decoding `chunk`
-/// frames at a time to bound memory.
-pub fn decode_video(vae: &Vae, latents: Tensor<5>, chunk: usize, progress: Progress) -> Tensor<5> {
+/// Latents `[B, C, F, h, w]` to a video `[B, 3, F, H, W]` in [0, 1], decoding as many frames
+/// at a time as the device's largest buffer allows (see [`Vae::frames_per_chunk`]).
+pub fn decode_video(
+    vae: &Vae,
+    latents: Tensor<5>,
+    limits: &DeviceLimits,
+    progress: Progress,
+) -> Result<Tensor<5>> {
     let [b, c, f, h, w] = latents.dims();
+    let bytes = latents.dtype().size();
+    let chunk = vae.frames_per_chunk(h * vae.downscale, w * vae.downscale, b * f, bytes, limits)?;
     let frames = latents
         .div_scalar(vae.scaling_factor)
         .swap_dims(1, 2)
         .reshape([b * f, c, h, w]);
-    let chunk = chunk.max(1);
     let mut decoded = Vec::new();
     let mut done = 0;
     while done < b * f {
@@ -151,12 +158,12 @@ pub fn decode_video(vae: &Vae, latents: Tensor<5>, chunk: usize, progress: Progr
     }
     let video = Tensor::cat(decoded, 0);
     let [_, co, hh, ww] = video.dims();
-    video
+    Ok(video
         .reshape([b, f, co, hh, ww])
         .swap_dims(1, 2)
         .div_scalar(2.0)
         .add_scalar(0.5)
-        .clamp(0.0, 1.0)
+        .clamp(0.0, 1.0))
 }
 
 /// The timesteps of a DDIM inversion of `steps` steps, in the order they are taken.
@@ -205,17 +212,30 @@ pub fn sampling_step(
 ) -> Result<Tensor<5>> {
     let guidance = guidance.into();
     let guided = guidance.scale != 1.0;
-    let input = if guided {
-        Tensor::cat(vec![x.clone(), x.clone()], 0)
-    } else {
-        x.clone()
-    };
-    let eps = unet.forward(input, &[t as f64], context, options)?;
-    let eps = if guided {
+    let eps = if !guided {
+        unet.forward(x.clone(), &[t as f64], context, options)?
+    } else if fits_as_one_batch(unet, &x, options) {
+        let input = Tensor::cat(vec![x.clone(), x.clone()], 0);
+        let eps = unet.forward(input, &[t as f64], context, options)?;
         let [e_uncond, e_cond] = eps.chunk(2, 0).try_into().expect("two halves");
         guidance.combine(e_uncond, e_cond)
     } else {
-        eps
+        // The batch of 2 would make a tensor over the device's limit: two passes, same result.
+        let [c_uncond, c_cond] = context.chunk(2, 0).try_into().expect("two halves");
+        let e_uncond = unet.forward(x.clone(), &[t as f64], c_uncond, options)?;
+        let e_cond = unet.forward(x.clone(), &[t as f64], c_cond, options)?;
+        guidance.combine(e_uncond, e_cond)
     };
     Ok(schedule.ddim_step(eps, t, x, steps))
+}
+
+/// Whether the guided batch of 2 keeps every activation within the device's largest buffer.
+fn fits_as_one_batch(unet: &UNet3D, x: &Tensor<5>, options: VideoAttentionOptions) -> bool {
+    let [b, _, f, h, w] = x.dims();
+    let bytes = if options.f16_compute {
+        2
+    } else {
+        x.dtype().size() as u64
+    };
+    unet.largest_activation_elements(2 * b * f, h, w) * bytes <= options.max_buffer_bytes
 }

@@ -105,6 +105,10 @@ impl AttentionSpec {
             },
             scale: (head_dim as f32).powf(-0.5),
             rows_per_dispatch_x: 65_535,
+            item_start: 0,
+            item_end: u32::MAX,
+            first_pass: true,
+            last_pass: true,
         }
     }
 }
@@ -137,7 +141,31 @@ fn empty(like: &CubeTensor, dims: Vec<usize>, dtype: DType) -> CubeTensor {
     )
 }
 
+/// Launches `kernel` in as many passes as the adapter's loop budget needs (one on a GPU;
+/// several on llvmpipe, whose loops stop silently past 65,535 iterations), with its
+/// between-pass accumulators in an f32 state buffer.
 fn launch(
+    kernel: Kernel,
+    info: &Info,
+    storage: Storage,
+    inputs: &[&CubeTensor],
+    outputs: &[&CubeTensor],
+) {
+    let budget = tav_shaders::loop_budget(&inputs[0].client.properties().identity.name);
+    let passes = info.passes(kernel, budget);
+    let state = empty(
+        inputs[0],
+        vec![info.state_elements(kernel, passes.len())],
+        DType::F32,
+    );
+    let mut bound = outputs.to_vec();
+    bound.push(&state);
+    for pass in &passes {
+        launch_pass(kernel, pass, storage, inputs, &bound);
+    }
+}
+
+fn launch_pass(
     kernel: Kernel,
     info: &Info,
     storage: Storage,

@@ -56,6 +56,11 @@ impl Linear {
         })
     }
 
+    /// Width of the inputs.
+    pub fn in_features(&self) -> usize {
+        self.weight.lazy_shape()[0]
+    }
+
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dtype = x.dtype();
         burn::tensor::module::linear(

@@ -30,7 +30,29 @@ impl FeedForward {
         })
     }
 
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    /// `x` is `[N, L, C]`. The GEGLU input is 8·C wide (2 GB for SD's finest level at 24
+    /// frames with guidance), so rows go through in chunks whose widest tensor fits in
+    /// `max_buffer_bytes`.
+    pub fn forward(&self, x: Tensor<3>, max_buffer_bytes: u64) -> Tensor<3> {
+        let [n, l, c] = x.dims();
+        let wide = 2 * self.proj_out.in_features() as u64;
+        let row_bytes = wide * x.dtype().size() as u64;
+        let rows = (max_buffer_bytes / row_bytes.max(1)).max(1) as usize;
+        if rows >= n * l {
+            return self.rows(x);
+        }
+        let flat = x.reshape([1, n * l, c]);
+        let mut parts = Vec::new();
+        let mut done = 0;
+        while done < n * l {
+            let take = rows.min(n * l - done);
+            parts.push(self.rows(flat.clone().narrow(1, done, take)));
+            done += take;
+        }
+        Tensor::cat(parts, 1).reshape([n, l, c])
+    }
+
+    fn rows(&self, x: Tensor<3>) -> Tensor<3> {
         let projected = self.proj_in.forward(x);
         let [hidden, gate] = projected.chunk(2, 2).try_into().expect("two chunks");
         self.proj_out.forward(hidden * gelu(gate))
@@ -53,12 +75,17 @@ pub struct VideoAttentionOptions {
     /// Whether the temporal layers run at all (an ablation turns them off).
     pub temporal: bool,
     /// Sparse-causal and temporal attention through the memory-efficient WGSL kernels
-    /// (`false`: the plain tensor-op path, the reference implementation).
+    /// wherever they run (`false`: the plain tensor-op path, the reference implementation).
+    /// On by default: on a device without WGSL (burn's CPU backend) the plain path runs
+    /// anyway, so the default is right everywhere.
     pub kernels: bool,
     /// The UNet's arithmetic in f16 (activations f16; norm statistics, softmax and the
     /// kernels' accumulators stay f32). For inference on adapters with `shader-f16`; the
     /// tuning loop ignores it and computes in f32.
     pub f16_compute: bool,
+    /// The device's largest tensor in bytes ([`crate::limits::DeviceLimits`]): the
+    /// feed-forward and the plain path's attention scores are computed in pieces below it.
+    pub max_buffer_bytes: u64,
 }
 
 impl Default for VideoAttentionOptions {
@@ -66,8 +93,9 @@ impl Default for VideoAttentionOptions {
         Self {
             self_attention: SelfAttentionKind::SparseCausal,
             temporal: true,
-            kernels: false,
+            kernels: true,
             f16_compute: false,
+            max_buffer_bytes: u64::MAX,
         }
     }
 }
@@ -110,24 +138,35 @@ impl TransformerBlock {
     ) -> Tensor<3> {
         let normed = self.norm1.forward(x.clone());
         let attended = match options.self_attention {
-            SelfAttentionKind::SparseCausal => {
-                self.attn1
-                    .forward_sparse_causal(normed, frames, options.kernels)
+            SelfAttentionKind::SparseCausal => self.attn1.forward_sparse_causal(
+                normed,
+                frames,
+                options.kernels,
+                options.max_buffer_bytes,
+            ),
+            SelfAttentionKind::PerFrame => {
+                self.attn1.forward_self(normed, options.max_buffer_bytes)
             }
-            SelfAttentionKind::PerFrame => self.attn1.forward_self(normed),
         };
         let x = attended + x;
+        let x = self.attn2.forward_cross(
+            self.norm2.forward(x.clone()),
+            context,
+            options.max_buffer_bytes,
+        ) + x;
         let x = self
-            .attn2
-            .forward_cross(self.norm2.forward(x.clone()), context)
+            .ff
+            .forward(self.norm3.forward(x.clone()), options.max_buffer_bytes)
             + x;
-        let x = self.ff.forward(self.norm3.forward(x.clone())) + x;
         if !options.temporal {
             return x;
         }
-        self.attn_temp
-            .forward_temporal(self.norm_temp.forward(x.clone()), frames, options.kernels)
-            + x
+        self.attn_temp.forward_temporal(
+            self.norm_temp.forward(x.clone()),
+            frames,
+            options.kernels,
+            options.max_buffer_bytes,
+        ) + x
     }
 }
 

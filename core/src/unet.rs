@@ -107,6 +107,10 @@ pub struct UNet3D {
     pub flip_sin_to_cos: bool,
     pub freq_shift: usize,
     pub in_channels: usize,
+    /// Per level, the widest activation's channels (an up block's input concatenated with
+    /// its skip): sizes the largest tensor of a forward pass before it runs.
+    #[module(skip)]
+    pub widest_channels: Vec<usize>,
 }
 
 struct Widths<'c> {
@@ -284,7 +288,24 @@ impl UNet3D {
             flip_sin_to_cos: cfg.flip_sin_to_cos,
             freq_shift: cfg.freq_shift,
             in_channels: cfg.in_channels,
+            widest_channels: ch
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| c + ch.get(i + 1).copied().unwrap_or(c))
+                .collect(),
         })
+    }
+
+    /// Elements of the largest activation of a forward pass over `items` frames (batch ×
+    /// frames) of `h`×`w` latents. The feed-forward and attention scores are chunked below
+    /// the device's limit, so the widest activation (an up block's concatenation) decides.
+    pub fn largest_activation_elements(&self, items: usize, h: usize, w: usize) -> u64 {
+        self.widest_channels
+            .iter()
+            .enumerate()
+            .map(|(level, &c)| (items * c * (h >> level) * (w >> level)) as u64)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Predicted noise for `sample` (`[B, C, F, H, W]`) at `timesteps` (one per video, or

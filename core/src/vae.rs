@@ -9,6 +9,8 @@ use crate::attention::multi_head;
 use crate::config::VaeConfig;
 use crate::error::{Result, TavError};
 use crate::layers::{Conv2d, GroupNorm, Linear};
+use crate::limits::DeviceLimits;
+use crate::progress::{Event, Phase, Progress};
 use crate::resnet::{Downsample, ResnetBlock, ResnetSpec, Upsample};
 use crate::weights::ParamBuilder;
 
@@ -147,6 +149,9 @@ pub struct Vae {
     pub in_channels: usize,
     pub downscale: usize,
     pub scaling_factor: f64,
+    /// Channels of each level (`block_out_channels`): what sizes the activations.
+    #[module(skip)]
+    pub block_out_channels: Vec<usize>,
 }
 
 impl Vae {
@@ -233,6 +238,7 @@ impl Vae {
             in_channels: cfg.in_channels,
             downscale: cfg.downscale(),
             scaling_factor: cfg.scaling_factor,
+            block_out_channels: ch.clone(),
         })
     }
 
@@ -285,5 +291,104 @@ impl Vae {
             }
         }
         d.conv_out.forward(silu(d.conv_norm_out.forward(x)))
+    }
+}
+
+/// Sizes of one frame's activations, known before anything is allocated.
+impl Vae {
+    /// Elements of the largest tensor one `height`×`width` frame makes in the encoder: the
+    /// widest activation of any level (a downsampler's padded input included) or the
+    /// mid-block attention's scores (one head, tokens² at the coarsest level).
+    pub fn encoder_frame_elements(&self, height: usize, width: usize) -> u64 {
+        let ch = &self.block_out_channels;
+        let mut largest = (self.in_channels.max(ch[0]) * height * width) as u64;
+        let mut input = ch[0];
+        for (level, &c) in ch.iter().enumerate() {
+            let (h, w) = (height >> level, width >> level);
+            largest = largest.max((input.max(c) * h * w) as u64);
+            if level + 1 < ch.len() {
+                largest = largest.max((c * (h + 1) * (w + 1)) as u64);
+            }
+            input = c;
+        }
+        largest.max(self.mid_scores(height, width))
+    }
+
+    /// Elements of the largest tensor one frame makes in the decoder: the widest activation
+    /// of any level (each upsampler's output at the next level's size) or the mid-block
+    /// attention's scores.
+    pub fn decoder_frame_elements(&self, height: usize, width: usize) -> u64 {
+        let ch = &self.block_out_channels;
+        let levels = ch.len();
+        let mut largest = 0u64;
+        let mut previous = ch[levels - 1];
+        for (i, &c) in ch.iter().rev().enumerate() {
+            let level = levels - 1 - i;
+            let (h, w) = (height >> level, width >> level);
+            largest = largest.max((previous.max(c) * h * w) as u64);
+            if level > 0 {
+                largest = largest.max((c * (h * 2) * (w * 2)) as u64);
+            }
+            previous = c;
+        }
+        largest.max(self.mid_scores(height, width))
+    }
+
+    fn mid_scores(&self, height: usize, width: usize) -> u64 {
+        let coarsest = self.block_out_channels.len() - 1;
+        (((height >> coarsest) * (width >> coarsest)) as u64).pow(2)
+    }
+
+    /// How many `height`×`width` frames to encode (or decode) at once so that no tensor
+    /// exceeds the device's largest buffer; refuses a frame size that cannot fit even alone.
+    pub fn frames_per_chunk(
+        &self,
+        height: usize,
+        width: usize,
+        frames: usize,
+        bytes_per_value: usize,
+        limits: &DeviceLimits,
+    ) -> Result<usize> {
+        let per_frame = self
+            .encoder_frame_elements(height, width)
+            .max(self.decoder_frame_elements(height, width))
+            * bytes_per_value as u64;
+        limits.items_per_buffer(
+            per_frame,
+            frames,
+            &format!("the VAE at {width}×{height}"),
+            "reduce --width/--height",
+        )
+    }
+
+    /// Frames `[F, 3, H, W]` in [-1, 1] to the posterior, encoded a chunk of frames at a time
+    /// (each frame is encoded alone by the reference too, so chunks change nothing).
+    pub fn encode_frames(
+        &self,
+        pixels: Tensor<4>,
+        limits: &DeviceLimits,
+        progress: Progress,
+    ) -> Result<Posterior> {
+        let [frames, _, h, w] = pixels.dims();
+        let chunk = self.frames_per_chunk(h, w, frames, pixels.dtype().size(), limits)?;
+        let (mut means, mut logvars) = (Vec::new(), Vec::new());
+        let mut done = 0;
+        while done < frames {
+            let n = chunk.min(frames - done);
+            let part = self.encode(pixels.clone().narrow(0, done, n))?;
+            means.push(part.mean);
+            logvars.push(part.logvar);
+            done += n;
+            progress(Event {
+                phase: Phase::Encode,
+                step: done,
+                total: frames,
+                loss: None,
+            });
+        }
+        Ok(Posterior {
+            mean: Tensor::cat(means, 0),
+            logvar: Tensor::cat(logvars, 0),
+        })
     }
 }

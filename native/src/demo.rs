@@ -41,6 +41,19 @@ pub fn tiny_unet_config() -> UNetConfig {
     parse(&unet_config())
 }
 
+/// The demo model's three configs (`tav plan --config tiny`).
+pub fn tiny_configs() -> (
+    UNetConfig,
+    tav_core::config::VaeConfig,
+    tav_core::config::ClipConfig,
+) {
+    (
+        tiny_unet_config(),
+        parse(&vae_config()),
+        parse(&clip_config()),
+    )
+}
+
 fn vae_config() -> serde_json::Value {
     serde_json::json!({
         "_class_name": "AutoencoderKL",

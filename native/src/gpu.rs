@@ -3,6 +3,7 @@
 
 use burn::tensor::wgpu::wgpu;
 use burn::tensor::{Device, DeviceKind};
+use tav_core::limits::DeviceLimits;
 
 /// Which adapter to use, from `--device`.
 pub fn parse_device_kind(choice: &str) -> Result<DeviceKind, String> {
@@ -28,11 +29,27 @@ pub fn parse_device_kind(choice: &str) -> Result<DeviceKind, String> {
     })
 }
 
+/// An opened device: the handle, what it is, and what it allows.
+pub struct Opened {
+    pub device: Device,
+    pub description: String,
+    pub limits: DeviceLimits,
+}
+
 /// Opens the device for `--device` and describes it (name, type, graphics API). `flex` is
-/// burn's CPU backend instead of a wgpu adapter.
-pub fn open(choice: &str) -> Result<(Device, String), String> {
+/// burn's CPU backend instead of a wgpu adapter. The wgpu device is created with the
+/// adapter's own (largest) limits, which are what tav sizes its work by.
+pub fn open(choice: &str) -> Result<Opened, String> {
     if choice == "flex" {
-        return Ok(flex());
+        let (device, description) = flex();
+        return Ok(Opened {
+            device,
+            description,
+            limits: DeviceLimits {
+                memory_bytes: free_host_memory(),
+                ..DeviceLimits::UNLIMITED
+            },
+        });
     }
     let kind = parse_device_kind(choice)?;
     let (device, setup) = Device::wgpu_options().device_kind(kind).init_with_setup().map_err(|e| {
@@ -47,10 +64,19 @@ pub fn open(choice: &str) -> Result<(Device, String), String> {
     if info.device_type == wgpu::DeviceType::Cpu {
         // lavapipe: right for the WGSL kernels and memory checks, slow for convolutions.
         description.push_str(
-            "; a Vulkan driver on the CPU: without --kernels, --device flex is several times faster",
+            "; a Vulkan driver on the CPU: with --attention plain, --device flex is several times faster",
         );
     }
-    Ok((device, description))
+    let granted = setup.device.limits();
+    let limits = DeviceLimits::from_wgpu(
+        granted.max_buffer_size,
+        granted.max_storage_buffer_binding_size,
+    );
+    Ok(Opened {
+        device,
+        description,
+        limits,
+    })
 }
 
 /// Burn's CPU backend: no GPU API, so tav's WGSL kernels do not run there.
@@ -62,16 +88,31 @@ fn flex() -> (Device, String) {
     )
 }
 
-/// `--kernels` needs WGSL, so a wgpu adapter: refuses it on burn's CPU backend.
-pub fn check_kernels(device: &Device, kernels: bool) -> Result<(), String> {
-    if kernels && !tav_core::kernels::runs_wgsl(device) {
-        return Err(
-            "--kernels runs tav's WGSL kernels, which need a wgpu adapter; --device flex has none \
-             (drop --kernels, or pick a GPU adapter)"
-                .into(),
-        );
+/// `--attention`: how sparse-causal and temporal attention run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttentionChoice {
+    /// tav's WGSL kernels: online softmax, no score matrix (needs a wgpu adapter).
+    Kernels,
+    /// The tensor-op reference path (materialises the scores).
+    Plain,
+}
+
+impl AttentionChoice {
+    /// Whether to run the kernels: asked for (`--attention kernels`, or the old `--kernels`),
+    /// refused where WGSL does not run; by default wherever it does.
+    pub fn resolve(choice: Option<Self>, old_flag: bool, device: &Device) -> Result<bool, String> {
+        let wgsl = tav_core::kernels::runs_wgsl(device);
+        match (choice, old_flag) {
+            (Some(AttentionChoice::Plain), _) => Ok(false),
+            (Some(AttentionChoice::Kernels), _) | (None, true) if !wgsl => Err(
+                "--attention kernels runs tav's WGSL kernels, which need a wgpu adapter; \
+                 --device flex has none (use --attention plain, or pick a GPU adapter)"
+                    .into(),
+            ),
+            (Some(AttentionChoice::Kernels), _) | (None, true) => Ok(true),
+            (None, false) => Ok(wgsl),
+        }
     }
-    Ok(())
 }
 
 /// Memory the host can still hand out (Linux's `MemAvailable`), if known.

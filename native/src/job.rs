@@ -9,6 +9,8 @@ use tav_core::config::UNetConfig;
 use tav_core::delta::{TuneMeta, TunedWeights, apply_tuned};
 use tav_core::edit::{Guidance, decode_video, invert, sample};
 use tav_core::footprint::{VideoShape, largest_attention_bytes};
+use tav_core::limits::DeviceLimits;
+use tav_core::plan::{JobShape, check_fits as check_fits_plan};
 use tav_core::progress::{Event, Phase};
 use tav_core::transformer::VideoAttentionOptions;
 use tav_core::tune::{TuneBatch, TuneSettings, Tuner, clip_latents, seeded_draws};
@@ -82,8 +84,10 @@ impl EditSpec {
 pub struct Session {
     pub device: Device,
     pub models: Models,
-    /// How the UNet attends (`--kernels`: the memory-efficient WGSL kernels).
+    /// How the UNet attends (`--attention kernels`: the memory-efficient WGSL kernels).
     pub attention: VideoAttentionOptions,
+    /// What the device allows in one buffer: sizes the VAE's frame chunks.
+    pub limits: DeviceLimits,
 }
 
 fn io_error(path: &Path, e: impl std::fmt::Display) -> TavError {
@@ -260,6 +264,7 @@ impl Session {
                 f16_compute: half,
                 ..VideoAttentionOptions::default()
             },
+            limits: DeviceLimits::default(),
         })
     }
 
@@ -280,21 +285,45 @@ impl Session {
         )
     }
 
+    /// Plans `steps` of a job at this size on this device before anything is allocated, and
+    /// refuses one that cannot fit (a buffer over the device's limit, or a peak over its
+    /// memory where known), naming the knobs.
+    pub fn check_plan(
+        &self,
+        frames: usize,
+        height: usize,
+        width: usize,
+        steps: &[&str],
+    ) -> Result<()> {
+        let job = JobShape {
+            frames,
+            height,
+            width,
+            f16: self.attention.f16_compute,
+            kernels: self.attention.kernels,
+        };
+        let m = &self.models;
+        let configs = (
+            m.unet_config.clone(),
+            m.vae_config.clone(),
+            m.clip_config.clone(),
+        );
+        let plans = crate::plan::plan_for(&configs, job, &self.limits)?;
+        check_fits_plan(&plans, steps, &self.limits, &job)
+    }
+
     pub fn embed(&self, prompt: &str) -> Result<Tensor<3>> {
         let ids = self.models.tokenizer.encode(prompt)?;
         self.models.text_encoder.forward(&[ids], &self.device)
     }
 
+    /// The clip's posterior, encoded in frame chunks the device can hold; once per job.
     pub fn encode(&self, clip: &Clip, ui: &mut Ui) -> Result<Posterior> {
         let pixels = clip_to_tensor(clip, &self.device);
-        let posterior = self.models.vae.encode(pixels)?;
-        ui.event(Event {
-            phase: Phase::Encode,
-            step: 1,
-            total: 1,
-            loss: None,
-        });
-        Ok(posterior)
+        let mut progress = |e: Event| ui.event(e);
+        self.models
+            .vae
+            .encode_frames(pixels, &self.limits, &mut progress)
     }
 }
 
@@ -327,18 +356,18 @@ fn same_run(a: &TuneMeta, b: &TuneMeta) -> bool {
     strip(a) == strip(b)
 }
 
-/// Tunes on the clip; writes `tuned.safetensors`, `checkpoint.safetensors`, `loss.png` in
-/// `out`. Resumes from `out/checkpoint.safetensors` when it belongs to the same run.
+/// Tunes on the clip (`posterior` is its encoding, made once per job); writes
+/// `tuned.safetensors`, `checkpoint.safetensors`, `loss.png` in `out`. Resumes from
+/// `out/checkpoint.safetensors` when it belongs to the same run.
 pub fn tune(
     session: &Session,
     clip_spec: &ClipSpec,
+    posterior: Posterior,
     spec: &TuneSpec,
     out: &Path,
     ui: &mut Ui,
-) -> Result<(UNet3D, Clip)> {
-    let clip = clip_spec.read()?;
+) -> Result<UNet3D> {
     let models = &session.models;
-    let posterior = session.encode(&clip, ui)?;
     let batch = TuneBatch {
         posterior,
         context: session.embed(&spec.prompt)?,
@@ -373,8 +402,7 @@ pub fn tune(
         }
     }
 
-    let [_, c, h, w] = batch.posterior.mean.dims();
-    let frames = clip.frames.len();
+    let [frames, c, h, w] = batch.posterior.mean.dims();
     let timesteps = models.schedule.num_train_timesteps();
     let mut unet = tuner.train_mode(unet);
     while tuner.steps_done() < spec.steps {
@@ -431,7 +459,7 @@ pub fn tune(
         video::write_png(&path, 480, 240, &rgb).map_err(video_error)?;
         ui.record(serde_json::json!({"event": "written", "file": path.display().to_string()}));
     }
-    Ok((unet, clip))
+    Ok(unet)
 }
 
 /// Loads tuned weights for `edit`, refusing weights of another base model.
@@ -443,11 +471,13 @@ pub fn load_tuned(session: &Session, path: &Path) -> Result<(UNet3D, TuneMeta)> 
     Ok((unet, tuned.meta))
 }
 
-/// Inverts the clip and writes one video per prompt, plus a grid of source and edits.
+/// Inverts the clip (`posterior`, its encoding) and writes one video per prompt, plus a
+/// grid of source and edits.
 pub fn edit(
     session: &Session,
     unet: &UNet3D,
     clip: &Clip,
+    posterior: Posterior,
     spec: &EditSpec,
     out: &Path,
     ui: &mut Ui,
@@ -457,7 +487,6 @@ pub fn edit(
             "no edit prompts given (--prompt)".into(),
         ));
     }
-    let posterior = session.encode(clip, ui)?;
     let latents = clip_latents(posterior.mean, session.models.vae.scaling_factor);
     let edits = edited_clips(
         session,
@@ -543,7 +572,7 @@ pub fn edited_clips(
             options,
             &mut progress,
         )?;
-        let video = decode_video(&models.vae, edited, 4, &mut progress);
+        let video = decode_video(&models.vae, edited, &session.limits, &mut progress)?;
         edits.push(tensor_to_clip(video, fps));
     }
     Ok(edits)

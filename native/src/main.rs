@@ -6,6 +6,7 @@ mod gpu;
 mod job;
 mod jobfile;
 mod pack;
+mod plan;
 mod plot;
 mod pretrain;
 mod sample;
@@ -57,9 +58,14 @@ struct Common {
     /// computes in f32 and the tuned layers stay f32. Needs an adapter with f16 support.
     #[arg(long)]
     f16: bool,
-    /// Attention through tav's memory-efficient WGSL kernels (sparse-causal and temporal,
-    /// no score matrix in memory) instead of the plain tensor-op path.
-    #[arg(long)]
+    /// How sparse-causal and temporal attention run: `kernels`, tav's memory-efficient WGSL
+    /// kernels (no score matrix in memory; the default wherever WGSL runs), or `plain`, the
+    /// tensor-op reference path (the only one on --device flex) [default: kernels on a wgpu
+    /// adapter, plain on flex].
+    #[arg(long, value_enum)]
+    attention: Option<gpu::AttentionChoice>,
+    /// The old spelling of `--attention kernels` (kept so old scripts still run).
+    #[arg(long, conflicts_with = "attention")]
     kernels: bool,
     /// Device: auto (wgpu's default adapter), discrete[:N], integrated[:N], virtual[:N],
     /// cpu (a wgpu CPU adapter such as lavapipe) or flex (burn's CPU backend; no WGSL
@@ -339,6 +345,38 @@ enum Command {
         #[arg(long, default_value_t = 0.0)]
         pan: f32,
     },
+    /// The memory plan of a job before anything is allocated: peak device memory, largest
+    /// single buffer and what dominates, for a UNet forward, a tuning step, an inversion
+    /// step and a guided sampling step. `tav tune/edit/run` check the same plan first.
+    Plan {
+        /// A model size: sd15 (Stable Diffusion v1.5) or tiny (the demo model).
+        #[arg(long, value_enum, conflicts_with = "model")]
+        config: Option<plan::ModelSize>,
+        /// A checkpoint folder (diffusers layout): its configs are read, not its weights.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long, default_value_t = 24)]
+        frames: usize,
+        /// Width in pixels, a multiple of 64.
+        #[arg(long, default_value_t = 512)]
+        width: usize,
+        /// Height in pixels, a multiple of 64.
+        #[arg(long, default_value_t = 512)]
+        height: usize,
+        /// Weights and inference in f16.
+        #[arg(long)]
+        f16: bool,
+        /// Attention: kernels (the default) or plain.
+        #[arg(long, value_enum, default_value = "kernels")]
+        attention: gpu::AttentionChoice,
+        /// The device's largest buffer in MiB, which sizes the chunked work (2048: NVIDIA
+        /// and AMD Vulkan drivers; lavapipe and WebGPU's default: 128).
+        #[arg(long, default_value_t = 2048)]
+        max_buffer_mib: u64,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Time a UNet forward, a tuning step and a guided sampling step on random weights;
     /// prints the median time and peak GPU memory of each as JSON lines.
     Bench {
@@ -355,8 +393,12 @@ enum Command {
         /// tuning step computes in f32, as `tav tune --f16` does).
         #[arg(long)]
         f16: bool,
-        /// Attention through tav's WGSL kernels (`on`) or the plain tensor-op path (`off`).
-        #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+        /// Attention: tav's WGSL kernels or the plain tensor-op path [default: kernels on a
+        /// wgpu adapter, plain on flex].
+        #[arg(long, value_enum)]
+        attention: Option<gpu::AttentionChoice>,
+        /// The old spelling: `on` is `--attention kernels`, `off` is `--attention plain`.
+        #[arg(long, default_value = "auto", value_parser = ["on", "off", "auto"], conflicts_with = "attention")]
         kernels: String,
         /// Timed runs per step, after one warm-up run.
         #[arg(long, default_value_t = 5)]
@@ -437,18 +479,23 @@ fn ui_for(common: &Common) -> Ui {
 }
 
 fn open_session(common: &Common, ui: &mut Ui) -> Result<Session> {
-    let (device, adapter) = gpu::open(&common.device).map_err(TavError::Device)?;
-    gpu::check_kernels(&device, common.kernels).map_err(TavError::InvalidInput)?;
+    let opened = gpu::open(&common.device).map_err(TavError::Device)?;
+    let kernels = gpu::AttentionChoice::resolve(common.attention, common.kernels, &opened.device)
+        .map_err(TavError::InvalidInput)?;
+    let adapter = &opened.description;
     ui.say(&format!("GPU adapter: {adapter}"));
-    ui.record(serde_json::json!({"event": "adapter", "adapter": adapter}));
+    ui.record(serde_json::json!({"event": "adapter", "adapter": adapter,
+        "max_buffer_bytes": opened.limits.max_buffer_bytes, "kernels": kernels}));
     let mut session = Session::load(
         &common.model,
         common.variant.clone(),
         common.f16,
-        device,
+        opened.device,
         ui,
     )?;
-    session.attention.kernels = common.kernels;
+    session.limits = opened.limits;
+    session.attention.kernels = kernels;
+    session.attention.max_buffer_bytes = opened.limits.max_buffer_bytes;
     Ok(session)
 }
 
@@ -539,7 +586,11 @@ fn dispatch(cli: Cli) -> Result<()> {
             quiet,
             json,
         } => {
-            let (device, adapter) = gpu::open(&device).map_err(TavError::Device)?;
+            let gpu::Opened {
+                device,
+                description: adapter,
+                ..
+            } = gpu::open(&device).map_err(TavError::Device)?;
             let mut ui = Ui::new(if quiet {
                 Mode::Quiet
             } else if json {
@@ -637,25 +688,63 @@ fn dispatch(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Plan {
+            config,
+            model,
+            frames,
+            width,
+            height,
+            f16,
+            attention,
+            max_buffer_mib,
+            json,
+        } => {
+            let job = tav_core::plan::JobShape {
+                frames,
+                height,
+                width,
+                f16,
+                kernels: attention == gpu::AttentionChoice::Kernels,
+            };
+            let limits = tav_core::limits::DeviceLimits {
+                max_buffer_bytes: max_buffer_mib << 20,
+                memory_bytes: None,
+            };
+            let configs = plan::configs(config, model.as_ref())?;
+            let plans = plan::plan_for(&configs, job, &limits)?;
+            plan::print(&plans, &job, &limits, json);
+            Ok(())
+        }
         Command::Bench {
             config,
             frames,
             size,
             f16,
+            attention,
             kernels,
             runs,
             steps,
             device,
         } => {
-            let (device, adapter) = gpu::open(&device).map_err(TavError::Device)?;
-            gpu::check_kernels(&device, kernels == "on").map_err(TavError::InvalidInput)?;
+            let gpu::Opened {
+                device,
+                description: adapter,
+                ..
+            } = gpu::open(&device).map_err(TavError::Device)?;
+            let choice = match kernels.as_str() {
+                "on" => Some(gpu::AttentionChoice::Kernels),
+                "off" => Some(gpu::AttentionChoice::Plain),
+                _ => attention,
+            };
+            let kernels = gpu::AttentionChoice::resolve(choice, false, &device)
+                .map_err(TavError::InvalidInput)?;
             let size = size.unwrap_or(if config == "tiny" { 64 } else { 512 });
             let spec = bench::BenchSpec {
                 config,
                 frames,
                 size,
                 f16,
-                kernels: kernels == "on",
+                kernels,
                 runs,
                 steps,
             };
@@ -678,14 +767,30 @@ fn run_job(common: &Common, spec: &jobfile::Job, edit: bool) -> Result<()> {
     session_common.model = spec.model.clone();
     let session = open_session(&session_common, &mut ui)?;
     session.check_fits(spec.clip.frames, spec.clip.height, spec.clip.width)?;
+    let steps: &[&str] = if edit {
+        &["tuning", "inversion", "sampling"]
+    } else {
+        &["tuning"]
+    };
+    session.check_plan(spec.clip.frames, spec.clip.height, spec.clip.width, steps)?;
     let started = Instant::now();
-    let (unet, clip) = job::tune(&session, &spec.clip, &spec.tune, &out, &mut ui)?;
+    // The clip is read and encoded once; tuning and editing share its posterior.
+    let clip = spec.clip.read()?;
+    let posterior = session.encode(&clip, &mut ui)?;
+    let unet = job::tune(
+        &session,
+        &spec.clip,
+        posterior.clone(),
+        &spec.tune,
+        &out,
+        &mut ui,
+    )?;
     ui.say(&format!(
         "tuned in {:.0} s",
         started.elapsed().as_secs_f64()
     ));
     if edit {
-        job::edit(&session, &unet, &clip, &spec.edit, &out, &mut ui)?;
+        job::edit(&session, &unet, &clip, posterior, &spec.edit, &out, &mut ui)?;
         ui.finish();
         ui.say(&format!(
             "done in {:.0} s: {} edited videos and a grid in {}",
@@ -710,13 +815,22 @@ fn edit_only(
     let (unet, meta) = job::load_tuned(&session, tuned)?;
     let spec = jobfile::Job::for_edit(common, clip_args, edit, &meta, prompts, tuned)?;
     session.check_fits(spec.clip.frames, spec.clip.height, spec.clip.width)?;
+    session.check_plan(
+        spec.clip.frames,
+        spec.clip.height,
+        spec.clip.width,
+        &["inversion", "sampling"],
+    )?;
     std::fs::create_dir_all(&spec.out).map_err(|e| TavError::Io {
         path: spec.out.display().to_string(),
         reason: e.to_string(),
     })?;
     let _ = ui.log_to(&spec.out.join("log.jsonl"));
     let clip = spec.clip.read()?;
-    let written = job::edit(&session, &unet, &clip, &spec.edit, &spec.out, &mut ui)?;
+    let posterior = session.encode(&clip, &mut ui)?;
+    let written = job::edit(
+        &session, &unet, &clip, posterior, &spec.edit, &spec.out, &mut ui,
+    )?;
     ui.finish();
     ui.say(&format!(
         "wrote {} files to {}",
@@ -762,8 +876,10 @@ fn check(common: &Common, frames: usize, size: usize) -> Result<()> {
         return Err(TavError::InvalidInput("--frames must be at least 1".into()));
     }
     let mut ui = ui_for(common);
-    let (device, adapter) = gpu::open(&common.device).map_err(TavError::Device)?;
-    gpu::check_kernels(&device, common.kernels).map_err(TavError::InvalidInput)?;
+    let opened = gpu::open(&common.device).map_err(TavError::Device)?;
+    let kernels = gpu::AttentionChoice::resolve(common.attention, common.kernels, &opened.device)
+        .map_err(TavError::InvalidInput)?;
+    let (device, adapter, limits) = (opened.device, opened.description, opened.limits);
     println!("GPU adapter: {adapter}");
     let model = if common.model.as_os_str() == "demo" {
         demo::ensure_demo_model()?
@@ -822,12 +938,18 @@ fn check(common: &Common, frames: usize, size: usize) -> Result<()> {
         Distribution::Uniform(-1.0, 1.0),
         &device,
     );
-    let posterior = models.vae.encode(pixels)?;
+    let posterior = models
+        .vae
+        .encode_frames(pixels, &limits, &mut tav_core::progress::silent)?;
     report("vae encode", &posterior.mean.clone().reshape([-1]))?;
-    report(
-        "vae decode",
-        &models.vae.decode(posterior.mean.clone()).reshape([-1]),
+    let encoded = tav_core::tune::clip_latents(posterior.mean, models.vae.scaling_factor);
+    let decoded = tav_core::edit::decode_video(
+        &models.vae,
+        encoded,
+        &limits,
+        &mut tav_core::progress::silent,
     )?;
+    report("vae decode", &decoded.reshape([-1]))?;
     let channels = models.vae.latent_channels;
     let latents = Tensor::<5>::random(
         [1, channels, frames, latent_size, latent_size],
@@ -840,7 +962,10 @@ fn check(common: &Common, frames: usize, size: usize) -> Result<()> {
         latents.clone(),
         &[timesteps[0] as f64],
         text,
-        VideoAttentionOptions::default(),
+        VideoAttentionOptions {
+            kernels,
+            ..VideoAttentionOptions::default()
+        },
     )?;
     report("unet 3d", &eps.clone().reshape([-1]))?;
     let stepped = models.schedule.ddim_step(eps, timesteps[0], latents, 50);

@@ -96,7 +96,7 @@ pub fn videos(
             session.attention,
             &mut progress,
         )?;
-        let video = decode_video(&models.vae, latents, 4, &mut progress);
+        let video = decode_video(&models.vae, latents, &session.limits, &mut progress)?;
         clips.push(tensor_to_clip(video, spec.fps));
     }
     Ok(clips)

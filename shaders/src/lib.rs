@@ -34,6 +34,20 @@ pub enum AttentionMode {
     Temporal = 1,
 }
 
+/// Loop iterations one invocation may run on Mesa's llvmpipe (lavapipe): every loop of an
+/// invocation shares one budget of 65,535 iterations (`LP_MAX_TGSI_LOOP_ITERATIONS`), past
+/// which loops end silently and results are wrong. Passes are planned below it, with room
+/// for the per-pass set-up loops.
+pub const LLVMPIPE_LOOP_ITERATIONS: u32 = 65_535;
+
+/// The loop budget of an adapter, by its name: `Some` on llvmpipe, `None` (unbounded, one
+/// pass) elsewhere.
+pub fn loop_budget(adapter_name: &str) -> Option<u32> {
+    adapter_name
+        .starts_with("llvmpipe")
+        .then_some(LLVMPIPE_LOOP_ITERATIONS)
+}
+
 /// Largest head size the kernels hold in registers.
 pub const MAX_HEAD_DIM: usize = 256;
 /// Invocations per workgroup (rows per workgroup).
@@ -129,11 +143,16 @@ pub struct Info {
     pub scale: f32,
     /// Workgroups along x per row of the 2-D dispatch (for > 65,535 workgroups).
     pub rows_per_dispatch_x: u32,
+    /// The items (keys, or queries for the key/value kernel) of each row this pass takes.
+    pub item_start: u32,
+    pub item_end: u32,
+    pub first_pass: bool,
+    pub last_pass: bool,
 }
 
 impl Info {
     /// The uniform's bytes.
-    pub fn to_bytes(&self) -> [u8; 32] {
+    pub fn to_bytes(&self) -> [u8; 48] {
         let words = [
             self.videos,
             self.frames,
@@ -143,12 +162,84 @@ impl Info {
             self.mode as u32,
             self.scale.to_bits(),
             self.rows_per_dispatch_x,
+            self.item_start,
+            self.item_end,
+            self.first_pass as u32,
+            self.last_pass as u32,
         ];
-        let mut out = [0u8; 32];
+        let mut out = [0u8; 48];
         for (i, w) in words.iter().enumerate() {
             out[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
         }
         out
+    }
+
+    /// The whole loop in one pass.
+    pub fn single_pass(self) -> Self {
+        Self {
+            item_start: 0,
+            item_end: u32::MAX,
+            first_pass: true,
+            last_pass: true,
+            ..self
+        }
+    }
+
+    /// Items a row of `kernel` loops over: keys for the forward and dq kernels, queries
+    /// (every frame's, in sparse-causal mode) for the key/value kernel.
+    pub fn items(&self, kernel: Kernel) -> u32 {
+        let temporal = self.mode == AttentionMode::Temporal;
+        match kernel {
+            Kernel::AttentionBackwardKeyValue if temporal => self.frames,
+            Kernel::AttentionBackwardKeyValue => self.frames * self.tokens,
+            _ if temporal => self.frames,
+            _ => 2 * self.tokens,
+        }
+    }
+
+    /// The passes of `kernel` within a loop budget (`None`: one pass). Each item costs two
+    /// loops over the head (measured on llvmpipe: about 2·D + 3 iterations, a loop's exit
+    /// counting too); set-up and write-back cost up to 4·D, and the key/value kernel walks
+    /// one frame loop iteration per frame. A quarter of the budget is kept in reserve.
+    pub fn passes(&self, kernel: Kernel, budget: Option<u32>) -> Vec<Info> {
+        let items = self.items(kernel).max(1);
+        let d = self.head_dim.max(1);
+        let per_pass = match budget {
+            None => items,
+            Some(budget) => {
+                let usable = budget / 4 * 3;
+                let fixed = 4 * d + 2 * self.frames + 64;
+                (usable.saturating_sub(fixed) / (2 * d + 4)).max(1)
+            }
+        };
+        let count = items.div_ceil(per_pass);
+        (0..count)
+            .map(|p| Info {
+                item_start: p * per_pass,
+                item_end: if p + 1 == count {
+                    u32::MAX
+                } else {
+                    (p + 1) * per_pass
+                },
+                first_pass: p == 0,
+                last_pass: p + 1 == count,
+                ..*self
+            })
+            .collect()
+    }
+
+    /// f32 values of `kernel`'s between-pass state (at least one, so it can be bound).
+    pub fn state_elements(&self, kernel: Kernel, passes: usize) -> usize {
+        if passes <= 1 {
+            return 1;
+        }
+        let d = self.head_dim as usize;
+        self.rows()
+            * match kernel {
+                Kernel::AttentionForward => d + 2,
+                Kernel::AttentionBackwardQuery => d,
+                Kernel::AttentionBackwardKeyValue => 2 * d,
+            }
     }
 
     /// Rows (one invocation each): every (frame, head, token).
@@ -250,6 +341,50 @@ mod tests {
         }
     }
 
+    /// On llvmpipe every pass of every kernel stays inside the shared loop budget, the passes
+    /// tile each row's items without gaps, and elsewhere one pass does it all.
+    #[test]
+    fn passes_tile_the_items_within_the_loop_budget() {
+        for (frames, tokens, head_dim, mode) in [
+            (24, 4096, 40, AttentionMode::SparseCausal),
+            (1, 240, 160, AttentionMode::SparseCausal),
+            (24, 4096, 40, AttentionMode::Temporal),
+            (3, 7, 8, AttentionMode::SparseCausal),
+        ] {
+            let info = Info {
+                videos: 1,
+                frames,
+                tokens,
+                heads: 1,
+                head_dim,
+                mode,
+                scale: 1.0,
+                rows_per_dispatch_x: 65_535,
+                item_start: 0,
+                item_end: 0,
+                first_pass: false,
+                last_pass: false,
+            };
+            for kernel in Kernel::ALL {
+                let items = info.items(kernel);
+                assert_eq!(info.passes(kernel, None).len(), 1);
+                let passes = info.passes(kernel, loop_budget("llvmpipe (LLVM 15.0.6, 256 bits)"));
+                assert!(passes[0].first_pass && passes.last().unwrap().last_pass);
+                let mut next = 0;
+                for p in &passes {
+                    assert_eq!(p.item_start, next, "{kernel:?} {info:?}");
+                    let end = p.item_end.min(items);
+                    let cost =
+                        (end - p.item_start) * (2 * head_dim + 4) + 4 * head_dim + 2 * frames;
+                    assert!(cost < LLVMPIPE_LOOP_ITERATIONS, "{kernel:?}: {cost}");
+                    next = end;
+                }
+                assert_eq!(next, items);
+            }
+        }
+        assert_eq!(loop_budget("NVIDIA H200"), None);
+    }
+
     #[test]
     fn dispatch_covers_every_row_within_limits() {
         let info = Info {
@@ -261,6 +396,10 @@ mod tests {
             mode: AttentionMode::SparseCausal,
             scale: 40f32.powf(-0.5),
             rows_per_dispatch_x: 65_535,
+            item_start: 0,
+            item_end: u32::MAX,
+            first_pass: true,
+            last_pass: true,
         };
         let [x, y] = info.dispatch();
         assert!(x <= 65_535 && y <= 65_535);

@@ -35,6 +35,10 @@ impl Shape {
             mode: self.mode,
             scale: (self.head_dim as f32).powf(-0.5),
             rows_per_dispatch_x: max_x,
+            item_start: 0,
+            item_end: u32::MAX,
+            first_pass: true,
+            last_pass: true,
         }
     }
 }
@@ -58,6 +62,8 @@ pub struct KernelRunner {
     pipelines: HashMap<(Kernel, bool), wgpu::ComputePipeline>,
     has_f16: bool,
     max_x: u32,
+    /// The adapter's loop budget ([`crate::loop_budget`]).
+    budget: Option<u32>,
     pub adapter: String,
 }
 
@@ -91,6 +97,7 @@ impl KernelRunner {
             pipelines: HashMap::new(),
             has_f16,
             max_x: limits.max_compute_workgroups_per_dimension,
+            budget: crate::loop_budget(&info.name),
             adapter: format!("{} ({:?})", info.name, info.backend),
         })
     }
@@ -143,6 +150,17 @@ impl KernelRunner {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         })
+    }
+
+    /// Runs `kernel` in the passes the loop budget needs, with its between-pass state.
+    fn run_passes(&mut self, kernel: Kernel, f16: bool, info: &Info, buffers: &[&wgpu::Buffer]) {
+        let passes = info.passes(kernel, self.budget);
+        let state = self.output(info.state_elements(kernel, passes.len()), false);
+        let mut bound = buffers.to_vec();
+        bound.push(&state);
+        for pass in &passes {
+            self.run(kernel, f16, pass, &bound);
+        }
     }
 
     fn run(&mut self, kernel: Kernel, f16: bool, info: &Info, buffers: &[&wgpu::Buffer]) {
@@ -254,7 +272,7 @@ impl KernelRunner {
         );
         let out = self.output(n, f16);
         let lse = self.output(info.rows(), false);
-        self.run(
+        self.run_passes(
             Kernel::AttentionForward,
             f16,
             &info,
@@ -295,13 +313,13 @@ impl KernelRunner {
             self.output(n, f16),
         );
         let delta = self.output(info.rows(), false);
-        self.run(
+        self.run_passes(
             Kernel::AttentionBackwardQuery,
             f16,
             &info,
             &[&qb, &kb, &vb, &ob, &dob, &lse, &dq, &delta],
         );
-        self.run(
+        self.run_passes(
             Kernel::AttentionBackwardKeyValue,
             f16,
             &info,

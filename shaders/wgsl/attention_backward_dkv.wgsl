@@ -16,7 +16,9 @@
 @group(0) @binding(5) var<storage, read_write> delta: array<f32>;
 @group(0) @binding(6) var<storage, read_write> d_k: array<T>;
 @group(0) @binding(7) var<storage, read_write> d_v: array<T>;
-@group(0) @binding(8) var<uniform> info: Info;
+// Per row between passes: the D accumulators of dk, then those of dv.
+@group(0) @binding(8) var<storage, read_write> state: array<f32>;
+@group(0) @binding(9) var<uniform> info: Info;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -34,21 +36,33 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let b = n / info.frames;
     let k_at = (n * info.tokens + j) * width + h * d;
 
+    let state_at = row * 2u * d;
     var acc_k: array<f32, MAX_HEAD_DIM>;
     var acc_v: array<f32, MAX_HEAD_DIM>;
     for (var x = 0u; x < d; x++) {
-        acc_k[x] = 0.0;
-        acc_v[x] = 0.0;
+        if (info.first_pass == 1u) {
+            acc_k[x] = 0.0;
+            acc_v[x] = 0.0;
+        } else {
+            acc_k[x] = state[state_at + x];
+            acc_v[x] = state[state_at + d + x];
+        }
     }
-    // Temporal attention pairs token j only with token j of the other frames.
+    // Items are the queries (frame f, token t) in order, f·queries_per_frame + t; this pass
+    // takes [item_start, item_end). Temporal attention pairs token j only with token j of
+    // the other frames.
     let queries_per_frame = select(info.tokens, 1u, info.mode == 1u);
-    for (var f = 0u; f < info.frames; f++) {
+    let items = min(info.frames * queries_per_frame, info.item_end);
+    let f_end = select(0u, (items - 1u) / queries_per_frame + 1u, items > info.item_start);
+    for (var f = info.item_start / queries_per_frame; f < f_end; f++) {
         let count = multiplicity(info, f, g);
         if (count == 0u) {
             continue;
         }
         let qn = b * info.frames + f;
-        for (var t = 0u; t < queries_per_frame; t++) {
+        let t_start = max(f * queries_per_frame, info.item_start) - f * queries_per_frame;
+        let t_end = min((f + 1u) * queries_per_frame, items) - f * queries_per_frame;
+        for (var t = t_start; t < t_end; t++) {
             let i = select(t, j, info.mode == 1u);
             let q_row = (qn * info.heads + h) * info.tokens + i;
             let q_at = (qn * info.tokens + i) * width + h * d;
@@ -65,6 +79,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                 acc_k[x] += ds * f32(q[q_at + x]);
             }
         }
+    }
+    if (info.last_pass == 0u) {
+        for (var x = 0u; x < d; x++) {
+            state[state_at + x] = acc_k[x];
+            state[state_at + d + x] = acc_v[x];
+        }
+        return;
     }
     for (var x = 0u; x < d; x++) {
         d_k[k_at + x] = T(acc_k[x] * info.scale);

@@ -14,7 +14,9 @@
 @group(0) @binding(5) var<storage, read_write> lse: array<f32>;
 @group(0) @binding(6) var<storage, read_write> d_q: array<T>;
 @group(0) @binding(7) var<storage, read_write> delta: array<f32>;
-@group(0) @binding(8) var<uniform> info: Info;
+// Per row between passes: the D accumulators of dq.
+@group(0) @binding(8) var<storage, read_write> state: array<f32>;
+@group(0) @binding(9) var<uniform> info: Info;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -32,17 +34,24 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let b = n / info.frames;
     let q_at = (n * info.tokens + i) * width + h * d;
 
+    let state_at = row * d;
     var row_delta = 0.0;
-    for (var x = 0u; x < d; x++) {
-        row_delta += f32(d_o[q_at + x]) * f32(o[q_at + x]);
-    }
     var acc: array<f32, MAX_HEAD_DIM>;
-    for (var x = 0u; x < d; x++) {
-        acc[x] = 0.0;
+    if (info.first_pass == 1u) {
+        for (var x = 0u; x < d; x++) {
+            row_delta += f32(d_o[q_at + x]) * f32(o[q_at + x]);
+            acc[x] = 0.0;
+        }
+        delta[row] = row_delta;
+    } else {
+        row_delta = delta[row];
+        for (var x = 0u; x < d; x++) {
+            acc[x] = state[state_at + x];
+        }
     }
     let row_lse = lse[row];
-    let keys = key_count(info);
-    for (var key = 0u; key < keys; key++) {
+    let keys = min(key_count(info), info.item_end);
+    for (var key = info.item_start; key < keys; key++) {
         let k_at = key_token(info, b, f, i, key) * width + h * d;
         var s = 0.0;
         var dp = 0.0;
@@ -56,8 +65,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             acc[x] += ds * f32(k[k_at + x]);
         }
     }
+    if (info.last_pass == 0u) {
+        for (var x = 0u; x < d; x++) {
+            state[state_at + x] = acc[x];
+        }
+        return;
+    }
     for (var x = 0u; x < d; x++) {
         d_q[q_at + x] = T(acc[x] * info.scale);
     }
-    delta[row] = row_delta;
 }

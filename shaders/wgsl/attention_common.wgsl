@@ -5,6 +5,12 @@
 //         (2L keys, read in place; duplicates included, as the reference concatenates).
 // mode 1, temporal: token i of frame f attends to token i of every frame of its video.
 // Tensors are [(B·F), L, H·D]; rows are ((n·H + h)·L + i) with n = b·F + f.
+//
+// Passes: a row's loop (over keys, or over queries in the key/value kernel) may be split
+// into passes over items [item_start, item_end), with the accumulators kept in `state`
+// (f32) between them. Mesa's llvmpipe ends every loop of an invocation once 65,535
+// iterations have run in all (LP_MAX_TGSI_LOOP_ITERATIONS, shared by every loop), silently;
+// the host splits the work so no pass comes near that. Elsewhere one pass does it all.
 alias T = f32;
 
 struct Info {
@@ -16,6 +22,11 @@ struct Info {
     mode: u32,
     scale: f32,
     rows_per_dispatch_x: u32,
+    item_start: u32,
+    item_end: u32,
+    // 1 on the first pass (accumulators start from zero) and the last (results written).
+    first_pass: u32,
+    last_pass: u32,
 }
 
 const MAX_HEAD_DIM: u32 = 256u;

@@ -11,7 +11,9 @@
 @group(0) @binding(2) var<storage, read_write> v: array<T>;
 @group(0) @binding(3) var<storage, read_write> o: array<T>;
 @group(0) @binding(4) var<storage, read_write> lse: array<f32>;
-@group(0) @binding(5) var<uniform> info: Info;
+// Per row between passes: the D accumulators, the running max and the running sum.
+@group(0) @binding(5) var<storage, read_write> state: array<f32>;
+@group(0) @binding(6) var<uniform> info: Info;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -29,14 +31,23 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let b = n / info.frames;
     let q_at = (n * info.tokens + i) * width + h * d;
 
+    let state_at = row * (d + 2u);
     var acc: array<f32, MAX_HEAD_DIM>;
-    for (var x = 0u; x < d; x++) {
-        acc[x] = 0.0;
-    }
     var running_max = -3.0e38;
     var running_sum = 0.0;
-    let keys = key_count(info);
-    for (var key = 0u; key < keys; key++) {
+    if (info.first_pass == 1u) {
+        for (var x = 0u; x < d; x++) {
+            acc[x] = 0.0;
+        }
+    } else {
+        for (var x = 0u; x < d; x++) {
+            acc[x] = state[state_at + x];
+        }
+        running_max = state[state_at + d];
+        running_sum = state[state_at + d + 1u];
+    }
+    let keys = min(key_count(info), info.item_end);
+    for (var key = info.item_start; key < keys; key++) {
         let k_at = key_token(info, b, f, i, key) * width + h * d;
         var s = 0.0;
         for (var x = 0u; x < d; x++) {
@@ -51,6 +62,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             acc[x] = acc[x] * rescale + p * f32(v[k_at + x]);
         }
         running_max = new_max;
+    }
+    if (info.last_pass == 0u) {
+        for (var x = 0u; x < d; x++) {
+            state[state_at + x] = acc[x];
+        }
+        state[state_at + d] = running_max;
+        state[state_at + d + 1u] = running_sum;
+        return;
     }
     for (var x = 0u; x < d; x++) {
         o[q_at + x] = T(acc[x] / running_sum);

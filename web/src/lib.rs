@@ -19,6 +19,7 @@ use tav_core::delta::{TuneMeta, TunedWeights, apply_tuned};
 use tav_core::edit::{
     decode_video, guidance_context, inversion_step, inversion_timesteps, sampling_step,
 };
+use tav_core::limits::DeviceLimits;
 use tav_core::progress::silent;
 use tav_core::stream::{
     Manifest, ShardStream, StreamedWeights, build_models, sha256_hex, wait_for_gpu,
@@ -120,7 +121,12 @@ impl Gpu {
             } else {
                 format!("{} ({:?})", info.name, info.backend)
             },
-            max_binding: setup.device.limits().max_storage_buffer_binding_size,
+            // burn binds each tensor whole: the smaller of the two limits bounds one tensor.
+            max_binding: DeviceLimits::from_wgpu(
+                setup.device.limits().max_buffer_size,
+                setup.device.limits().max_storage_buffer_binding_size,
+            )
+            .max_buffer_bytes,
         })
     }
 }
@@ -454,10 +460,19 @@ impl Inner {
             .map_err(tav_error)
     }
 
+    /// The adapter's limits, which size every chunk of work.
+    fn limits(&self) -> DeviceLimits {
+        DeviceLimits {
+            max_buffer_bytes: self.max_binding,
+            memory_bytes: None,
+        }
+    }
+
     fn attention(&self) -> VideoAttentionOptions {
         VideoAttentionOptions {
             kernels: true,
             f16_compute: self.shader_f16,
+            max_buffer_bytes: self.max_binding,
             ..VideoAttentionOptions::default()
         }
     }
@@ -488,7 +503,10 @@ impl Inner {
         let injected = injected_draws(&options, steps)?;
         let on_progress = options.function("onProgress");
 
-        let posterior = models.vae.encode(pixels).map_err(tav_error)?;
+        let posterior = models
+            .vae
+            .encode_frames(pixels, &self.limits(), &mut silent)
+            .map_err(tav_error)?;
         let batch = TuneBatch {
             posterior: posterior.clone(),
             context: self.embed(&models, &prompt)?,
@@ -615,7 +633,7 @@ impl Inner {
             report(&on_progress, "sample", i + 1, steps, None);
         }
         self.check_cancelled()?;
-        let video = decode_video(&models.vae, x, 1, &mut silent);
+        let video = decode_video(&models.vae, x, &self.limits(), &mut silent).map_err(tav_error)?;
         let (rgba, size) = to_rgba(video).await.map_err(error)?;
         report(&on_progress, "decode", 1, 1, None);
         let out = Object::new();

@@ -1,0 +1,102 @@
+//! `tav plan`: the memory plan of a job (peak device memory, largest single buffer and what
+//! dominates, for a UNet forward, a tuning step, an inversion step and a guided sampling
+//! step) from the configs alone, before anything is allocated. `tav tune/edit/run` check
+//! the same plan against the opened device and refuse a job that cannot fit.
+
+use std::path::PathBuf;
+
+use burn::tensor::Device;
+use tav_core::checkpoint::{Folder, read_configs};
+use tav_core::config::{ClipConfig, UNetConfig, VaeConfig};
+use tav_core::limits::{DeviceLimits, human_bytes};
+use tav_core::plan::{JobShape, PlanInput, StepPlan, plan};
+use tav_core::{Result, TavError};
+
+/// `--config`: a model size known without a folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModelSize {
+    /// Stable Diffusion v1.5.
+    Sd15,
+    /// The built-in demo model.
+    Tiny,
+}
+
+/// The three configs for `--config` or `--model`.
+pub fn configs(
+    size: Option<ModelSize>,
+    model: Option<&PathBuf>,
+) -> Result<(UNetConfig, VaeConfig, ClipConfig)> {
+    match (size, model) {
+        (_, Some(dir)) => read_configs(&Folder(dir.clone())),
+        (Some(ModelSize::Tiny), None) => Ok(crate::demo::tiny_configs()),
+        (Some(ModelSize::Sd15) | None, None) => Ok((
+            UNetConfig::sd_v1_5(),
+            VaeConfig::sd_v1_5(),
+            ClipConfig::sd_v1_5(),
+        )),
+    }
+}
+
+/// The plan of a job with these configs.
+pub fn plan_for(
+    configs: &(UNetConfig, VaeConfig, ClipConfig),
+    job: JobShape,
+    limits: &DeviceLimits,
+) -> Result<Vec<StepPlan>> {
+    if job.width == 0
+        || !job.width.is_multiple_of(64)
+        || job.height == 0
+        || !job.height.is_multiple_of(64)
+    {
+        return Err(TavError::InvalidInput(format!(
+            "--width {} / --height {}: each must be a positive multiple of 64",
+            job.width, job.height
+        )));
+    }
+    if job.frames == 0 {
+        return Err(TavError::InvalidInput("--frames must be at least 1".into()));
+    }
+    let input = PlanInput::new(&configs.0, &configs.1, &configs.2, job, &Device::flex())?;
+    Ok(plan(&input, limits))
+}
+
+/// Prints the plan as a table, or as JSON lines.
+pub fn print(plans: &[StepPlan], job: &JobShape, limits: &DeviceLimits, json: bool) {
+    if json {
+        for p in plans {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "step": p.step, "peak_bytes": p.peak_bytes,
+                    "largest_buffer_bytes": p.largest_buffer_bytes, "dominant": p.dominant,
+                    "frames": job.frames, "width": job.width, "height": job.height,
+                    "f16": job.f16, "kernels": job.kernels,
+                    "max_buffer_bytes": limits.max_buffer_bytes,
+                })
+            );
+        }
+        return;
+    }
+    println!(
+        "{} frames of {}×{}, {}, attention {} (buffers capped at {}):",
+        job.frames,
+        job.width,
+        job.height,
+        if job.f16 { "f16" } else { "f32" },
+        if job.kernels { "kernels" } else { "plain" },
+        human_bytes(limits.max_buffer_bytes)
+    );
+    println!(
+        "{:<10} {:>11} {:>15}  dominated by",
+        "step", "peak", "largest buffer"
+    );
+    for p in plans {
+        println!(
+            "{:<10} {:>11} {:>15}  {}",
+            p.step,
+            human_bytes(p.peak_bytes),
+            human_bytes(p.largest_buffer_bytes),
+            p.dominant
+        );
+    }
+}
