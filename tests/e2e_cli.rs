@@ -336,13 +336,37 @@ fn bad_inputs_get_clear_errors() {
     cmd.args(["check", "--kernels", "--device", "flex", "--model"])
         .arg(tiny_model());
     expect_error(&mut cmd, "need a wgpu adapter");
-    // Out of GPU memory (the VAE's attention at 1536² needs a 10 GB buffer) says what to reduce.
+    // One frame the VAE cannot hold in a buffer (its attention at 1536² needs 5.1 GiB, over
+    // the adapter's largest binding) is refused before it runs, saying what to reduce.
     let mut cmd = tav();
     cmd.args(["check", "--size", "1536", "--frames", "2", "--model"])
         .arg(tiny_model());
     expect_error(
         &mut cmd,
-        "out of GPU memory: reduce --frames or --width/--height",
+        "allows at most 128.0 MiB in one buffer: reduce --width/--height",
+    );
+    // The memory plan refuses a job with a tensor over the adapter's largest buffer (the up
+    // blocks' concatenation of 24 frames at 1024²) before anything is read or allocated.
+    expect_error(
+        &mut tune(&[
+            "--video", &car, "--frames", "24", "--width", "1024", "--height", "1024",
+        ]),
+        "the tuning step needs a 144.0 MiB buffer",
+    );
+    expect_error(
+        &mut tune(&[
+            "--video", &car, "--frames", "24", "--width", "1024", "--height", "1024",
+        ]),
+        "try fewer --frames (now 24), a smaller --width/--height (now 1024×1024), --f16",
+    );
+    // ... and, where the device's memory is known (the host's, on burn's CPU backend), a
+    // job planned past it.
+    expect_error(
+        &mut tune(&[
+            "--video", &car, "--device", "flex", "--frames", "24", "--width", "4096", "--height",
+            "4096",
+        ]),
+        "the tuning step is planned at",
     );
     // On burn's CPU backend a failed allocation would abort the process: the size is
     // refused before anything is allocated, with what it needs.
@@ -454,6 +478,14 @@ fn bench_reports_time_and_memory_per_step() {
         assert!(
             peak > weight_bytes,
             "peak {peak} below the weights {weight_bytes}: {line}"
+        );
+        // `tav plan`'s prediction of the same step holds within ±15% of what was measured.
+        let ratio = line["plan_ratio"]
+            .as_f64()
+            .expect("the plan's ratio is reported");
+        assert!(
+            (0.85..=1.15).contains(&ratio),
+            "planned / measured peak {ratio:.3}: {line}"
         );
     }
     expect_error(

@@ -112,6 +112,12 @@ const TRANSFORMER_KEPT: u64 = 40;
 /// the level's activation.
 const WORKING_SET: u64 = 4;
 
+/// What burn's memory pools hold beyond the tensors themselves (page rounding, small-tensor
+/// pages, the metadata pool): fitted to `tav bench` on lavapipe (BENCHMARKS.md), where the
+/// tiny model's steps hold about 4–5 MiB more than their tensors and SD v1.5's a forward about 5% more.
+const POOL_OVERHEAD_PER_MILLE: u64 = 25;
+const POOL_OVERHEAD_BYTES: u64 = 4 << 20;
+
 /// One level of the UNet as the forward pass meets it.
 struct Level {
     channels: usize,
@@ -257,9 +263,10 @@ pub fn plan(input: &PlanInput, limits: &DeviceLimits) -> Vec<StepPlan> {
         } else {
             format!("weights ({})", human_bytes(weights))
         };
+        let tensors = weights + activations;
         StepPlan {
             step: name,
-            peak_bytes: weights + activations,
+            peak_bytes: tensors + tensors * POOL_OVERHEAD_PER_MILLE / 1000 + POOL_OVERHEAD_BYTES,
             largest_buffer_bytes: w.largest,
             dominant: format!("{dominant}; largest buffer: {}", w.largest_what),
         }
@@ -273,7 +280,13 @@ pub fn plan(input: &PlanInput, limits: &DeviceLimits) -> Vec<StepPlan> {
             ", kept for backward",
         ),
         step("inversion", &single, 0, ""),
-        step("sampling", &guided, 0, ", guidance batch of 2"),
+        if guided.largest <= limits.max_buffer_bytes {
+            step("sampling", &guided, 0, ", guidance batch of 2")
+        } else {
+            // `edit::sampling_step` runs the two halves of the guided batch one after the
+            // other when the batch of 2 would cross the device's largest buffer.
+            step("sampling", &single, 0, ", guidance in two passes")
+        },
     ]
 }
 

@@ -11,6 +11,8 @@ use std::time::Instant;
 use burn::tensor::{Device, Distribution, Tensor};
 use tav_core::config::{SchedulerConfig, UNetConfig};
 use tav_core::edit::sample;
+use tav_core::limits::DeviceLimits;
+use tav_core::plan::{JobShape, PlanInput, plan};
 use tav_core::progress::silent;
 use tav_core::schedule::Schedule;
 use tav_core::transformer::VideoAttentionOptions;
@@ -79,9 +81,15 @@ struct Measured {
 }
 
 /// Runs the benchmark and prints one JSON line per step (and one describing the setup).
-pub fn run(spec: &BenchSpec, device: Device, device_name: &str) -> Result<()> {
+pub fn run(
+    spec: &BenchSpec,
+    device: Device,
+    device_name: &str,
+    limits: &DeviceLimits,
+) -> Result<()> {
     spec.validate()?;
     let cfg = unet_config(&spec.config)?;
+    let planned = planned_peaks(spec, &cfg, limits)?;
     let started = Instant::now();
     let mut unet = UNet3D::load(&RandomInit { seed: 0 }.builder(&device), &cfg)?;
     if spec.f16 {
@@ -109,6 +117,7 @@ pub fn run(spec: &BenchSpec, device: Device, device_name: &str) -> Result<()> {
         attention: VideoAttentionOptions {
             kernels: spec.kernels,
             f16_compute: spec.f16,
+            max_buffer_bytes: limits.max_buffer_bytes,
             ..VideoAttentionOptions::default()
         },
     };
@@ -127,10 +136,47 @@ pub fn run(spec: &BenchSpec, device: Device, device_name: &str) -> Result<()> {
             "runs": measured.times_ms.len(),
             "peak_bytes": measured.peak_bytes,
             "peak_gib": measured.peak_bytes.map(|b| b as f64 / (1u64 << 30) as f64),
+            "planned_peak_bytes": planned.get(step.as_str()),
+            "plan_ratio": measured.peak_bytes.zip(planned.get(step.as_str()))
+                .map(|(m, p)| *p as f64 / m as f64),
         });
         println!("{line}");
     }
     Ok(())
+}
+
+/// What `tav plan` predicts for each benchmarked step, with the UNet's weights alone (the
+/// benchmark loads no VAE or text encoder), so each line can say how close the plan is.
+fn planned_peaks(
+    spec: &BenchSpec,
+    cfg: &UNetConfig,
+    limits: &DeviceLimits,
+) -> Result<std::collections::HashMap<&'static str, u64>> {
+    let job = JobShape {
+        frames: spec.frames,
+        height: spec.size,
+        width: spec.size,
+        f16: spec.f16,
+        kernels: spec.kernels,
+    };
+    let (_, vae, clip) = crate::plan::configs(None, None)?;
+    let mut input = PlanInput::new(cfg, &vae, &clip, job, &Device::flex())?;
+    input.vae_params = 0;
+    input.text_params = 0;
+    let by_name = [
+        ("forward", "forward"),
+        ("tuning", "tune"),
+        ("sampling", "sample"),
+    ];
+    Ok(plan(&input, limits)
+        .into_iter()
+        .filter_map(|p| {
+            by_name
+                .iter()
+                .find(|(planned, _)| *planned == p.step)
+                .map(|(_, bench)| (*bench, p.peak_bytes))
+        })
+        .collect())
 }
 
 fn median(values: &[f64]) -> f64 {

@@ -729,7 +729,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             let gpu::Opened {
                 device,
                 description: adapter,
-                ..
+                limits,
             } = gpu::open(&device).map_err(TavError::Device)?;
             let choice = match kernels.as_str() {
                 "on" => Some(gpu::AttentionChoice::Kernels),
@@ -748,7 +748,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 runs,
                 steps,
             };
-            bench::run(&spec, device, &adapter)
+            bench::run(&spec, device, &adapter, &limits)
         }
     }
 }
@@ -766,13 +766,13 @@ fn run_job(common: &Common, spec: &jobfile::Job, edit: bool) -> Result<()> {
     let mut session_common = common.clone();
     session_common.model = spec.model.clone();
     let session = open_session(&session_common, &mut ui)?;
-    session.check_fits(spec.clip.frames, spec.clip.height, spec.clip.width)?;
     let steps: &[&str] = if edit {
         &["tuning", "inversion", "sampling"]
     } else {
         &["tuning"]
     };
     session.check_plan(spec.clip.frames, spec.clip.height, spec.clip.width, steps)?;
+    session.check_fits(spec.clip.frames, spec.clip.height, spec.clip.width)?;
     let started = Instant::now();
     // The clip is read and encoded once; tuning and editing share its posterior.
     let clip = spec.clip.read()?;
