@@ -85,58 +85,93 @@ fn tuning_at_4096_tokens_and_8_frames_fits_only_with_the_kernels() {
     );
 }
 
-/// Encoding a clip at SD v1.5's VAE widths (random weights) whose whole-clip activations
-/// cross lavapipe's 128 MiB binding: 20 frames of 128², where the first level's padded
-/// activation is 20 × 128 × 129² floats (170 MB). Encoded in frame chunks sized from the
-/// adapter's limit, it runs to the end, and chunks change nothing: the first two frames
-/// match an encoding of those two alone.
+/// The guided feed-forward at SD v1.5's finest width (320, GEGLU to 2 × 1280) over a batch
+/// of 2 × 8 frames of 32×32 latents (a 256² video): its projection is 16,384 × 2,560 floats
+/// (168 MB), over lavapipe's 128 MiB binding, so unchunked it cannot run there. In row
+/// chunks sized from the adapter's limit it runs to the end, and chunks change nothing: the
+/// first frame's rows match the feed-forward of that frame alone.
 #[test]
-fn vae_encode_of_a_clip_over_the_binding_limit_runs_in_frame_chunks() {
-    use tav_core::config::VaeConfig;
-    use tav_core::limits::DeviceLimits;
-    use tav_core::progress::Event;
-    use tav_core::vae::Vae;
+fn guided_feed_forward_over_the_binding_limit_runs_in_row_chunks() {
+    use tav_core::transformer::FeedForward;
     use tav_core::weights::RandomInit;
 
     let device = device();
-    let vae = Vae::load(
-        &RandomInit { seed: 3 }.builder(&device),
-        &VaeConfig::sd_v1_5(),
-    )
-    .unwrap();
-    let (frames, side) = (20, 128);
+    let p = RandomInit { seed: 5 }.builder(&device);
+    let ff = FeedForward::load(&p.sub("ff"), 320).unwrap();
+    let (items, tokens) = (2 * 8, 32 * 32);
+    let lavapipe = 128u64 << 20;
+    let wide_bytes = (items * tokens * 2 * 4 * 320 * 4) as u64;
+    assert!(wide_bytes > lavapipe, "the projection is over the limit");
+    let x = Tensor::<3>::random(
+        [items, tokens, 320],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let started = std::time::Instant::now();
+    let out = tav_tests::to_vec(ff.forward(x.clone(), lavapipe));
+    println!(
+        "feed-forward over {items} × {tokens} tokens in chunks: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(out.len(), items * tokens * 320);
+    assert!(out.iter().all(|v| v.is_finite()));
+    let alone = tav_tests::to_vec(ff.forward(x.narrow(0, 0, 1), u64::MAX));
+    let err = tav_tests::rel_error(&out[..tokens * 320], &alone);
+    assert!(err < 1e-5, "chunked and unchunked differ: {err:.2e}");
+}
+
+/// The VAE in frame chunks sized from the device's largest buffer gives what it gives on the
+/// whole clip (each frame is encoded alone), and a frame too large for one buffer is refused
+/// before it runs, saying what to reduce.
+#[test]
+fn vae_encodes_and_decodes_in_frame_chunks_under_the_buffer_limit() {
+    use tav_core::checkpoint::load_vae;
+    use tav_core::limits::DeviceLimits;
+    use tav_core::progress::Event;
+
+    let device = device();
+    let model = golden_dirs()[0].join("model");
+    let vae = load_vae(&Folder(model), &LoadOptions::default(), &device)
+        .unwrap()
+        .0;
+    let (frames, side) = (5, 64);
+    let per_frame = vae
+        .encoder_frame_elements(side, side)
+        .max(vae.decoder_frame_elements(side, side))
+        * 4;
+    // A limit that holds two frames at a time.
+    let limits = DeviceLimits::from_wgpu(u64::MAX, 2 * per_frame + 1);
     let pixels = Tensor::<4>::random(
         [frames, 3, side, side],
         Distribution::Uniform(-1.0, 1.0),
         &device,
     );
-    let lavapipe = DeviceLimits::from_wgpu(u64::MAX, 128 << 20);
-    let per_frame = vae.encoder_frame_elements(side, side) * 4;
-    assert!(
-        per_frame * frames as u64 > lavapipe.max_buffer_bytes,
-        "the whole clip at once is over the limit ({per_frame} B a frame)"
+    let mut steps = Vec::new();
+    let chunked = vae
+        .encode_frames(pixels.clone(), &limits, &mut |e: Event| steps.push(e.step))
+        .unwrap();
+    assert_eq!(steps, [2, 4, 5], "chunks of two frames");
+    let whole = vae.encode(pixels).unwrap();
+    let err = tav_tests::rel_error(
+        &tav_tests::to_vec(chunked.mean.clone()),
+        &tav_tests::to_vec(whole.mean),
     );
-    let started = std::time::Instant::now();
-    let mut chunks = Vec::new();
-    let posterior = vae
-        .encode_frames(pixels.clone(), &lavapipe, &mut |e: Event| {
-            chunks.push(e.step)
-        })
-        .expect("encodes in chunks");
-    println!(
-        "{frames} frames of {side}² in chunks ending at {chunks:?}: {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
-    assert!(chunks.len() > 1, "more than one chunk: {chunks:?}");
-    assert_eq!(chunks.last(), Some(&frames));
-    assert_eq!(posterior.mean.dims(), [frames, 4, side / 8, side / 8]);
-    let mean = tav_tests::to_vec(posterior.mean.clone());
-    assert!(mean.iter().all(|v| v.is_finite()));
-    let alone = vae.encode(pixels.narrow(0, 0, 2)).unwrap();
-    let head = tav_tests::to_vec(posterior.mean.narrow(0, 0, 2));
-    let err = tav_tests::rel_error(&head, &tav_tests::to_vec(alone.mean));
-    assert!(
-        err < 1e-5,
-        "chunked and unchunked encodings differ: {err:.2e}"
-    );
+    assert!(err < 1e-5, "chunked encoding differs: {err:.2e}");
+    let latents = tav_core::tune::clip_latents(chunked.mean, vae.scaling_factor);
+    let mut decoded_steps = Vec::new();
+    let video = tav_core::edit::decode_video(&vae, latents.clone(), &limits, &mut |e: Event| {
+        decoded_steps.push(e.step)
+    })
+    .unwrap();
+    assert_eq!(decoded_steps, [2, 4, 5]);
+    let once =
+        tav_core::edit::decode_video(&vae, latents, &DeviceLimits::UNLIMITED, &mut |_| {}).unwrap();
+    let err = tav_tests::rel_error(&tav_tests::to_vec(video), &tav_tests::to_vec(once));
+    assert!(err < 1e-5, "chunked decoding differs: {err:.2e}");
+    let tiny = DeviceLimits::from_wgpu(u64::MAX, per_frame / 2);
+    let refused = vae
+        .frames_per_chunk(side, side, frames, 4, &tiny)
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("reduce --width/--height"), "{refused}");
 }
