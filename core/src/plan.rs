@@ -24,7 +24,6 @@ use crate::weights::ParamBuilder;
 #[derive(Debug, Clone)]
 pub struct PlanInput {
     pub unet: UNetConfig,
-    pub vae: VaeConfig,
     /// Parameters of the 3D UNet, the VAE and the text encoder, and the trainable ones.
     pub unet_params: u64,
     pub trainable_params: u64,
@@ -74,7 +73,6 @@ impl PlanInput {
         let text_params = count(&p);
         Ok(Self {
             unet: unet.clone(),
-            vae: vae.clone(),
             unet_params: counts.total as u64,
             trainable_params: counts.trainable as u64,
             vae_params,
