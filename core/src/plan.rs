@@ -359,7 +359,7 @@ mod tests {
                 f16,
                 kernels: true,
             },
-            &Device::flex(),
+            &Device::default(),
         )
         .unwrap();
         plan(&input, &DeviceLimits::from_wgpu(1 << 40, 2 << 30))
