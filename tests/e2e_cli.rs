@@ -204,6 +204,10 @@ fn tune_cmd(out: &Path, steps: &str) -> Command {
             steps,
             "--checkpoint-every",
             "1",
+            // The CLI's resume logic, not the GPU path, is under test: burn's CPU backend
+            // runs it in a fraction of lavapipe's time.
+            "--device",
+            "flex",
         ]);
     small(&mut cmd);
     cmd
@@ -416,7 +420,8 @@ fn edit_refuses_weights_of_another_base_model() {
     // Tune on the built-in demo model ...
     let mut cmd = tav();
     cmd.args([
-        "tune", "--model", "demo", "--video", "demo", "--prompt", "a ball", "--steps", "1", "--out",
+        "tune", "--model", "demo", "--video", "demo", "--prompt", "a ball", "--steps", "1",
+        "--device", "flex", "--out",
     ])
     .arg(&out);
     cmd.args([
@@ -579,6 +584,8 @@ fn score_edits_and_scores_every_method() {
     ];
     let out = scratch("score");
     let scored = run(tav().arg("score").arg("--model").arg(tiny_model()).args([
+        "--device",
+        "flex",
         "--clips",
         "1",
         "--frames",
@@ -679,6 +686,8 @@ fn sample_draws_a_video_per_prompt() {
     let sample = |out: &Path, prompts: &[&str]| {
         let mut cmd = tav();
         cmd.arg("sample").arg("--model").arg(tiny_model()).args([
+            "--device",
+            "flex",
             "--frames",
             "2",
             "--size",

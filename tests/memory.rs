@@ -7,44 +7,55 @@
 
 use burn::tensor::{Distribution, Tensor};
 use tav_core::checkpoint::{Folder, LoadOptions, load_unet};
+use tav_core::draws::SeededRng;
 use tav_core::transformer::VideoAttentionOptions;
-use tav_core::tune::{StepDraws, TuneBatch, TuneSettings, Tuner};
+use tav_core::tune::{StepOutcome, TuneBatch, TuneSettings, Tuner, seeded_draws};
 use tav_core::vae::Posterior;
-use tav_tests::{device, golden_dirs};
+use tav_core::weights::HostTensor;
+use tav_tests::{device, golden_dirs, rel_error};
 
-fn step(kernels: bool) -> Result<f32, String> {
+/// One tuning step's shape and options.
+#[derive(Debug, Clone, Copy)]
+struct StepShape {
+    frames: usize,
+    height: usize,
+    width: usize,
+    kernels: bool,
+    recompute: bool,
+}
+
+/// One tuning step of the first golden set's UNet on seeded draws: its outcome (gradients
+/// included when asked) and the device memory the pool reserved for it, or the error.
+fn step(shape: StepShape, want_grads: bool) -> Result<(StepOutcome, Option<u64>), String> {
     let device = device();
+    device.memory_cleanup();
     let model = golden_dirs()[0].join("model");
     let (unet, cfg, _) = load_unet(&Folder(model), None, &LoadOptions::default(), &device)
         .map_err(|e| e.to_string())?;
-    let (frames, side, channels) = (1, 48, cfg.in_channels);
-    let latent =
-        |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    let (f, c, h, w) = (shape.frames, cfg.in_channels, shape.height, shape.width);
+    let mut rng = SeededRng::new(11);
+    let mut latent = |dims: Vec<usize>| {
+        let n = dims.iter().product();
+        HostTensor::new(dims, rng.normal_vec(n)).to_device::<4>(&device)
+    };
     let batch = TuneBatch {
         posterior: Posterior {
-            mean: latent([frames, channels, side, side]),
-            logvar: latent([frames, channels, side, side]).mul_scalar(0.1),
+            mean: latent(vec![f, c, h, w]),
+            logvar: latent(vec![f, c, h, w]).mul_scalar(0.1),
         },
-        context: Tensor::random(
-            [1, 77, cfg.cross_attention_dim],
-            Distribution::Normal(0.0, 1.0),
-            &device,
-        ),
+        context: HostTensor::new(
+            vec![1, 77, cfg.cross_attention_dim],
+            rng.normal_vec(77 * cfg.cross_attention_dim),
+        )
+        .to_device(&device),
         scaling_factor: 0.18215,
         attention: VideoAttentionOptions {
-            kernels,
+            kernels: shape.kernels,
+            recompute: shape.recompute,
             ..VideoAttentionOptions::default()
         },
     };
-    let draws = StepDraws {
-        vae_eps: latent([frames, channels, side, side]),
-        noise: Tensor::random(
-            [1, channels, frames, side, side],
-            Distribution::Normal(0.0, 1.0),
-            &device,
-        ),
-        timestep: 500,
-    };
+    let draws = seeded_draws(3, 0, [f, c, h, w], 1000, &device);
     let mut tuner = Tuner::new(&unet, TuneSettings::default());
     let unet = tuner.train_mode(unet);
     let schedule =
@@ -52,11 +63,12 @@ fn step(kernels: bool) -> Result<f32, String> {
     // A failed GPU allocation surfaces as a panic at readback; catch it as the outcome.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         tuner
-            .step(unet, &batch, draws, &schedule, false)
-            .map(|(_, o)| o.loss)
+            .step(unet, &batch, draws, &schedule, want_grads)
+            .map(|(_, o)| o)
     }));
+    let reserved = device.memory_pool_usage().map(|u| u.bytes_reserved);
     match outcome {
-        Ok(Ok(loss)) => Ok(loss),
+        Ok(Ok(outcome)) => Ok((outcome, reserved)),
         Ok(Err(e)) => Err(e.to_string()),
         Err(panic) => Err(panic
             .downcast_ref::<String>()
@@ -69,7 +81,14 @@ fn step(kernels: bool) -> Result<f32, String> {
 #[test]
 fn tuning_at_2304_tokens_fits_only_with_the_kernels() {
     let started = std::time::Instant::now();
-    let with_kernels = step(true);
+    let at = |kernels| StepShape {
+        frames: 1,
+        height: 48,
+        width: 48,
+        kernels,
+        recompute: true,
+    };
+    let with_kernels = step(at(true), false).map(|(o, _)| o.loss);
     println!(
         "kernels: {with_kernels:?} in {:.0} s",
         started.elapsed().as_secs_f64()
@@ -77,7 +96,7 @@ fn tuning_at_2304_tokens_fits_only_with_the_kernels() {
     let loss = with_kernels.expect("the kernel path runs the tuning step");
     assert!(loss.is_finite() && loss > 0.0, "loss {loss}");
 
-    let plain = step(false);
+    let plain = step(at(false), false).map(|(o, _)| o.loss);
     let shown: String = format!("{plain:?}").chars().take(300).collect();
     println!("plain path: {shown}");
     let message = plain.expect_err("the plain path cannot hold the score matrix");
@@ -85,6 +104,52 @@ fn tuning_at_2304_tokens_fits_only_with_the_kernels() {
         message.contains("allocate"),
         "it fails for memory: {message}"
     );
+}
+
+/// Block-level recompute changes what a tuning step holds, not what it computes: on a shape
+/// other than the golden set's (2 frames of 16×24 latents, through the kernels: the plain
+/// path's run with recompute off is the golden harness's) the loss and every trainable
+/// layer's gradient match the step that keeps all its activations, and the pool reserves
+/// under half as much at the step's peak (at 3 frames of 24×40: 191 MB keeping everything,
+/// 64 MB with recompute).
+#[test]
+fn recompute_gives_the_same_gradients_and_holds_less() {
+    let at = |recompute| StepShape {
+        frames: 2,
+        height: 16,
+        width: 24,
+        kernels: true,
+        recompute,
+    };
+    let (kept, kept_bytes) = step(at(false), true).expect("the step keeping everything");
+    let (again, again_bytes) = step(at(true), true).expect("the step with recompute");
+    let (kept_grads, again_grads) = (kept.grads.unwrap(), again.grads.unwrap());
+    assert_eq!(
+        kept_grads.len(),
+        again_grads.len(),
+        "every layer gets a gradient"
+    );
+    assert!(!kept_grads.is_empty());
+    let (worst, worst_key) = kept_grads
+        .iter()
+        .map(|(key, g)| (rel_error(&again_grads[key].data, &g.data), key.as_str()))
+        .fold(
+            (0.0, ""),
+            |acc, (e, k)| if e > acc.0 { (e, k) } else { acc },
+        );
+    println!(
+        "loss {} vs {}, worst gradient rel.err {worst:.2e} ({worst_key}); reserved \
+         {kept_bytes:?} B keeping everything, {again_bytes:?} B with recompute",
+        kept.loss, again.loss
+    );
+    assert!((kept.loss - again.loss).abs() <= 1e-6 * kept.loss.abs());
+    assert!(worst < 1e-5, "gradients differ: {worst:.2e} at {worst_key}");
+    if let (Some(kept_bytes), Some(again_bytes)) = (kept_bytes, again_bytes) {
+        assert!(
+            again_bytes * 2 < kept_bytes,
+            "recompute reserves {again_bytes} B, keeping everything {kept_bytes} B"
+        );
+    }
 }
 
 /// The guided feed-forward at SD v1.5's finest width (320, GEGLU to 2 × 1280) over a batch

@@ -211,29 +211,20 @@ fn truncated_and_corrupt_shards_are_caught() {
 const TOL_F16_JOB: f64 = 6e-2;
 
 /// The golden job (tune with the golden draws, invert, edit) on the streamed f16 model, as the
-/// browser runs it (kernels on). Its edits are what the browser test compares with: set
-/// `TAV_WEB_REFERENCE_OUT` to a folder to write them there (`edit{i}.f32`, little-endian
-/// `[1, 3, F, H, W]`).
+/// browser runs it (kernels on); then, on an adapter with `shader-f16`, its inversion and edits
+/// again in f16 arithmetic (weights kept f16 on the GPU), as the browser runs them there
+/// (tuning computes in f32 either way, so it runs once). Its f32-arithmetic edits are what the
+/// browser test compares with: set `TAV_WEB_REFERENCE_OUT` to a folder to write them there
+/// (`edit{i}.f32`, little-endian `[1, 3, F, H, W]`, and `golden.txt` naming the golden set).
 #[test]
 fn streamed_f16_model_runs_the_golden_job() {
     let out_dir = std::env::var_os("TAV_WEB_REFERENCE_OUT").map(std::path::PathBuf::from);
-    golden_job(false, TOL_F16_JOB, out_dir);
-}
-
-/// The golden job as the browser runs it on an adapter with `shader-f16`: weights kept f16
-/// on the GPU, inversion and sampling in f16 arithmetic.
-#[test]
-fn streamed_f16_model_with_f16_arithmetic_runs_the_golden_job() {
-    if !tav_core::precision::supports_f16(&device()) {
-        println!("this adapter has no f16 support: f16 arithmetic is not checked here");
-        return;
-    }
-    golden_job(true, TOL_F16_JOB, None);
+    golden_job(TOL_F16_JOB, out_dir);
 }
 
 /// Tune with the golden draws, invert, edit; checks the losses and each edit against the
-/// reference within `edit_bound`, and writes the edits to `out_dir` when given.
-fn golden_job(f16_compute: bool, edit_bound: f64, out_dir: Option<std::path::PathBuf>) {
+/// reference within `edit_bound`, and writes the f32-arithmetic edits to `out_dir` when given.
+fn golden_job(edit_bound: f64, out_dir: Option<std::path::PathBuf>) {
     use tav_core::edit::{decode_video, invert, sample};
     use tav_core::progress::silent;
     use tav_core::tune::{StepDraws, TuneBatch, TuneSettings, Tuner, clip_latents};
@@ -251,7 +242,6 @@ fn golden_job(f16_compute: bool, edit_bound: f64, out_dir: Option<std::path::Pat
     let models = build_models(&manifest, &mut weights, &small, 0).unwrap();
     let options = VideoAttentionOptions {
         kernels: true,
-        f16_compute,
         ..VideoAttentionOptions::default()
     };
     let json = &golden.json;
@@ -294,51 +284,67 @@ fn golden_job(f16_compute: bool, edit_bound: f64, out_dir: Option<std::path::Pat
     println!("streamed f16 job: losses rel.err {e:.2e}");
     assert!(e < TOL_F16);
 
-    let uncond = embed("");
-    let latents = clip_latents(batch.posterior.mean.clone(), models.vae.scaling_factor);
-    let inv_steps = json["e2e.inv.steps"].as_u64().unwrap() as usize;
-    let trajectory = invert(
-        &unet,
-        &models.schedule,
-        latents,
-        uncond.clone(),
-        inv_steps,
-        options,
-        &mut silent,
-    )
-    .unwrap();
-    let prompts = json["e2e.edit.prompts"].as_array().unwrap();
-    for (i, prompt) in prompts.iter().enumerate() {
-        let edited = sample(
+    let mut arithmetic = vec![false];
+    if tav_core::precision::supports_f16(&device) {
+        arithmetic.push(true);
+    } else {
+        println!("this adapter has no f16 support: f16 arithmetic is not checked here");
+    }
+    for f16_compute in arithmetic {
+        let options = VideoAttentionOptions {
+            f16_compute,
+            ..options
+        };
+        let out_dir = out_dir.as_ref().filter(|_| !f16_compute);
+        let uncond = embed("");
+        let latents = clip_latents(batch.posterior.mean.clone(), models.vae.scaling_factor);
+        let inv_steps = json["e2e.inv.steps"].as_u64().unwrap() as usize;
+        let trajectory = invert(
             &unet,
             &models.schedule,
-            trajectory.last().unwrap().clone(),
-            embed(prompt.as_str().unwrap()),
+            latents,
             uncond.clone(),
-            json["e2e.edit.guidance_scale"].as_f64().unwrap(),
-            json["e2e.edit.steps"].as_u64().unwrap() as usize,
+            inv_steps,
             options,
             &mut silent,
         )
         .unwrap();
-        let video = to_vec(
-            decode_video(
-                &models.vae,
-                edited,
-                &tav_core::limits::DeviceLimits::UNLIMITED,
+        let prompts = json["e2e.edit.prompts"].as_array().unwrap();
+        for (i, prompt) in prompts.iter().enumerate() {
+            let edited = sample(
+                &unet,
+                &models.schedule,
+                trajectory.last().unwrap().clone(),
+                embed(prompt.as_str().unwrap()),
+                uncond.clone(),
+                json["e2e.edit.guidance_scale"].as_f64().unwrap(),
+                json["e2e.edit.steps"].as_u64().unwrap() as usize,
+                options,
                 &mut silent,
             )
-            .unwrap(),
-        );
-        let e = rel_error(&video, &golden.host(&format!("e2e.edit{i}.video")).data);
-        println!(
-            "streamed f16 job (f16 arithmetic: {f16_compute}): edit {i} rel.err {e:.2e} (bound {edit_bound})"
-        );
-        assert!(e < edit_bound);
-        if let Some(dir) = &out_dir {
-            std::fs::create_dir_all(dir).unwrap();
-            let bytes: Vec<u8> = video.iter().flat_map(|v| v.to_le_bytes()).collect();
-            std::fs::write(dir.join(format!("edit{i}.f32")), bytes).unwrap();
+            .unwrap();
+            let video = to_vec(
+                decode_video(
+                    &models.vae,
+                    edited,
+                    &tav_core::limits::DeviceLimits::UNLIMITED,
+                    &mut silent,
+                )
+                .unwrap(),
+            );
+            let e = rel_error(&video, &golden.host(&format!("e2e.edit{i}.video")).data);
+            println!(
+                "streamed f16 job (f16 arithmetic: {f16_compute}): edit {i} rel.err {e:.2e} (bound {edit_bound})"
+            );
+            assert!(e < edit_bound);
+            if let Some(out) = out_dir {
+                std::fs::create_dir_all(out).unwrap();
+                let bytes: Vec<u8> = video.iter().flat_map(|v| v.to_le_bytes()).collect();
+                std::fs::write(out.join(format!("edit{i}.f32")), bytes).unwrap();
+                // Which golden set these edits are of, for the browser tests to check.
+                let set = dir.canonicalize().unwrap_or_else(|_| dir.clone());
+                std::fs::write(out.join("golden.txt"), set.display().to_string()).unwrap();
+            }
         }
     }
 }

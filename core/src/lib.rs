@@ -22,6 +22,7 @@ pub mod plan;
 pub mod precision;
 pub mod pretrain;
 pub mod progress;
+pub mod recompute;
 pub mod resnet;
 pub mod schedule;
 pub mod score;

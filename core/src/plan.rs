@@ -36,6 +36,8 @@ pub struct PlanInput {
     pub f16: bool,
     /// Sparse-causal and temporal attention through the WGSL kernels.
     pub kernels: bool,
+    /// Tuning recomputes each block in backward ([`crate::recompute`]).
+    pub recompute: bool,
 }
 
 /// A video job's shape and precision.
@@ -46,6 +48,7 @@ pub struct JobShape {
     pub width: usize,
     pub f16: bool,
     pub kernels: bool,
+    pub recompute: bool,
 }
 
 impl PlanInput {
@@ -82,6 +85,7 @@ impl PlanInput {
             width: job.width,
             f16: job.f16,
             kernels: job.kernels,
+            recompute: job.recompute,
         })
     }
 }
@@ -106,6 +110,10 @@ const RESNET_KEPT_OUT: u64 = 5;
 /// (the kernels keep no scores), cross-attention's query and output, the residual sums, and
 /// the GEGLU feed-forward (8× wide projection, its GELU, the 4× wide product).
 const TRANSFORMER_KEPT: u64 = 40;
+/// What a transformer block holds at its peak while it runs again in backward (recompute):
+/// its feed-forward keeps only its input (1 instead of GEGLU's 16), but when the
+/// feed-forward itself runs again its 16 are live beside the attention layers' kept 18.
+const TRANSFORMER_RECOMPUTE_PEAK: u64 = 35;
 /// Live temporaries of a ResNet or transformer block at once during inference, in units of
 /// the level's activation.
 const WORKING_SET: u64 = 4;
@@ -166,6 +174,10 @@ struct Walk {
     inference_peak: u64,
     /// Activations autodiff keeps for backward.
     kept: u64,
+    /// With block-level recompute: the blocks' inputs, and the most one block keeps while
+    /// it runs again in backward.
+    kept_inputs: u64,
+    largest_block: u64,
     largest: u64,
     largest_what: String,
 }
@@ -175,6 +187,8 @@ fn walk(input: &PlanInput, batch: usize, bytes: u64, limits: &DeviceLimits) -> W
     let n = (batch * input.frames) as u64;
     let mut skips = 0u64;
     let mut kept = 0u64;
+    let mut kept_inputs = 0u64;
+    let mut largest_block = 0u64;
     let mut working = 0u64;
     let mut largest = 0u64;
     let mut largest_what = String::new();
@@ -198,11 +212,18 @@ fn walk(input: &PlanInput, batch: usize, bytes: u64, limits: &DeviceLimits) -> W
         skips += act * (input.unet.layers_per_block as u64 + 1);
         kept += level.resnets as u64 * (RESNET_KEPT_IN * act + RESNET_KEPT_OUT * act)
             + (widest - act) * RESNET_KEPT_IN;
+        // Recompute keeps each block's input (an up block's concatenation counted at its
+        // widest), and the up/downsamplers' inputs.
+        kept_inputs += level.resnets as u64 * act + (widest - act) + 2 * act;
+        largest_block = largest_block.max(RESNET_KEPT_IN * widest + RESNET_KEPT_OUT * act);
         let mut level_working = WORKING_SET * widest.max(act);
         if level.transformers > 0 {
             let c = level.channels as u64;
             let tokens = n * level.tokens as u64;
             kept += level.transformers as u64 * TRANSFORMER_KEPT * act;
+            kept_inputs += level.transformers as u64 * act;
+            let cross_kept = 2 * tokens * level.heads as u64 * 77 * 4;
+            largest_block = largest_block.max(TRANSFORMER_RECOMPUTE_PEAK * act + cross_kept);
             // The GEGLU projection (8·C wide) goes through in row chunks under the cap.
             let ff = (tokens * 8 * c * bytes).min(cap);
             note(
@@ -230,6 +251,7 @@ fn walk(input: &PlanInput, batch: usize, bytes: u64, limits: &DeviceLimits) -> W
                     &mut largest_what,
                 );
                 kept += level.transformers as u64 * 2 * scores;
+                largest_block = largest_block.max(TRANSFORMER_KEPT * act + cross_kept + 2 * scores);
                 level_working = level_working.max(2 * scores.min(cap) + 4 * act);
             }
             level_working = level_working.max(ff + 2 * act);
@@ -239,6 +261,8 @@ fn walk(input: &PlanInput, batch: usize, bytes: u64, limits: &DeviceLimits) -> W
     Walk {
         inference_peak: skips + working,
         kept,
+        kept_inputs,
+        largest_block,
         largest,
         largest_what,
     }
@@ -254,6 +278,11 @@ pub fn plan(input: &PlanInput, limits: &DeviceLimits) -> Vec<StepPlan> {
     // autocast keeps its master weights; gradients and AdamW's two moments per trainable.
     let tuning = walk(input, 1, 4, limits);
     let optimiser = input.trainable_params * 4 * 3;
+    let kept = if input.recompute {
+        tuning.kept_inputs + tuning.largest_block
+    } else {
+        tuning.kept
+    };
     let step = |name: &'static str, w: &Walk, extra: u64, extra_what: &str| {
         let activations = w.inference_peak + extra;
         let dominant = if activations > weights {
@@ -274,8 +303,12 @@ pub fn plan(input: &PlanInput, limits: &DeviceLimits) -> Vec<StepPlan> {
         step(
             "tuning",
             &tuning,
-            tuning.kept + optimiser,
-            ", kept for backward",
+            kept + optimiser,
+            if input.recompute {
+                ", block inputs kept for backward"
+            } else {
+                ", kept for backward"
+            },
         ),
         step("inversion", &single, 0, ""),
         if guided.largest <= limits.max_buffer_bytes {
@@ -286,6 +319,18 @@ pub fn plan(input: &PlanInput, limits: &DeviceLimits) -> Vec<StepPlan> {
             step("sampling", &single, 0, ", guidance in two passes")
         },
     ]
+}
+
+/// Above this planned tuning peak (keeping every activation), tuning recomputes blocks by
+/// default: every Stable Diffusion job, none of the tiny test models' (whose steps then run
+/// a third faster).
+pub const RECOMPUTE_ABOVE_BYTES: u64 = 2 << 30;
+
+/// Whether a job planned without recompute (`plans`) should recompute its tuning blocks.
+pub fn recompute_needed(plans: &[StepPlan]) -> bool {
+    plans
+        .iter()
+        .any(|p| p.step == "tuning" && p.peak_bytes > RECOMPUTE_ABOVE_BYTES)
 }
 
 /// What the user can change to make a job fit, for the refusal's message.
@@ -302,6 +347,9 @@ fn knobs(job: &JobShape) -> String {
     }
     if !job.kernels {
         knobs.push("--attention kernels".into());
+    }
+    if !job.recompute {
+        knobs.push("--recompute on".into());
     }
     knobs.join(", ")
 }
@@ -348,6 +396,10 @@ mod tests {
     use super::*;
 
     fn sd15(frames: usize, size: usize, f16: bool) -> Vec<StepPlan> {
+        sd15_with(frames, size, f16, true)
+    }
+
+    fn sd15_with(frames: usize, size: usize, f16: bool, recompute: bool) -> Vec<StepPlan> {
         let input = PlanInput::new(
             &UNetConfig::sd_v1_5(),
             &VaeConfig::sd_v1_5(),
@@ -358,6 +410,7 @@ mod tests {
                 width: size,
                 f16,
                 kernels: true,
+                recompute,
             },
             &Device::default(),
         )
@@ -378,6 +431,22 @@ mod tests {
         assert_eq!(steps, ["forward", "tuning", "inversion", "sampling"]);
     }
 
+    /// Recompute shrinks only the tuning step, by several times at SD sizes, and is chosen
+    /// by default there; inference plans are the same either way.
+    #[test]
+    fn recompute_shrinks_the_tuning_plan_only() {
+        let kept = sd15_with(8, 512, true, false);
+        let again = sd15_with(8, 512, true, true);
+        for (a, b) in kept.iter().zip(&again) {
+            if a.step == "tuning" {
+                assert!(b.peak_bytes * 2 < a.peak_bytes, "{a:?} vs {b:?}");
+            } else {
+                assert_eq!(a, b);
+            }
+        }
+        assert!(recompute_needed(&kept));
+    }
+
     #[test]
     fn a_buffer_over_the_limit_is_refused_naming_the_knobs() {
         let job = JobShape {
@@ -386,6 +455,7 @@ mod tests {
             width: 512,
             f16: false,
             kernels: true,
+            recompute: true,
         };
         let plans = sd15(24, 512, false);
         let lavapipe = DeviceLimits::from_wgpu(1 << 40, 128 << 20);

@@ -9,6 +9,7 @@ use burn::tensor::activation::gelu;
 use crate::attention::Attention;
 use crate::error::Result;
 use crate::layers::{Conv2d, GroupNorm, LayerNorm, Linear};
+use crate::recompute::recompute;
 use crate::weights::ParamBuilder;
 
 const LAYER_NORM_EPS: f64 = 1e-5;
@@ -86,6 +87,11 @@ pub struct VideoAttentionOptions {
     /// The device's largest tensor in bytes ([`crate::limits::DeviceLimits`]): the
     /// feed-forward and the plain path's attention scores are computed in pieces below it.
     pub max_buffer_bytes: u64,
+    /// Tuning keeps only each ResNet block's and video transformer's input for the backward
+    /// pass and runs the block again there ([`crate::recompute`]): on wgpu, the activations
+    /// a tuning step holds shrink to the blocks' inputs, for about a third more compute. No
+    /// effect outside autodiff. Off by default; `tav` turns it on for Stable Diffusion jobs.
+    pub recompute: bool,
 }
 
 impl Default for VideoAttentionOptions {
@@ -96,7 +102,14 @@ impl Default for VideoAttentionOptions {
             kernels: true,
             f16_compute: false,
             max_buffer_bytes: u64::MAX,
+            recompute: false,
         }
+    }
+}
+
+impl crate::recompute::SideInput for VideoAttentionOptions {
+    fn untracked(self) -> Self {
+        self
     }
 }
 
@@ -154,10 +167,16 @@ impl TransformerBlock {
             context,
             options.max_buffer_bytes,
         ) + x;
-        let x = self
-            .ff
-            .forward(self.norm3.forward(x.clone()), options.max_buffer_bytes)
-            + x;
+        let normed = self.norm3.forward(x.clone());
+        let x = if options.recompute {
+            // GEGLU's 8× wide projection and its 4× wide products are the widest activations
+            // a block keeps: the feed-forward keeps only its input and runs again in backward.
+            let feed_forward =
+                |ff: &FeedForward, x, max_buffer_bytes| ff.forward(x, max_buffer_bytes);
+            recompute(&self.ff, normed, options.max_buffer_bytes, feed_forward)
+        } else {
+            self.ff.forward(normed, options.max_buffer_bytes)
+        } + x;
         if !options.temporal {
             return x;
         }

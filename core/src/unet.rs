@@ -18,6 +18,7 @@ use crate::config::UNetConfig;
 use crate::draws::SeededRng;
 use crate::error::{Result, TavError};
 use crate::layers::{Conv2d, GroupNorm, Linear};
+use crate::recompute::recompute;
 use crate::resnet::{Downsample, ResnetBlock, ResnetSpec, Upsample};
 use crate::transformer::{Transformer3D, VideoAttentionOptions};
 use crate::weights::{HostTensor, ParamBuilder, ParamEntry};
@@ -368,9 +369,9 @@ impl UNet3D {
         let mut skips = vec![x.clone()];
         for block in &self.down_blocks {
             for (l, resnet) in block.resnets.iter().enumerate() {
-                x = resnet.forward(x, Some(temb.clone()), frames);
+                x = run_resnet(resnet, x, &temb, frames, options);
                 if let Some(attn) = block.attentions.get(l) {
-                    x = attn.forward(x, context.clone(), frames, options);
+                    x = run_transformer(attn, x, &context, frames, options);
                 }
                 skips.push(x.clone());
             }
@@ -380,24 +381,24 @@ impl UNet3D {
             }
         }
 
-        x = self.mid_block.resnets[0].forward(x, Some(temb.clone()), frames);
+        x = run_resnet(&self.mid_block.resnets[0], x, &temb, frames, options);
         for (attn, resnet) in self
             .mid_block
             .attentions
             .iter()
             .zip(&self.mid_block.resnets[1..])
         {
-            x = attn.forward(x, context.clone(), frames, options);
-            x = resnet.forward(x, Some(temb.clone()), frames);
+            x = run_transformer(attn, x, &context, frames, options);
+            x = run_resnet(resnet, x, &temb, frames, options);
         }
 
         for block in &self.up_blocks {
             for (l, resnet) in block.resnets.iter().enumerate() {
                 let skip = skips.pop().expect("one skip per up-block resnet");
                 x = Tensor::cat(vec![x, skip], 1);
-                x = resnet.forward(x, Some(temb.clone()), frames);
+                x = run_resnet(resnet, x, &temb, frames, options);
                 if let Some(attn) = block.attentions.get(l) {
-                    x = attn.forward(x, context.clone(), frames, options);
+                    x = run_transformer(attn, x, &context, frames, options);
                 }
             }
             if let Some(up) = &block.upsampler {
@@ -426,6 +427,42 @@ impl UNet3D {
         let emb = self.time_embedding.linear_1.forward(emb);
         self.time_embedding.linear_2.forward(silu(emb))
     }
+}
+
+/// A ResNet block, recomputed in backward when `options.recompute` says so.
+fn run_resnet(
+    resnet: &ResnetBlock,
+    x: Tensor<4>,
+    temb: &Tensor<2>,
+    frames: usize,
+    options: VideoAttentionOptions,
+) -> Tensor<4> {
+    if !options.recompute {
+        return resnet.forward(x, Some(temb.clone()), frames);
+    }
+    let block =
+        |r: &ResnetBlock, x, (temb, frames): (Tensor<2>, usize)| r.forward(x, Some(temb), frames);
+    recompute(resnet, x, (temb.clone(), frames), block)
+}
+
+/// A video transformer, recomputed in backward when `options.recompute` says so.
+fn run_transformer(
+    transformer: &Transformer3D,
+    x: Tensor<4>,
+    context: &Tensor<3>,
+    frames: usize,
+    options: VideoAttentionOptions,
+) -> Tensor<4> {
+    if !options.recompute {
+        return transformer.forward(x, context.clone(), frames, options);
+    }
+    let block =
+        |t: &Transformer3D,
+         x,
+         (context, frames, options): (Tensor<3>, usize, VideoAttentionOptions)| {
+            t.forward(x, context, frames, options)
+        };
+    recompute(transformer, x, (context.clone(), frames, options), block)
 }
 
 /// Upsample by 2, or to the skip connection's size where the latent size was odd.

@@ -32,6 +32,8 @@ pub struct BenchSpec {
     pub size: usize,
     pub f16: bool,
     pub kernels: bool,
+    /// Whether tuning recomputes each block in backward (`auto`: as `tav tune` decides).
+    pub recompute: crate::gpu::RecomputeChoice,
     /// Timed runs per step (after one warm-up run).
     pub runs: usize,
     /// Which steps: any of `forward`, `tune`, `sample`.
@@ -89,7 +91,9 @@ pub fn run(
 ) -> Result<()> {
     spec.validate()?;
     let cfg = unet_config(&spec.config)?;
-    let planned = planned_peaks(spec, &cfg, limits)?;
+    let recompute =
+        crate::resolve_recompute(spec.recompute, &planned_steps(spec, &cfg, limits, false)?);
+    let planned = planned_peaks(spec, &cfg, limits, recompute)?;
     let started = Instant::now();
     let mut unet = UNet3D::load(&RandomInit { seed: 0 }.builder(&device), &cfg)?;
     if spec.f16 {
@@ -105,7 +109,7 @@ pub fn run(
         "parameters": parameters, "frames": spec.frames, "size": spec.size,
         "latent": spec.size / 8, "f16_weights": spec.f16,
         "compute": if spec.f16 { "f16 (forward, sample); f32 (tune)" } else { "f32" },
-        "kernels": spec.kernels, "runs": spec.runs,
+        "kernels": spec.kernels, "recompute": recompute, "runs": spec.runs,
         "load_s": started.elapsed().as_secs_f64(),
     });
     println!("{header}");
@@ -118,6 +122,7 @@ pub fn run(
             kernels: spec.kernels,
             f16_compute: spec.f16,
             max_buffer_bytes: limits.max_buffer_bytes,
+            recompute,
             ..VideoAttentionOptions::default()
         },
     };
@@ -151,24 +156,14 @@ fn planned_peaks(
     spec: &BenchSpec,
     cfg: &UNetConfig,
     limits: &DeviceLimits,
+    recompute: bool,
 ) -> Result<std::collections::HashMap<&'static str, u64>> {
-    let job = JobShape {
-        frames: spec.frames,
-        height: spec.size,
-        width: spec.size,
-        f16: spec.f16,
-        kernels: spec.kernels,
-    };
-    let (_, vae, clip) = crate::plan::configs(None, None)?;
-    let mut input = PlanInput::new(cfg, &vae, &clip, job, &Device::flex())?;
-    input.vae_params = 0;
-    input.text_params = 0;
     let by_name = [
         ("forward", "forward"),
         ("tuning", "tune"),
         ("sampling", "sample"),
     ];
-    Ok(plan(&input, limits)
+    Ok(planned_steps(spec, cfg, limits, recompute)?
         .into_iter()
         .filter_map(|p| {
             by_name
@@ -177,6 +172,28 @@ fn planned_peaks(
                 .map(|(_, bench)| (*bench, p.peak_bytes))
         })
         .collect())
+}
+
+/// The plan of the benchmarked job, UNet weights only.
+fn planned_steps(
+    spec: &BenchSpec,
+    cfg: &UNetConfig,
+    limits: &DeviceLimits,
+    recompute: bool,
+) -> Result<Vec<tav_core::plan::StepPlan>> {
+    let job = JobShape {
+        frames: spec.frames,
+        height: spec.size,
+        width: spec.size,
+        f16: spec.f16,
+        kernels: spec.kernels,
+        recompute,
+    };
+    let (_, vae, clip) = crate::plan::configs(None, None)?;
+    let mut input = PlanInput::new(cfg, &vae, &clip, job, &Device::flex())?;
+    input.vae_params = 0;
+    input.text_params = 0;
+    Ok(plan(&input, limits))
 }
 
 fn median(values: &[f64]) -> f64 {

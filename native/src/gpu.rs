@@ -115,6 +115,17 @@ impl AttentionChoice {
     }
 }
 
+/// `--recompute`: whether tuning runs each block again in backward instead of keeping its
+/// activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RecomputeChoice {
+    /// On when the tuning step, keeping every activation, would be planned over
+    /// [`tav_core::plan::RECOMPUTE_ABOVE_BYTES`] (any Stable Diffusion job; not the tiny models).
+    Auto,
+    On,
+    Off,
+}
+
 /// Memory the host can still hand out (Linux's `MemAvailable`), if known.
 pub fn free_host_memory() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;

@@ -88,6 +88,8 @@ pub struct Session {
     pub attention: VideoAttentionOptions,
     /// What the device allows in one buffer: sizes the VAE's frame chunks.
     pub limits: DeviceLimits,
+    /// `--recompute`, resolved into `attention.recompute` by [`Session::check_plan`].
+    pub recompute: crate::gpu::RecomputeChoice,
 }
 
 fn io_error(path: &Path, e: impl std::fmt::Display) -> TavError {
@@ -265,6 +267,7 @@ impl Session {
                 ..VideoAttentionOptions::default()
             },
             limits: DeviceLimits::default(),
+            recompute: crate::gpu::RecomputeChoice::Auto,
         })
     }
 
@@ -289,18 +292,19 @@ impl Session {
     /// refuses one that cannot fit (a buffer over the device's limit, or a peak over its
     /// memory where known), naming the knobs.
     pub fn check_plan(
-        &self,
+        &mut self,
         frames: usize,
         height: usize,
         width: usize,
         steps: &[&str],
     ) -> Result<()> {
-        let job = JobShape {
+        let keeping_everything = JobShape {
             frames,
             height,
             width,
             f16: self.attention.f16_compute,
             kernels: self.attention.kernels,
+            recompute: false,
         };
         let m = &self.models;
         let configs = (
@@ -308,6 +312,14 @@ impl Session {
             m.vae_config.clone(),
             m.clip_config.clone(),
         );
+        self.attention.recompute = crate::resolve_recompute(
+            self.recompute,
+            &crate::plan::plan_for(&configs, keeping_everything, &self.limits)?,
+        );
+        let job = JobShape {
+            recompute: self.attention.recompute,
+            ..keeping_everything
+        };
         let plans = crate::plan::plan_for(&configs, job, &self.limits)?;
         check_fits_plan(&plans, steps, &self.limits, &job)
     }

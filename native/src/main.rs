@@ -67,6 +67,11 @@ struct Common {
     /// The old spelling of `--attention kernels` (kept so old scripts still run).
     #[arg(long, conflicts_with = "attention")]
     kernels: bool,
+    /// Tuning: `on` keeps only each block's input for the backward pass and runs the block
+    /// again there (a fraction of the memory, about a third more compute); `off` keeps every
+    /// activation; `auto` recomputes when the step would otherwise be planned over 2 GiB.
+    #[arg(long, value_enum, default_value = "auto")]
+    recompute: gpu::RecomputeChoice,
     /// Device: auto (wgpu's default adapter), discrete[:N], integrated[:N], virtual[:N],
     /// cpu (a wgpu CPU adapter such as lavapipe) or flex (burn's CPU backend; no WGSL
     /// kernels; several times faster than lavapipe on a machine without a GPU).
@@ -369,6 +374,11 @@ enum Command {
         /// Attention: kernels (the default) or plain.
         #[arg(long, value_enum, default_value = "kernels")]
         attention: gpu::AttentionChoice,
+        /// Tuning: `on` keeps only each block's input for the backward pass and runs the
+        /// block again there; `off` keeps every activation; `auto` recomputes when the step
+        /// would otherwise be planned over 2 GiB.
+        #[arg(long, value_enum, default_value = "auto")]
+        recompute: gpu::RecomputeChoice,
         /// The device's largest buffer in MiB, which sizes the chunked work (2048: NVIDIA
         /// and AMD Vulkan drivers; lavapipe and WebGPU's default: 128).
         #[arg(long, default_value_t = 2048)]
@@ -400,6 +410,11 @@ enum Command {
         /// The old spelling: `on` is `--attention kernels`, `off` is `--attention plain`.
         #[arg(long, default_value = "auto", value_parser = ["on", "off", "auto"], conflicts_with = "attention")]
         kernels: String,
+        /// Tuning: `on` keeps only each block's input for the backward pass and runs the
+        /// block again there; `off` keeps every activation; `auto` recomputes when the step
+        /// would otherwise be planned over 2 GiB.
+        #[arg(long, value_enum, default_value = "auto")]
+        recompute: gpu::RecomputeChoice,
         /// Timed runs per step, after one warm-up run.
         #[arg(long, default_value_t = 5)]
         runs: usize,
@@ -495,6 +510,7 @@ fn open_session(common: &Common, ui: &mut Ui) -> Result<Session> {
     )?;
     session.limits = opened.limits;
     session.attention.kernels = kernels;
+    session.recompute = common.recompute;
     session.attention.max_buffer_bytes = opened.limits.max_buffer_bytes;
     Ok(session)
 }
@@ -696,21 +712,30 @@ fn dispatch(cli: Cli) -> Result<()> {
             height,
             f16,
             attention,
+            recompute,
             max_buffer_mib,
             json,
         } => {
-            let job = tav_core::plan::JobShape {
+            let configs = plan::configs(config, model.as_ref())?;
+            let limits = tav_core::limits::DeviceLimits {
+                max_buffer_bytes: max_buffer_mib << 20,
+                memory_bytes: None,
+            };
+            let keeping_everything = tav_core::plan::JobShape {
                 frames,
                 height,
                 width,
                 f16,
                 kernels: attention == gpu::AttentionChoice::Kernels,
+                recompute: false,
             };
-            let limits = tav_core::limits::DeviceLimits {
-                max_buffer_bytes: max_buffer_mib << 20,
-                memory_bytes: None,
+            let job = tav_core::plan::JobShape {
+                recompute: resolve_recompute(
+                    recompute,
+                    &plan::plan_for(&configs, keeping_everything, &limits)?,
+                ),
+                ..keeping_everything
             };
-            let configs = plan::configs(config, model.as_ref())?;
             let plans = plan::plan_for(&configs, job, &limits)?;
             plan::print(&plans, &job, &limits, json);
             Ok(())
@@ -722,6 +747,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             f16,
             attention,
             kernels,
+            recompute,
             runs,
             steps,
             device,
@@ -745,11 +771,25 @@ fn dispatch(cli: Cli) -> Result<()> {
                 size,
                 f16,
                 kernels,
+                recompute,
                 runs,
                 steps,
             };
             bench::run(&spec, device, &adapter, &limits)
         }
+    }
+}
+
+/// Whether tuning recomputes blocks: as asked, or (`auto`) when the plan that keeps every
+/// activation puts the tuning step over [`tav_core::plan::RECOMPUTE_ABOVE_BYTES`].
+pub fn resolve_recompute(
+    choice: gpu::RecomputeChoice,
+    plans_keeping_everything: &[tav_core::plan::StepPlan],
+) -> bool {
+    match choice {
+        gpu::RecomputeChoice::On => true,
+        gpu::RecomputeChoice::Off => false,
+        gpu::RecomputeChoice::Auto => tav_core::plan::recompute_needed(plans_keeping_everything),
     }
 }
 
@@ -765,7 +805,7 @@ fn run_job(common: &Common, spec: &jobfile::Job, edit: bool) -> Result<()> {
     spec.clip.validate()?;
     let mut session_common = common.clone();
     session_common.model = spec.model.clone();
-    let session = open_session(&session_common, &mut ui)?;
+    let mut session = open_session(&session_common, &mut ui)?;
     let steps: &[&str] = if edit {
         &["tuning", "inversion", "sampling"]
     } else {
@@ -811,7 +851,7 @@ fn edit_only(
     prompts: Vec<String>,
 ) -> Result<()> {
     let mut ui = ui_for(common);
-    let session = open_session(common, &mut ui)?;
+    let mut session = open_session(common, &mut ui)?;
     let (unet, meta) = job::load_tuned(&session, tuned)?;
     let spec = jobfile::Job::for_edit(common, clip_args, edit, &meta, prompts, tuned)?;
     session.check_fits(spec.clip.frames, spec.clip.height, spec.clip.width)?;
