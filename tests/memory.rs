@@ -109,11 +109,12 @@ fn tuning_at_2304_tokens_fits_only_with_the_kernels() {
 /// Block-level recompute changes what a tuning step holds, not what it computes: on a shape
 /// other than the golden set's (2 frames of 16×24 latents, through the kernels: the plain
 /// path's run with recompute off is the golden harness's) the loss and every trainable
-/// layer's gradient match the step that keeps all its activations, and the pool reserves
-/// under half as much at the step's peak (at 3 frames of 24×40: 191 MB keeping everything,
-/// 64 MB with recompute).
+/// layer's gradient match the step that keeps all its activations. (The reserved bytes are
+/// printed only: the tests of this file share one device pool when run together; the peak is
+/// checked in a process of its own by `tav bench --recompute`, `tests/e2e_cli.rs`. Alone, at 3
+/// frames of 24×40: 191 MB keeping everything, 64 MB with recompute.)
 #[test]
-fn recompute_gives_the_same_gradients_and_holds_less() {
+fn recompute_gives_the_same_loss_and_gradients() {
     let at = |recompute| StepShape {
         frames: 2,
         height: 16,
@@ -138,18 +139,12 @@ fn recompute_gives_the_same_gradients_and_holds_less() {
             |acc, (e, k)| if e > acc.0 { (e, k) } else { acc },
         );
     println!(
-        "loss {} vs {}, worst gradient rel.err {worst:.2e} ({worst_key}); reserved \
-         {kept_bytes:?} B keeping everything, {again_bytes:?} B with recompute",
+        "loss {} vs {}, worst gradient rel.err {worst:.2e} ({worst_key}); pool reserved \
+         {kept_bytes:?} B keeping everything, {again_bytes:?} B with recompute (shared pool)",
         kept.loss, again.loss
     );
     assert!((kept.loss - again.loss).abs() <= 1e-6 * kept.loss.abs());
     assert!(worst < 1e-5, "gradients differ: {worst:.2e} at {worst_key}");
-    if let (Some(kept_bytes), Some(again_bytes)) = (kept_bytes, again_bytes) {
-        assert!(
-            again_bytes * 2 < kept_bytes,
-            "recompute reserves {again_bytes} B, keeping everything {kept_bytes} B"
-        );
-    }
 }
 
 /// The guided feed-forward at SD v1.5's finest width (320, GEGLU to 2 × 1280) over a batch
