@@ -211,9 +211,9 @@ fn truncated_and_corrupt_shards_are_caught() {
 const TOL_F16_JOB: f64 = 6e-2;
 
 /// The golden job (tune with the golden draws, invert, edit) on the streamed f16 model, as the
-/// browser runs it (kernels on); then, on an adapter with `shader-f16`, its inversion and edits
-/// again in f16 arithmetic (weights kept f16 on the GPU), as the browser runs them there
-/// (tuning computes in f32 either way, so it runs once). Its f32-arithmetic edits are what the
+/// browser runs it (kernels on); then, with `TAV_STREAM_F16_ARITHMETIC=1` on an adapter with
+/// `shader-f16`, its inversion and edits again in f16 arithmetic (weights kept f16 on the GPU),
+/// as the browser runs them there (tuning computes in f32 either way, so it runs once). Its f32-arithmetic edits are what the
 /// browser test compares with: set `TAV_WEB_REFERENCE_OUT` to a folder to write them there
 /// (`edit{i}.f32`, little-endian `[1, 3, F, H, W]`, and `golden.txt` naming the golden set).
 #[test]
@@ -284,10 +284,15 @@ fn golden_job(edit_bound: f64, out_dir: Option<std::path::PathBuf>) {
     println!("streamed f16 job: losses rel.err {e:.2e}");
     assert!(e < TOL_F16);
 
+    // The same inversion and edits in f16 arithmetic take CI's lavapipe minutes more; the
+    // UNet's f16 arithmetic is held per call by `golden_f16_weights_within_bound` (1e-2), so
+    // this job-level pass runs where asked (`TAV_STREAM_F16_ARITHMETIC=1`; measured here:
+    // edits within 4.5e-2 of the reference against 4.0e-2 in f32 arithmetic).
     let mut arithmetic = vec![false];
-    if tav_core::precision::supports_f16(&device) {
+    let asked = std::env::var("TAV_STREAM_F16_ARITHMETIC").as_deref() == Ok("1");
+    if asked && tav_core::precision::supports_f16(&device) {
         arithmetic.push(true);
-    } else {
+    } else if asked {
         println!("this adapter has no f16 support: f16 arithmetic is not checked here");
     }
     for f16_compute in arithmetic {
