@@ -18,7 +18,10 @@ rm -rf "$site/pkg" "$site/model"
 cp -r web/pkg "$site/pkg"
 # Small shards, so that streaming (one shard of uploads in host memory at a time) shows even
 # on a tiny model.
-cargo run --locked -q -p tav-native -- pack-web "$golden/model" "$site/model" \
+# The workspace's own `tav` (built by the README's test command: `cargo run -p tav-native`
+# would resolve other features and build every dependency a second time).
+cargo build --workspace --locked -q --bins
+"$root/target/debug/tav" pack-web "$golden/model" "$site/model" \
   --temporal "$golden/temporal_init.safetensors" --shard-mib 1
 # A model whose tensors (4 GiB of f16 each) are over every adapter's binding limit.
 mkdir -p "$site/oversized"
