@@ -231,7 +231,24 @@ fn golden_job(edit_bound: f64, out_dir: Option<std::path::PathBuf>) {
 
     let dir = &golden_dirs()[0];
     let golden = Golden::open(dir);
-    let device = device();
+    // The whole job on lavapipe took CI's machine over eight minutes; on burn's CPU backend it
+    // takes seconds. The kernels run this job on wgpu in tests/golden.rs (f32 weights) and in
+    // the browser tests (this packed model, against this run's edits);
+    // `TAV_STREAM_JOB_DEVICE=wgpu` runs it here on wgpu with the kernels.
+    let on_wgpu = std::env::var("TAV_STREAM_JOB_DEVICE").as_deref() == Ok("wgpu");
+    let device = if on_wgpu {
+        device()
+    } else {
+        burn::tensor::Device::flex()
+    };
+    println!(
+        "streamed f16 job on {}",
+        if on_wgpu {
+            "wgpu, WGSL kernels"
+        } else {
+            "flex (burn's CPU backend), plain attention"
+        }
+    );
     let (manifest, files) = packed(dir, 64 << 20);
     let mut weights = StreamedWeights::new(&device);
     stream_all(&manifest, &files, &mut weights);
@@ -241,7 +258,7 @@ fn golden_job(edit_bound: f64, out_dir: Option<std::path::PathBuf>) {
     }
     let models = build_models(&manifest, &mut weights, &small, 0).unwrap();
     let options = VideoAttentionOptions {
-        kernels: true,
+        kernels: on_wgpu,
         ..VideoAttentionOptions::default()
     };
     let json = &golden.json;
@@ -278,6 +295,32 @@ fn golden_job(edit_bound: f64, out_dir: Option<std::path::PathBuf>) {
             .unwrap();
         unet = next;
         losses.push(outcome.loss);
+    }
+    if let Some(out) = &out_dir {
+        // The tuned weights, for the browser tests to import: the browser tunes fewer steps
+        // (SwiftShader takes over a minute a step) and edits from these.
+        let steps = losses.len();
+        let pixels = golden.host("e2e.train.pixels").shape;
+        let tuned = tav_core::delta::TunedWeights {
+            meta: tav_core::delta::TuneMeta {
+                base_fingerprint: models.base_fingerprint().to_string(),
+                prompt: json["e2e.train.prompt"].as_str().unwrap().to_string(),
+                video: "e2e.train.pixels".into(),
+                frames: pixels[0],
+                height: pixels[2],
+                width: pixels[3],
+                stride: 1,
+                steps,
+                steps_done: steps,
+                learning_rate: json["e2e.train.lr"].as_f64().unwrap(),
+                losses: losses.clone(),
+                ..Default::default()
+            },
+            tensors: tuner.trainable_values(&unet),
+            moments: Default::default(),
+        };
+        std::fs::create_dir_all(out).unwrap();
+        std::fs::write(out.join("tuned.safetensors"), tuned.to_bytes().unwrap()).unwrap();
     }
     let unet = Tuner::eval_mode(unet);
     let e = rel_error(&losses, &golden.host("e2e.train.losses").data);

@@ -1,5 +1,5 @@
 // The engine in headless Chromium (WebGPU on SwiftShader): streams the packed golden model,
-// tunes with the golden draws, inverts, edits, and compares with the reference within the
+// tunes two steps with the golden draws, imports the native run's tuned weights, inverts, edits, and compares with the reference within the
 // stated f16 tolerance; then reloads and checks the weights come from the cache, that a corrupt
 // cache entry is fetched again, and that every error case says what is wrong.
 // Env: TAV_SITE_URL (the served site, with engine.html, pkg/, model/, golden/).
@@ -60,7 +60,7 @@ check(stats.peakStreamBytes <= largestTensor, `streaming held at most one tensor
 const growth = stats.wasmMemoryAfterShardsBytes - stats.wasmMemoryBeforeShardsBytes;
 const heapBound = tokenTable + largestTensor + (2 << 20);
 check(growth <= heapBound, `the wasm heap grew ${growth} bytes (${(100 * growth / stats.totalBytes).toFixed(0)}% of the ${stats.totalBytes} bytes of weights streamed; bound: token table ${tokenTable} + one tensor ${largestTensor} + 2 MiB)`);
-check(first.lossError <= TOLERANCE_LOSS, `tuning losses match the reference (rel.err ${first.lossError.toExponential(2)} ≤ ${TOLERANCE_LOSS})`);
+check(first.lossError <= TOLERANCE_LOSS, `${first.tunedSteps} tuning steps' losses match the reference (rel.err ${first.lossError.toExponential(2)} ≤ ${TOLERANCE_LOSS}); edits from the native run's tuned weights, imported`);
 for (const [i, e] of first.nativeErrors.entries())
   check(e <= TOLERANCE_NATIVE, `edit ${i} matches the native result (rel.err ${e.toExponential(2)} ≤ ${TOLERANCE_NATIVE})`);
 for (const [i, e] of first.editErrors.entries())

@@ -29,13 +29,15 @@ sed -e 's/"bytes": *[0-9]*/"bytes": 4294967296/g' "$site/model/manifest.json" > 
 mkdir -p "$site/golden"
 cp "$golden/cases.json" "$golden/cases.safetensors" "$site/golden/"
 cp tests/browser/engine.html "$site/"
-# The native run of the same packed model, which the browser must reproduce. CI's test run
+# The native run of the same packed model (its tuned weights and edits), which the browser
+# must reproduce. CI's test run
 # already wrote it (TAV_WEB_REFERENCE names where); otherwise it runs here. (--workspace:
 # the same feature set as the README's test command, so nothing is rebuilt.)
 if [ -n "${TAV_WEB_REFERENCE:-}" ] && [ -f "$TAV_WEB_REFERENCE/edit0.f32" ] &&
+  [ -f "$TAV_WEB_REFERENCE/tuned.safetensors" ] &&
   [ "$(cat "$TAV_WEB_REFERENCE/golden.txt" 2>/dev/null)" = "$(realpath "$golden")" ]; then
   mkdir -p "$site/native"
-  cp "$TAV_WEB_REFERENCE"/edit*.f32 "$site/native/"
+  cp "$TAV_WEB_REFERENCE"/edit*.f32 "$TAV_WEB_REFERENCE/tuned.safetensors" "$site/native/"
 else
   TAV_GOLDEN_DIRS="$golden" TAV_WEB_REFERENCE_OUT="$site/native" \
     cargo test --workspace --locked -q --test stream -- streamed_f16_model_runs_the_golden_job
