@@ -110,10 +110,12 @@ const RESNET_KEPT_OUT: u64 = 5;
 /// (the kernels keep no scores), cross-attention's query and output, the residual sums, and
 /// the GEGLU feed-forward (8× wide projection, its GELU, the 4× wide product).
 const TRANSFORMER_KEPT: u64 = 40;
-/// What a transformer block holds at its peak while it runs again in backward (recompute):
-/// its feed-forward keeps only its input (1 instead of GEGLU's 16), but when the
-/// feed-forward itself runs again its 16 are live beside the attention layers' kept 18.
-const TRANSFORMER_RECOMPUTE_PEAK: u64 = 35;
+/// What a transformer holds at its peak while it runs again in backward (recompute): each
+/// of its four sublayers keeps only its input (with the norm and projections around them,
+/// about 7), and the sublayer running again keeps its own (self-attention: the norm, q, k,
+/// v, the kernel's output, and their gradients, about 11; the feed-forward runs in eighths
+/// of its rows, about 2 wide).
+const TRANSFORMER_RECOMPUTE_PEAK: u64 = 18;
 /// Live temporaries of a ResNet or transformer block at once during inference, in units of
 /// the level's activation.
 const WORKING_SET: u64 = 4;
@@ -122,7 +124,7 @@ const WORKING_SET: u64 = 4;
 /// pages, the metadata pool): fitted to `tav bench` on lavapipe (BENCHMARKS.md), where the
 /// tiny model's steps hold about 4–5 MiB more than their tensors and SD v1.5's a forward about 5% more.
 const POOL_OVERHEAD_PER_MILLE: u64 = 25;
-const POOL_OVERHEAD_BYTES: u64 = 4 << 20;
+const POOL_OVERHEAD_BYTES: u64 = 6 << 20;
 
 /// One level of the UNet as the forward pass meets it.
 struct Level {
@@ -174,9 +176,10 @@ struct Walk {
     inference_peak: u64,
     /// Activations autodiff keeps for backward.
     kept: u64,
-    /// With block-level recompute: the blocks' inputs, and the most one block keeps while
-    /// it runs again in backward.
-    kept_inputs: u64,
+    /// With block-level recompute: the blocks' inputs (f16 in mixed-precision tuning), the
+    /// up/downsamplers' inputs, and the most one block keeps while it runs again in backward.
+    kept_block_inputs: u64,
+    kept_sampler_inputs: u64,
     largest_block: u64,
     largest: u64,
     largest_what: String,
@@ -187,7 +190,8 @@ fn walk(input: &PlanInput, batch: usize, bytes: u64, limits: &DeviceLimits) -> W
     let n = (batch * input.frames) as u64;
     let mut skips = 0u64;
     let mut kept = 0u64;
-    let mut kept_inputs = 0u64;
+    let mut kept_block_inputs = 0u64;
+    let mut kept_sampler_inputs = 0u64;
     let mut largest_block = 0u64;
     let mut working = 0u64;
     let mut largest = 0u64;
@@ -214,14 +218,15 @@ fn walk(input: &PlanInput, batch: usize, bytes: u64, limits: &DeviceLimits) -> W
             + (widest - act) * RESNET_KEPT_IN;
         // Recompute keeps each block's input (an up block's concatenation counted at its
         // widest), and the up/downsamplers' inputs.
-        kept_inputs += level.resnets as u64 * act + (widest - act) + 2 * act;
+        kept_block_inputs += level.resnets as u64 * act + (widest - act);
+        kept_sampler_inputs += 2 * act;
         largest_block = largest_block.max(RESNET_KEPT_IN * widest + RESNET_KEPT_OUT * act);
         let mut level_working = WORKING_SET * widest.max(act);
         if level.transformers > 0 {
             let c = level.channels as u64;
             let tokens = n * level.tokens as u64;
             kept += level.transformers as u64 * TRANSFORMER_KEPT * act;
-            kept_inputs += level.transformers as u64 * act;
+            kept_block_inputs += level.transformers as u64 * act;
             let cross_kept = 2 * tokens * level.heads as u64 * 77 * 4;
             largest_block = largest_block.max(TRANSFORMER_RECOMPUTE_PEAK * act + cross_kept);
             // The GEGLU projection (8·C wide) goes through in row chunks under the cap.
@@ -261,7 +266,8 @@ fn walk(input: &PlanInput, batch: usize, bytes: u64, limits: &DeviceLimits) -> W
     Walk {
         inference_peak: skips + working,
         kept,
-        kept_inputs,
+        kept_block_inputs,
+        kept_sampler_inputs,
         largest_block,
         largest,
         largest_what,
@@ -276,10 +282,16 @@ pub fn plan(input: &PlanInput, limits: &DeviceLimits) -> Vec<StepPlan> {
     let guided = walk(input, 2, inference_bytes, limits);
     // Tuning computes in f32 (activations and the trainable layers), as the reference's
     // autocast keeps its master weights; gradients and AdamW's two moments per trainable.
+    // With f16 and recompute, the blocks' inputs are kept in f16 (mixed precision).
     let tuning = walk(input, 1, 4, limits);
     let optimiser = input.trainable_params * 4 * 3;
     let kept = if input.recompute {
-        tuning.kept_inputs + tuning.largest_block
+        let block_inputs = if input.f16 {
+            tuning.kept_block_inputs / 2
+        } else {
+            tuning.kept_block_inputs
+        };
+        block_inputs + tuning.kept_sampler_inputs + tuning.largest_block
     } else {
         tuning.kept
     };
@@ -445,6 +457,22 @@ mod tests {
             }
         }
         assert!(recompute_needed(&kept));
+    }
+
+    /// The reference's own job (SD v1.5, 24 frames of 512²) in mixed precision with recompute
+    /// is planned under a 12 GB card's 12 GiB; f16-kept block inputs are what bring it there.
+    #[test]
+    fn mixed_precision_tuning_of_the_reference_job_plans_under_12_gib() {
+        let tuning = |f16| {
+            sd15(24, 512, f16)
+                .into_iter()
+                .find(|p| p.step == "tuning")
+                .unwrap()
+        };
+        let (mixed, full) = (tuning(true), tuning(false));
+        println!("tuning: f16 {mixed:?}; f32 {full:?}");
+        assert!(mixed.peak_bytes < 12 << 30, "{mixed:?}");
+        assert!(full.peak_bytes > 12 << 30, "{full:?}");
     }
 
     #[test]

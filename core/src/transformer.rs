@@ -92,6 +92,20 @@ pub struct VideoAttentionOptions {
     /// a tuning step holds shrink to the blocks' inputs, for about a third more compute. No
     /// effect outside autodiff. Off by default; `tav` turns it on for Stable Diffusion jobs.
     pub recompute: bool,
+    /// Mixed-precision tuning (`--f16`): recomputed blocks keep their f32 inputs in f16 (half
+    /// the activations a step holds); all arithmetic stays f32. Needs f16 storage.
+    pub kept_f16: bool,
+}
+
+impl VideoAttentionOptions {
+    /// How recomputed blocks keep their inputs.
+    pub fn kept_input(&self) -> crate::recompute::KeptInput {
+        if self.kept_f16 {
+            crate::recompute::KeptInput::F16
+        } else {
+            crate::recompute::KeptInput::AsIs
+        }
+    }
 }
 
 impl Default for VideoAttentionOptions {
@@ -103,6 +117,7 @@ impl Default for VideoAttentionOptions {
             f16_compute: false,
             max_buffer_bytes: u64::MAX,
             recompute: false,
+            kept_f16: false,
         }
     }
 }
@@ -141,13 +156,45 @@ impl TransformerBlock {
         })
     }
 
-    /// `x` is `[(B·F), L, C]`; `context` is `[(B·F), M, Cc]`.
+    /// `x` is `[(B·F), L, C]`; `context` is `[(B·F), M, Cc]`. Four residual sublayers:
+    /// sparse-causal self-attention, cross-attention, feed-forward, temporal attention.
     pub fn forward(
         &self,
         x: Tensor<3>,
         context: Tensor<3>,
         frames: usize,
         options: VideoAttentionOptions,
+    ) -> Tensor<3> {
+        let x = self.sublayer(x, (frames, options), Self::self_attention, options);
+        let x = self.sublayer(x, (context, options), Self::cross_attention, options);
+        let x = self.feed_forward_in_row_chunks(x, options);
+        if !options.temporal {
+            return x;
+        }
+        self.sublayer(x, (frames, options), Self::temporal_attention, options)
+    }
+
+    /// `sublayer(self, x, side)`; with recompute (which runs it only while the whole block
+    /// runs again in backward), keeping only its input, so one sublayer's activations are
+    /// live at a time.
+    fn sublayer<S: crate::recompute::SideInput>(
+        &self,
+        x: Tensor<3>,
+        side: S,
+        sublayer: fn(&Self, Tensor<3>, S) -> Tensor<3>,
+        options: VideoAttentionOptions,
+    ) -> Tensor<3> {
+        if options.recompute {
+            recompute(self, x, side, sublayer, options.kept_input())
+        } else {
+            sublayer(self, x, side)
+        }
+    }
+
+    fn self_attention(
+        &self,
+        x: Tensor<3>,
+        (frames, options): (usize, VideoAttentionOptions),
     ) -> Tensor<3> {
         let normed = self.norm1.forward(x.clone());
         let attended = match options.self_attention {
@@ -161,25 +208,32 @@ impl TransformerBlock {
                 self.attn1.forward_self(normed, options.max_buffer_bytes)
             }
         };
-        let x = attended + x;
-        let x = self.attn2.forward_cross(
+        attended + x
+    }
+
+    fn cross_attention(
+        &self,
+        x: Tensor<3>,
+        (context, options): (Tensor<3>, VideoAttentionOptions),
+    ) -> Tensor<3> {
+        self.attn2.forward_cross(
             self.norm2.forward(x.clone()),
             context,
             options.max_buffer_bytes,
-        ) + x;
-        let normed = self.norm3.forward(x.clone());
-        let x = if options.recompute {
-            // GEGLU's 8× wide projection and its 4× wide products are the widest activations
-            // a block keeps: the feed-forward keeps only its input and runs again in backward.
-            let feed_forward =
-                |ff: &FeedForward, x, max_buffer_bytes| ff.forward(x, max_buffer_bytes);
-            recompute(&self.ff, normed, options.max_buffer_bytes, feed_forward)
-        } else {
-            self.ff.forward(normed, options.max_buffer_bytes)
-        } + x;
-        if !options.temporal {
-            return x;
-        }
+        ) + x
+    }
+
+    fn feed_forward(&self, x: Tensor<3>, max_buffer_bytes: u64) -> Tensor<3> {
+        self.ff
+            .forward(self.norm3.forward(x.clone()), max_buffer_bytes)
+            + x
+    }
+
+    fn temporal_attention(
+        &self,
+        x: Tensor<3>,
+        (frames, options): (usize, VideoAttentionOptions),
+    ) -> Tensor<3> {
         self.attn_temp.forward_temporal(
             self.norm_temp.forward(x.clone()),
             frames,
@@ -187,7 +241,40 @@ impl TransformerBlock {
             options.max_buffer_bytes,
         ) + x
     }
+
+    /// The feed-forward sublayer; with recompute, in row chunks recomputed one by one: GEGLU's
+    /// 8× wide projection and 4× wide products are the widest activations of a block, and
+    /// every row (LayerNorm, GEGLU) is independent of the others, so a chunk of 1/8 of the
+    /// rows holds about two block widths while it runs again.
+    fn feed_forward_in_row_chunks(
+        &self,
+        x: Tensor<3>,
+        options: VideoAttentionOptions,
+    ) -> Tensor<3> {
+        let max = options.max_buffer_bytes;
+        if !options.recompute {
+            return self.feed_forward(x, max);
+        }
+        let [n, l, c] = x.dims();
+        let rows = n * l;
+        let per_chunk = rows.div_ceil(FEED_FORWARD_RECOMPUTE_CHUNKS);
+        if per_chunk == rows {
+            return recompute(self, x, max, Self::feed_forward, options.kept_input());
+        }
+        let flat = x.reshape([1, rows, c]);
+        let parts = (0..rows)
+            .step_by(per_chunk)
+            .map(|start| {
+                let chunk = flat.clone().narrow(1, start, per_chunk.min(rows - start));
+                recompute(self, chunk, max, Self::feed_forward, options.kept_input())
+            })
+            .collect();
+        Tensor::cat(parts, 1).reshape([n, l, c])
+    }
 }
+
+/// Row chunks of the feed-forward sublayer under recompute ([`TransformerBlock`]).
+const FEED_FORWARD_RECOMPUTE_CHUNKS: usize = 8;
 
 /// The input/output projection of a transformer: a 1×1 conv (SD v1) or a linear layer
 /// (`use_linear_projection`, SD v2).

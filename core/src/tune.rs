@@ -118,9 +118,12 @@ impl Tuner {
             noisy,
             &[draws.timestep as f64],
             batch.context.clone(),
-            // Training arithmetic stays f32: AdamW's updates are smaller than f16's steps.
+            // Training arithmetic stays f32 (AdamW's updates are smaller than f16's steps);
+            // with f16 asked for, recomputed blocks keep their inputs in f16.
             VideoAttentionOptions {
                 f16_compute: false,
+                kept_f16: batch.attention.f16_compute
+                    && crate::precision::supports_f16(&draws.noise.device()),
                 ..batch.attention
             },
         )?;

@@ -442,7 +442,13 @@ fn run_resnet(
     }
     let block =
         |r: &ResnetBlock, x, (temb, frames): (Tensor<2>, usize)| r.forward(x, Some(temb), frames);
-    recompute(resnet, x, (temb.clone(), frames), block)
+    recompute(
+        resnet,
+        x,
+        (temb.clone(), frames),
+        block,
+        options.kept_input(),
+    )
 }
 
 /// A video transformer, recomputed in backward when `options.recompute` says so.
@@ -462,7 +468,13 @@ fn run_transformer(
          (context, frames, options): (Tensor<3>, usize, VideoAttentionOptions)| {
             t.forward(x, context, frames, options)
         };
-    recompute(transformer, x, (context.clone(), frames, options), block)
+    recompute(
+        transformer,
+        x,
+        (context.clone(), frames, options),
+        block,
+        options.kept_input(),
+    )
 }
 
 /// Upsample by 2, or to the skip connection's size where the latent size was odd.
