@@ -54,8 +54,9 @@ struct Common {
     #[arg(long)]
     variant: Option<String>,
     /// Half precision: weights stored in f16 (half the memory), inversion and sampling in
-    /// f16 arithmetic (norm statistics, softmax and convolution sums in f32). Tuning
-    /// computes in f32 and the tuned layers stay f32. Needs an adapter with f16 support.
+    /// f16 arithmetic (norm statistics, softmax and convolution sums in f32). Tuning in mixed
+    /// precision: f32 arithmetic, tuned layers and AdamW state, with recompute each block's
+    /// input kept in f16. Needs an adapter with f16 support.
     #[arg(long)]
     f16: bool,
     /// How sparse-causal and temporal attention run: `kernels`, tav's memory-efficient WGSL
@@ -368,7 +369,7 @@ enum Command {
         /// Height in pixels, a multiple of 64.
         #[arg(long, default_value_t = 512)]
         height: usize,
-        /// Weights and inference in f16.
+        /// Weights and inference in f16; tuning in mixed precision (blocks' inputs kept in f16).
         #[arg(long)]
         f16: bool,
         /// Attention: kernels (the default) or plain.
@@ -400,7 +401,8 @@ enum Command {
         #[arg(long)]
         size: Option<usize>,
         /// Frozen weights in f16, and f16 arithmetic in the forward and sampling steps (the
-        /// tuning step computes in f32, as `tav tune --f16` does).
+        /// tuning step computes in f32 and keeps recomputed blocks' inputs in f16, as `tav tune
+        /// --f16` does).
         #[arg(long)]
         f16: bool,
         /// Attention: tav's WGSL kernels or the plain tensor-op path [default: kernels on a

@@ -468,6 +468,31 @@ impl Inner {
         }
     }
 
+    /// Whether tuning at `size` recomputes its blocks in backward: as `tav`'s
+    /// `--recompute auto`, when the step keeping every activation is planned over
+    /// [`tav_core::plan::RECOMPUTE_ABOVE_BYTES`] (every Stable Diffusion clip, none of the tiny
+    /// models, whose steps it would only slow).
+    fn tuning_needs_recompute(&self, models: &Models, size: FrameSize) -> JsResult<bool> {
+        use tav_core::plan::{JobShape, PlanInput, plan, recompute_needed};
+        let job = JobShape {
+            frames: size.count,
+            height: size.height,
+            width: size.width,
+            f16: true,
+            kernels: true,
+            recompute: false,
+        };
+        let input = PlanInput::new(
+            &models.unet_config,
+            &models.vae_config,
+            &models.clip_config,
+            job,
+            &self.device,
+        )
+        .map_err(tav_error)?;
+        Ok(recompute_needed(&plan(&input, &self.limits())))
+    }
+
     fn attention(&self) -> VideoAttentionOptions {
         VideoAttentionOptions {
             kernels: true,
@@ -511,7 +536,10 @@ impl Inner {
             posterior: posterior.clone(),
             context: self.embed(&models, &prompt)?,
             scaling_factor: models.vae.scaling_factor,
-            attention: self.attention(),
+            attention: VideoAttentionOptions {
+                recompute: self.tuning_needs_recompute(&models, size)?,
+                ..self.attention()
+            },
         };
         let [f, c, h, w] = posterior.mean.dims();
         let mut tuner = Tuner::new(&models.unet, settings);
