@@ -11,7 +11,8 @@ rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target
 if ! wasm-bindgen --version 2>/dev/null | grep -q " $version\$"; then
   # Not --locked: one of the CLI's locked dependencies is not in the registry here.
   # At opt-level 1: it builds in far less of CI's time and still runs in seconds.
-  CARGO_PROFILE_RELEASE_OPT_LEVEL=1 cargo install wasm-bindgen-cli --version "=$version"
+  # --force: cargo may record it as installed when the binary is gone.
+  CARGO_PROFILE_RELEASE_OPT_LEVEL=1 cargo install --force wasm-bindgen-cli --version "=$version"
 fi
 
 cargo build --locked -p tav-web --target wasm32-unknown-unknown --profile wasm-release

@@ -124,7 +124,7 @@ const WORKING_SET: u64 = 4;
 /// pages, the metadata pool): fitted to `tav bench` on lavapipe (BENCHMARKS.md), where the
 /// tiny model's steps hold about 4–5 MiB more than their tensors and SD v1.5's a forward about 5% more.
 const POOL_OVERHEAD_PER_MILLE: u64 = 25;
-const POOL_OVERHEAD_BYTES: u64 = 6 << 20;
+const POOL_OVERHEAD_BYTES: u64 = 4 << 20;
 
 /// One level of the UNet as the forward pass meets it.
 struct Level {

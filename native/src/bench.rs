@@ -34,7 +34,8 @@ pub struct BenchSpec {
     pub kernels: bool,
     /// Whether tuning recomputes each block in backward (`auto`: as `tav tune` decides).
     pub recompute: crate::gpu::RecomputeChoice,
-    /// Timed runs per step (after one warm-up run).
+    /// Timed runs per step (after one warm-up run); 0 measures the peak memory only, from
+    /// the first run.
     pub runs: usize,
     /// Which steps: any of `forward`, `tune`, `sample`.
     pub steps: Vec<String>,
@@ -61,10 +62,8 @@ impl BenchSpec {
                 self.size
             )));
         }
-        if self.frames == 0 || self.runs == 0 {
-            return Err(TavError::InvalidInput(
-                "--frames and --runs must be at least 1".into(),
-            ));
+        if self.frames == 0 {
+            return Err(TavError::InvalidInput("--frames must be at least 1".into()));
         }
         if let Some(bad) = self.steps.iter().find(|s| !STEPS.contains(&s.as_str())) {
             return Err(TavError::InvalidInput(format!(
@@ -137,7 +136,7 @@ pub fn run(
             "frames": spec.frames, "size": spec.size, "f16_weights": spec.f16,
             "f16_compute": spec.f16 && step.as_str() != "tune", "kernels": spec.kernels,
             "median_ms": median(&measured.times_ms),
-            "min_ms": measured.times_ms.iter().cloned().fold(f64::INFINITY, f64::min),
+            "min_ms": measured.times_ms.iter().cloned().reduce(f64::min),
             "runs": measured.times_ms.len(),
             "peak_bytes": measured.peak_bytes,
             "peak_gib": measured.peak_bytes.map(|b| b as f64 / (1u64 << 30) as f64),
@@ -196,14 +195,17 @@ fn planned_steps(
     Ok(plan(&input, limits))
 }
 
-fn median(values: &[f64]) -> f64 {
+/// The median, or `None` without values (a memory-only bench).
+fn median(values: &[f64]) -> Option<f64> {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let n = sorted.len();
-    if n % 2 == 1 {
-        sorted[n / 2]
+    if n == 0 {
+        None
+    } else if n % 2 == 1 {
+        Some(sorted[n / 2])
     } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+        Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0)
     }
 }
 
@@ -235,8 +237,19 @@ impl Bench<'_> {
             .map_err(|e| TavError::Device(format!("{e:?}")))
     }
 
-    /// Warm-up run, then the timed runs, then one run from a clean pool for the peak.
+    /// Warm-up run, then the timed runs, then one run from a clean pool for the peak. With no
+    /// timed runs, the peak of the first run alone (compiling kernels takes no pool memory).
     fn measure(&self, mut once: impl FnMut() -> Result<()>) -> Result<Measured> {
+        if self.spec.runs == 0 {
+            self.device.memory_cleanup();
+            once()?;
+            self.sync()?;
+            let peak_bytes = self.device.memory_pool_usage().map(|u| u.bytes_reserved);
+            return Ok(Measured {
+                times_ms: Vec::new(),
+                peak_bytes,
+            });
+        }
         once()?;
         self.sync()?;
         let mut times_ms = Vec::new();

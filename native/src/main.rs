@@ -417,7 +417,7 @@ enum Command {
         /// would otherwise be planned over 2 GiB.
         #[arg(long, value_enum, default_value = "auto")]
         recompute: gpu::RecomputeChoice,
-        /// Timed runs per step, after one warm-up run.
+        /// Timed runs per step, after one warm-up run (0: the peak memory of one run only).
         #[arg(long, default_value_t = 5)]
         runs: usize,
         /// Which steps to time (comma-separated): forward, tune, sample.
