@@ -82,7 +82,7 @@ pub struct VideoAttentionOptions {
     pub kernels: bool,
     /// The UNet's arithmetic in f16 (activations f16; norm statistics, softmax and the
     /// kernels' accumulators stay f32). For inference on adapters with `shader-f16`; the
-    /// tuning loop ignores it and computes in f32.
+    /// tuning loop computes in f32 and reads it as mixed precision ([`Self::kept_f16`]).
     pub f16_compute: bool,
     /// The device's largest tensor in bytes ([`crate::limits::DeviceLimits`]): the
     /// feed-forward and the plain path's attention scores are computed in pieces below it.
