@@ -269,8 +269,9 @@ fn run_set(golden: &Golden, device: &Device, run: &mut Run) {
     let e2e = golden.json.get("e2e.train.steps").is_some();
     if e2e && attention().kernels && std::env::var("TAV_GOLDEN_FULL").as_deref() != Ok("1") {
         // The whole job with the kernels cost CI's lavapipe ten minutes here. The kernels'
-        // tuning is held by the train cases above (gradients included); the job runs at f32
-        // on the plain path, and with the kernels in the browser tests (WebGPU, against the
+        // tuning is held by the train cases above (gradients included); the whole job runs at
+        // f32 on the plain path, and the browser tests run its first two tuning steps, its
+        // inversion and first edit with the kernels (WebGPU, against the reference and the
         // native run of the packed model, tests/stream.rs).
         println!("  skipped  e2e.* with the kernels (TAV_GOLDEN_FULL=1 runs them here)");
         run.cover_all(golden.keys().into_iter().filter(|k| k.starts_with("e2e.")));

@@ -232,9 +232,10 @@ fn golden_job(edit_bound: f64, out_dir: Option<std::path::PathBuf>) {
     let dir = &golden_dirs()[0];
     let golden = Golden::open(dir);
     // The whole job on lavapipe took CI's machine over eight minutes; on burn's CPU backend it
-    // takes seconds. The kernels run this job on wgpu in tests/golden.rs (f32 weights) and in
-    // the browser tests (this packed model, against this run's edits);
-    // `TAV_STREAM_JOB_DEVICE=wgpu` runs it here on wgpu with the kernels.
+    // takes seconds. The browser tests run this packed model's inversion and first edit with
+    // the kernels against this run's tuned weights and edits (`TAV_GOLDEN_FULL=1` runs the
+    // whole job with the kernels in tests/golden.rs); `TAV_STREAM_JOB_DEVICE=wgpu` runs it
+    // here on wgpu with the kernels.
     let on_wgpu = std::env::var("TAV_STREAM_JOB_DEVICE").as_deref() == Ok("wgpu");
     let device = if on_wgpu {
         device()
