@@ -164,7 +164,12 @@ fn golden_f16_weights_within_bound() {
         let folder = Folder(golden.dir.join("model"));
         let temporal =
             SafetensorsFile::open(&golden.dir.join("temporal_rand.safetensors")).unwrap();
-        let models = Models::load(&folder, Some(&temporal), &LoadOptions::default(), &device)
+        // Frozen weights rounded to f16 as they load, as `tav --f16` loads them.
+        let options = LoadOptions {
+            f16: true,
+            ..Default::default()
+        };
+        let models = Models::load(&folder, Some(&temporal), &options, &device)
             .unwrap()
             .weights_to_f16(&device)
             .unwrap();

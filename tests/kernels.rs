@@ -496,3 +496,111 @@ fn long_rows_match_a_naive_reference() {
         }
     }
 }
+
+/// erf in f64 (Taylor series below 3, continued fraction for erfc above): the reference the
+/// GEGLU kernels' f32 approximation is held to.
+fn erf64(x: f64) -> f64 {
+    let a = x.abs();
+    let value = if a < 3.0 {
+        let (mut term, mut sum, mut n) = (a, a, 0.0);
+        while term.abs() > 1e-17 * sum.abs() {
+            n += 1.0;
+            term *= -a * a / n;
+            sum += term / (2.0 * n + 1.0);
+        }
+        2.0 / std::f64::consts::PI.sqrt() * sum
+    } else {
+        let mut fraction = a;
+        for k in (1..80).rev() {
+            fraction = a + (k as f64 / 2.0) / fraction;
+        }
+        1.0 - (-a * a).exp() / (std::f64::consts::PI.sqrt() * fraction)
+    };
+    value.copysign(x)
+}
+
+/// GEGLU in f64 on the host: the output, and the projection's gradient for `d_out`.
+fn geglu_reference(projected: &[f32], d_out: &[f32], width: usize) -> (Vec<f32>, Vec<f32>) {
+    let rows = projected.len() / (2 * width);
+    let mut out = vec![0f32; rows * width];
+    let mut d_projected = vec![0f32; rows * 2 * width];
+    for r in 0..rows {
+        for c in 0..width {
+            let (h, g) = (
+                projected[2 * r * width + c] as f64,
+                projected[(2 * r + 1) * width + c] as f64,
+            );
+            let cdf = 0.5 * (1.0 + erf64(g / std::f64::consts::SQRT_2));
+            let pdf = (-0.5 * g * g).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            let d = d_out[r * width + c] as f64;
+            out[r * width + c] = (h * g * cdf) as f32;
+            d_projected[2 * r * width + c] = (d * g * cdf) as f32;
+            d_projected[(2 * r + 1) * width + c] = (d * h * (cdf + g * pdf)) as f32;
+        }
+    }
+    (out, d_projected)
+}
+
+/// GEGLU as one op (`tav_core::kernels::geglu`, forward and backward kernels through
+/// autodiff) against GELU's exact definition in f64, at widths that are odd, SD's (1,280),
+/// and past one row of the 2-D dispatch; and in f16 storage. burn's composed ops are printed
+/// beside it: their backward is GELU's tanh approximation's.
+#[test]
+fn fused_geglu_matches_exact_gelu_forward_and_backward() {
+    let device = device();
+    let ad = device.clone().autodiff();
+    for (rows, width) in [
+        (1usize, 1usize),
+        (3, 7),
+        (130, 96),
+        (37, 1280),
+        (4100, 1040),
+    ] {
+        let mut rng = SeededRng::new((rows * width) as u64);
+        let projected: Vec<f32> = rng
+            .normal_vec(rows * 2 * width)
+            .iter()
+            .map(|v| 2.0 * v)
+            .collect();
+        let d_out = rng.normal_vec(rows * width);
+        let (expected, expected_grad) = geglu_reference(&projected, &d_out, width);
+        let leaf = HostTensor::new(vec![1, rows, 2 * width], projected.clone())
+            .to_device::<3>(&ad)
+            .require_grad();
+        let weight: Tensor<3> = HostTensor::new(vec![1, rows, width], d_out.clone()).to_device(&ad);
+        let out = tav_core::kernels::geglu(leaf.clone());
+        let grads = (out.clone() * weight.clone()).sum().backward();
+        let out_err = rel_error(&to_vec(out.inner()), &expected);
+        let grad_err = rel_error(&to_vec(leaf.grad(&grads).unwrap()), &expected_grad);
+        // burn's composed ops, for the record.
+        let composed_leaf = HostTensor::new(vec![1, rows, 2 * width], projected.clone())
+            .to_device::<3>(&ad)
+            .require_grad();
+        let [hidden, gate] = composed_leaf.clone().chunk(2, 2).try_into().unwrap();
+        let composed = hidden * burn::tensor::activation::gelu(gate);
+        let grads = (composed * weight).sum().backward();
+        let composed_grad_err =
+            rel_error(&to_vec(composed_leaf.grad(&grads).unwrap()), &expected_grad);
+        println!(
+            "geglu {rows}×{width}: out {out_err:.2e}, grad {grad_err:.2e} (burn's ops: grad {composed_grad_err:.2e})"
+        );
+        assert!(out_err < 1e-5, "{rows}×{width}: output {out_err:.2e}");
+        assert!(grad_err < 1e-5, "{rows}×{width}: gradient {grad_err:.2e}");
+
+        if tav_core::precision::supports_f16(&device) && rows * width < 1 << 16 {
+            let rounded: Vec<f32> = projected
+                .iter()
+                .map(|&v| half::f16::from_f32(v).to_f32())
+                .collect();
+            let (expected, _) = geglu_reference(&rounded, &d_out, width);
+            let out = tav_core::kernels::geglu(f16_tensor(&rounded, [1, rows, 2 * width], &device));
+            assert_eq!(out.dtype(), burn::tensor::DType::F16);
+            let err = rel_error(
+                &to_vec(tav_core::layers::in_dtype_of(out, burn::tensor::DType::F32)),
+                &expected,
+            );
+            println!("geglu {rows}×{width} f16: out {err:.2e}");
+            assert!(err < 2e-3, "{rows}×{width} f16: output {err:.2e}");
+        }
+    }
+}

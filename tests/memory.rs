@@ -212,14 +212,14 @@ fn guided_feed_forward_over_the_binding_limit_runs_in_row_chunks() {
         &device,
     );
     let started = std::time::Instant::now();
-    let out = tav_tests::to_vec(ff.forward(x.clone(), lavapipe));
+    let out = tav_tests::to_vec(ff.forward(x.clone(), lavapipe, true));
     println!(
         "feed-forward over {items} × {tokens} tokens in chunks: {:.1} s",
         started.elapsed().as_secs_f64()
     );
     assert_eq!(out.len(), items * tokens * 320);
     assert!(out.iter().all(|v| v.is_finite()));
-    let alone = tav_tests::to_vec(ff.forward(x.narrow(0, 0, 1), u64::MAX));
+    let alone = tav_tests::to_vec(ff.forward(x.narrow(0, 0, 1), u64::MAX, true));
     let err = tav_tests::rel_error(&out[..tokens * 320], &alone);
     assert!(err < 1e-5, "chunked and unchunked differ: {err:.2e}");
 }

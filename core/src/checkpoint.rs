@@ -90,6 +90,36 @@ pub struct LoadOptions {
     pub variant: Option<String>,
     /// Seed of the new temporal layers' initial values (when no temporal file is given).
     pub temporal_seed: u64,
+    /// `--f16`: frozen weights rounded to f16 on the host as they load (the UNet's trainable
+    /// layers stay f32), so the GPU never holds the f32 model. Needs f16 storage.
+    pub f16: bool,
+}
+
+impl LoadOptions {
+    /// A builder over `source` that stores in f16 the keys `frozen` names, under `--f16`.
+    fn builder<'a>(
+        &self,
+        source: &'a dyn TensorSource,
+        device: &Device,
+        frozen: fn(&str) -> bool,
+    ) -> ParamBuilder<'a> {
+        let p = ParamBuilder::from_source(source, device);
+        if self.f16 {
+            p.with_f16_storage(frozen)
+        } else {
+            p
+        }
+    }
+}
+
+/// Every tensor of the text encoder and the VAE is frozen.
+fn all_frozen(_: &str) -> bool {
+    true
+}
+
+/// The UNet's frozen tensors: all but the layers tuning changes.
+fn unet_frozen(key: &str) -> bool {
+    !crate::unet::is_trainable(key)
 }
 
 /// Everything of a checkpoint, loaded.
@@ -226,7 +256,7 @@ pub fn load_text_encoder(
 ) -> Result<(ClipTextEncoder, ClipConfig, ComponentReport)> {
     let cfg: ClipConfig = config(files, "text_encoder/config.json")?;
     let file = weights_file(files, "text_encoder", "model", options.variant.as_deref())?;
-    let p = ParamBuilder::from_source(&file, device);
+    let p = options.builder(&file, device, all_frozen);
     let model = ClipTextEncoder::load(&p, &cfg)?;
     Ok((
         model,
@@ -248,7 +278,7 @@ pub fn load_vae(
         "diffusion_pytorch_model",
         options.variant.as_deref(),
     )?;
-    let p = ParamBuilder::from_source(&file, device);
+    let p = options.builder(&file, device, all_frozen);
     let model = Vae::load(&p, &cfg)?;
     Ok((
         model,
@@ -303,7 +333,8 @@ pub fn load_unet(
         layers.insert(0, t);
     }
     let source = LayeredSource { layers };
-    let p = ParamBuilder::from_source(&source, device)
+    let p = options
+        .builder(&source, device, unet_frozen)
         .with_fallback(temporal_init(options.temporal_seed));
     let model = UNet3D::load(&p, &cfg)?;
     Ok((
@@ -349,6 +380,9 @@ impl Models {
             "model_index.json",
             "the checkpoint's model_index.json (is this a diffusers folder?)",
         )?;
+        if options.f16 && !crate::precision::supports_f16(device) {
+            return Err(crate::precision::no_f16_error());
+        }
         let (text_encoder, clip_config, r_text) = load_text_encoder(files, options, device)?;
         let tokenizer = load_tokenizer(files, clip_config.max_position_embeddings)?;
         let (vae, vae_config, r_vae) = load_vae(files, options, device)?;

@@ -22,7 +22,8 @@ use cubecl::prelude::*;
 use cubecl::server::{KernelArguments, MetadataBindingInfo};
 use cubecl::{CubeKernel, PrecompiledSource};
 use tav_shaders::{
-    AttentionMode, Info, Kernel, MAX_HEAD_DIM, Storage, WIDEN_F16, WidenInfo, source,
+    AttentionMode, GegluInfo, Info, Kernel, MAX_HEAD_DIM, Storage, WIDEN_F16, WidenInfo,
+    geglu_source, source,
 };
 
 /// A kernel given as WGSL text; cubecl caches pipelines by id, so the id covers the text.
@@ -460,4 +461,136 @@ impl<C: CheckpointStrategy> WidenF16Ops for Autodiff<Cube, C> {
 /// f16 and widen each where it is used. Not differentiable: for frozen weights.
 pub fn widen_f16_to_f32<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as WidenF16Ops>::widen_f16(x.into_dispatch()))
+}
+
+/// GEGLU's kernel sources (forward, backward; f32 and f16 storage), each built once.
+fn geglu_kernel_source(backward: bool, storage: Storage) -> &'static str {
+    static SOURCES: OnceLock<Vec<(bool, Storage, String)>> = OnceLock::new();
+    let all = SOURCES.get_or_init(|| {
+        [false, true]
+            .iter()
+            .flat_map(|&b| [Storage::F32, Storage::F16].map(|s| (b, s, geglu_source(b, s))))
+            .collect()
+    });
+    all.iter()
+        .find(|(b, s, _)| *b == backward && *s == storage)
+        .map(|(_, _, text)| text.as_str())
+        .expect("every variant is built")
+}
+
+/// `[…, 2W]` → (rows, W).
+fn geglu_sizes(dims: &[usize]) -> (usize, usize) {
+    let wide = *dims.last().expect("a tensor has dimensions");
+    let rows = dims.iter().product::<usize>() / wide.max(1);
+    (rows, wide / 2)
+}
+
+fn launch_geglu(backward: bool, info: GegluInfo, storage: Storage, buffers: &[&CubeTensor]) {
+    let client = buffers[0].client.clone();
+    let mut args = KernelArguments::new();
+    for t in buffers {
+        args = args.with_buffer_io(t.handle.clone().binding(), BufferIOAttr::ReadWrite);
+    }
+    let args = args.with_info(MetadataBindingInfo::custom(uniform_words(&info.to_bytes())));
+    let [x, y] = info.dispatch();
+    client.launch(
+        Box::new(WgslKernel {
+            source: geglu_kernel_source(backward, storage),
+        }),
+        CubeCount::Static(x, y, 1),
+        args,
+    );
+}
+
+/// `hidden · gelu(gate)` of a contiguous projection `[…, 2W]` (hidden ‖ gate): `[…, W]`.
+fn geglu_forward(projected: CubeTensor) -> CubeTensor {
+    let dims = projected.meta.shape().to_vec();
+    let (rows, width) = geglu_sizes(&dims);
+    let info = GegluInfo::new(rows, width).expect("checked by `geglu_supported`");
+    let mut out_dims = dims;
+    *out_dims.last_mut().expect("a tensor has dimensions") = width;
+    let gated = empty(&projected, out_dims, projected.dtype);
+    launch_geglu(false, info, storage_of(&projected), &[&projected, &gated]);
+    gated
+}
+
+/// The projection's gradient from the projection and the output's gradient.
+fn geglu_backward(projected: CubeTensor, d_gated: CubeTensor) -> CubeTensor {
+    let d_gated = into_contiguous(d_gated);
+    let dims = projected.meta.shape().to_vec();
+    let (rows, width) = geglu_sizes(&dims);
+    let info = GegluInfo::new(rows, width).expect("checked by `geglu_supported`");
+    let d_projected = empty(&projected, dims, projected.dtype);
+    launch_geglu(
+        true,
+        info,
+        storage_of(&projected),
+        &[&projected, &d_gated, &d_projected],
+    );
+    d_projected
+}
+
+#[backend_extension(Cube, Autodiff)]
+pub trait GegluOps: Backend {
+    /// `hidden · gelu(gate)` of a projection `[…, 2W]` whose last dimension is hidden ‖ gate.
+    fn geglu(projected: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+impl GegluOps for Cube {
+    fn geglu(projected: FloatTensor<Self>) -> FloatTensor<Self> {
+        geglu_forward(into_contiguous(projected))
+    }
+}
+
+/// GEGLU's backward keeps the projection only (no GELU output, no erf temporaries).
+#[derive(Debug)]
+struct GegluBackward;
+
+impl Backward<Cube, 1> for GegluBackward {
+    type State = CubeTensor;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let d_gated = grads.consume::<Cube>(&ops.node);
+        if let Some(node) = node {
+            grads.register::<Cube>(node.id, geglu_backward(ops.state, d_gated));
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> GegluOps for Autodiff<Cube, C> {
+    fn geglu(projected: FloatTensor<Self>) -> FloatTensor<Self> {
+        match GegluBackward
+            .prepare::<C>([projected.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let projected = into_contiguous(projected.into_primitive());
+                let gated = geglu_forward(projected.clone());
+                prep.finish(projected, gated)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(geglu_forward(into_contiguous(projected.into_primitive())))
+            }
+        }
+    }
+}
+
+/// Whether the GEGLU kernels can take `projected` (`[…, 2W]`, f32 or f16) on its device.
+pub fn geglu_supported<const D: usize>(projected: &Tensor<D>) -> bool {
+    let (rows, width) = geglu_sizes(&projected.dims());
+    matches!(projected.dtype(), DType::F32 | DType::F16)
+        && projected.dims()[D - 1].is_multiple_of(2)
+        && GegluInfo::new(rows, width).is_some()
+        && runs_wgsl(&projected.device())
+}
+
+/// GEGLU as one op: `hidden · gelu(gate)` of the feed-forward's projection `[…, 2W]`
+/// (hidden ‖ gate along the last dimension), through one kernel each way. Autodiff keeps the
+/// projection only, where the composed ops keep the GELU's input and output too and allocate
+/// its erf temporaries; the backward uses GELU's exact derivative (burn's is the tanh
+/// approximation's).
+pub fn geglu<const D: usize>(projected: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as GegluOps>::geglu(projected.into_dispatch()))
 }

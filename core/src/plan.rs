@@ -110,6 +110,8 @@ const RESNET_KEPT_OUT: u64 = 5;
 /// (the kernels keep no scores), cross-attention's query and output, the residual sums, and
 /// the GEGLU feed-forward (8× wide projection, its GELU, the 4× wide product).
 const TRANSFORMER_KEPT: u64 = 40;
+/// The same with GEGLU as one op (the kernels): it keeps the projection only, not its GELU.
+const TRANSFORMER_KEPT_FUSED_GEGLU: u64 = 36;
 /// What a transformer holds at its peak while it runs again in backward (recompute): each
 /// of its four sublayers keeps only its input (with the norm and projections around them,
 /// about 7), and the sublayer running again keeps its own (self-attention: the norm, q, k,
@@ -225,7 +227,12 @@ fn walk(input: &PlanInput, batch: usize, bytes: u64, limits: &DeviceLimits) -> W
         if level.transformers > 0 {
             let c = level.channels as u64;
             let tokens = n * level.tokens as u64;
-            kept += level.transformers as u64 * TRANSFORMER_KEPT * act;
+            let transformer_kept = if input.kernels {
+                TRANSFORMER_KEPT_FUSED_GEGLU
+            } else {
+                TRANSFORMER_KEPT
+            };
+            kept += level.transformers as u64 * transformer_kept * act;
             kept_block_inputs += level.transformers as u64 * act;
             let cross_kept = 2 * tokens * level.heads as u64 * 77 * 4;
             largest_block = largest_block.max(TRANSFORMER_RECOMPUTE_PEAK * act + cross_kept);

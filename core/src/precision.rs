@@ -18,11 +18,14 @@ pub fn supports_f16(device: &Device) -> bool {
 /// `module` with every float parameter stored as f16, except those in `keep`.
 pub fn weights_to_f16<M: Module>(module: M, keep: &HashSet<ParamId>, device: &Device) -> Result<M> {
     if !supports_f16(device) {
-        return Err(TavError::Device(
-            "this GPU adapter has no f16 support (shader-f16); run without --f16".into(),
-        ));
+        return Err(no_f16_error());
     }
     Ok(module.map(&mut ToF16 { keep }))
+}
+
+/// What `--f16` says on an adapter without f16 storage.
+pub fn no_f16_error() -> TavError {
+    TavError::Device("this GPU adapter has no f16 support (shader-f16); run without --f16".into())
 }
 
 struct ToF16<'a> {
@@ -31,7 +34,8 @@ struct ToF16<'a> {
 
 impl ModuleMapper for ToF16<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if self.keep.contains(&param.id) {
+        // Kept, or stored in f16 as it loaded (`LoadOptions::f16`).
+        if self.keep.contains(&param.id) || param.val().dtype() == DType::F16 {
             return param;
         }
         let id = param.id;

@@ -45,6 +45,12 @@ impl SideInput for usize {
     }
 }
 
+impl SideInput for bool {
+    fn untracked(self) -> Self {
+        self
+    }
+}
+
 impl SideInput for u64 {
     fn untracked(self) -> Self {
         self

@@ -33,30 +33,36 @@ impl FeedForward {
 
     /// `x` is `[N, L, C]`. The GEGLU input is 8·C wide (2 GB for SD's finest level at 24
     /// frames with guidance), so rows go through in chunks whose widest tensor fits in
-    /// `max_buffer_bytes`.
-    pub fn forward(&self, x: Tensor<3>, max_buffer_bytes: u64) -> Tensor<3> {
+    /// `max_buffer_bytes`. `fused`: GEGLU as one kernel where WGSL runs
+    /// ([`crate::kernels::geglu`]); otherwise burn's ops (the reference path).
+    pub fn forward(&self, x: Tensor<3>, max_buffer_bytes: u64, fused: bool) -> Tensor<3> {
         let [n, l, c] = x.dims();
         let wide = 2 * self.proj_out.in_features() as u64;
         let row_bytes = wide * x.dtype().size() as u64;
         let rows = (max_buffer_bytes / row_bytes.max(1)).max(1) as usize;
         if rows >= n * l {
-            return self.rows(x);
+            return self.rows(x, fused);
         }
         let flat = x.reshape([1, n * l, c]);
         let mut parts = Vec::new();
         let mut done = 0;
         while done < n * l {
             let take = rows.min(n * l - done);
-            parts.push(self.rows(flat.clone().narrow(1, done, take)));
+            parts.push(self.rows(flat.clone().narrow(1, done, take), fused));
             done += take;
         }
         Tensor::cat(parts, 1).reshape([n, l, c])
     }
 
-    fn rows(&self, x: Tensor<3>) -> Tensor<3> {
+    fn rows(&self, x: Tensor<3>, fused: bool) -> Tensor<3> {
         let projected = self.proj_in.forward(x);
-        let [hidden, gate] = projected.chunk(2, 2).try_into().expect("two chunks");
-        self.proj_out.forward(hidden * gelu(gate))
+        let gated = if fused && crate::kernels::geglu_supported(&projected) {
+            crate::kernels::geglu(projected)
+        } else {
+            let [hidden, gate] = projected.chunk(2, 2).try_into().expect("two chunks");
+            hidden * gelu(gate)
+        };
+        self.proj_out.forward(gated)
     }
 }
 
@@ -75,8 +81,9 @@ pub struct VideoAttentionOptions {
     pub self_attention: SelfAttentionKind,
     /// Whether the temporal layers run at all (an ablation turns them off).
     pub temporal: bool,
-    /// Sparse-causal and temporal attention through the memory-efficient WGSL kernels
-    /// wherever they run (`false`: the plain tensor-op path, the reference implementation).
+    /// Sparse-causal and temporal attention through the memory-efficient WGSL kernels, and
+    /// GEGLU as one kernel, wherever they run (`false`: burn's tensor ops throughout, the
+    /// reference implementation).
     /// On by default: on a device without WGSL (burn's CPU backend) the plain path runs
     /// anyway, so the default is right everywhere.
     pub kernels: bool,
@@ -223,9 +230,9 @@ impl TransformerBlock {
         ) + x
     }
 
-    fn feed_forward(&self, x: Tensor<3>, max_buffer_bytes: u64) -> Tensor<3> {
+    fn feed_forward(&self, x: Tensor<3>, (max_buffer_bytes, fused): (u64, bool)) -> Tensor<3> {
         self.ff
-            .forward(self.norm3.forward(x.clone()), max_buffer_bytes)
+            .forward(self.norm3.forward(x.clone()), max_buffer_bytes, fused)
             + x
     }
 
@@ -251,7 +258,8 @@ impl TransformerBlock {
         x: Tensor<3>,
         options: VideoAttentionOptions,
     ) -> Tensor<3> {
-        let max = options.max_buffer_bytes;
+        // The fused GEGLU goes with the kernels: `--attention plain` is burn's ops throughout.
+        let max = (options.max_buffer_bytes, options.kernels);
         if !options.recompute {
             return self.feed_forward(x, max);
         }

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use burn::module::{Param, ParamId};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use safetensors::tensor::{Dtype, Metadata, SafeTensors};
 
 use crate::error::{Result, Shape, TavError};
@@ -45,6 +45,18 @@ impl HostTensor {
             TensorData::new(self.data.clone(), self.shape.clone()),
             device,
         )
+    }
+
+    /// Rounded to f16 on the host and stored in f16 on the device: no f32 copy ever reaches
+    /// the GPU.
+    pub fn to_device_f16<const D: usize>(&self, device: &Device) -> Tensor<D> {
+        let bytes: Vec<u8> = self
+            .data
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect();
+        let data = TensorData::from_bytes_vec(bytes, self.shape.clone(), DType::F16);
+        Tensor::from_data(data, (device, DType::F16))
     }
 }
 
@@ -414,6 +426,9 @@ pub struct ParamBuilder<'a> {
     device: Device,
     prefix: String,
     record: Rc<RefCell<Vec<ParamEntry>>>,
+    /// Which keys are stored in f16 on the device (`--f16`'s frozen weights), rounded on the
+    /// host as they are loaded.
+    stored_f16: Option<fn(&str) -> bool>,
 }
 
 impl<'a> ParamBuilder<'a> {
@@ -424,6 +439,7 @@ impl<'a> ParamBuilder<'a> {
             device: device.clone(),
             prefix: String::new(),
             record: Rc::default(),
+            stored_f16: None,
         }
     }
 
@@ -435,7 +451,16 @@ impl<'a> ParamBuilder<'a> {
             device: device.clone(),
             prefix: String::new(),
             record: Rc::default(),
+            stored_f16: None,
         }
+    }
+
+    /// Parameters whose key passes `stored_f16` are rounded to f16 on the host and stored in
+    /// f16 on the device (frozen weights under `--f16`): loading never holds their f32 copy
+    /// on the GPU, so its peak is the f16 model's, not the f32 one's.
+    pub fn with_f16_storage(mut self, stored_f16: fn(&str) -> bool) -> Self {
+        self.stored_f16 = Some(stored_f16);
+        self
     }
 
     /// Values for keys the source lacks.
@@ -587,7 +612,11 @@ impl<'a> ParamBuilder<'a> {
             Layout::Same => host,
             Layout::LinearWeight => host.transposed_2d(),
         };
-        let tensor = host.to_device::<D>(&self.device);
+        let tensor = if self.stored_f16.is_some_and(|f16| f16(&key)) {
+            host.to_device_f16::<D>(&self.device)
+        } else {
+            host.to_device::<D>(&self.device)
+        };
         Ok(Param::initialized(id, tensor))
     }
 

@@ -94,7 +94,14 @@ pub fn run(
         crate::resolve_recompute(spec.recompute, &planned_steps(spec, &cfg, limits, false)?);
     let planned = planned_peaks(spec, &cfg, limits, recompute)?;
     let started = Instant::now();
-    let mut unet = UNet3D::load(&RandomInit { seed: 0 }.builder(&device), &cfg)?;
+    // Under --f16 the frozen weights are made in f16 on the host, as `tav --f16` loads them.
+    let p = RandomInit { seed: 0 }.builder(&device);
+    let p = if spec.f16 {
+        p.with_f16_storage(|key| !tav_core::unet::is_trainable(key))
+    } else {
+        p
+    };
+    let mut unet = UNet3D::load(&p, &cfg)?;
     if spec.f16 {
         unet = unet.frozen_weights_to_f16(&device)?;
     }

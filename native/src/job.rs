@@ -237,6 +237,7 @@ impl Session {
         };
         let options = LoadOptions {
             variant,
+            f16: half,
             ..Default::default()
         };
         let mut models = Models::load(&Folder(model.clone()), None, &options, &device)?;

@@ -131,6 +131,63 @@ impl WidenInfo {
     }
 }
 
+/// GEGLU as one op (the feed-forward's `hidden · gelu(gate)`), forward: `[rows, 2W]` to
+/// `[rows, W]`, with no temporaries. Written for f32 storage, like the attention kernels
+/// ([`geglu_source`] gives the f16 variant).
+pub const GEGLU_FORWARD: &str = include_str!("../wgsl/geglu_forward.wgsl");
+/// GEGLU's backward: the projection's gradient from the projection and the output's gradient.
+pub const GEGLU_BACKWARD: &str = include_str!("../wgsl/geglu_backward.wgsl");
+
+/// The WGSL source of GEGLU's forward or backward kernel for `storage`.
+pub fn geglu_source(backward: bool, storage: Storage) -> String {
+    let f32_source = if backward {
+        GEGLU_BACKWARD
+    } else {
+        GEGLU_FORWARD
+    };
+    f16_variant_if(f32_source, storage)
+}
+
+/// The uniform block of the GEGLU kernels, and their dispatch (one invocation per output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GegluInfo {
+    /// Outputs: rows · W.
+    pub count: u32,
+    /// W, the output's width (half the projection's).
+    pub width: u32,
+}
+
+impl GegluInfo {
+    /// `rows` of a `[rows, 2·width]` projection; `None` when the outputs do not fit the
+    /// kernels' 32-bit indexing (the caller splits the rows).
+    pub fn new(rows: usize, width: usize) -> Option<Self> {
+        let count = u32::try_from(rows.checked_mul(width)?).ok()?;
+        // The projection (2·count elements) is indexed too.
+        count.checked_mul(2)?;
+        Some(Self {
+            count,
+            width: width as u32,
+        })
+    }
+
+    /// The 2-D dispatch `[x, y]` covering every output, within WebGPU's 65,535 per dimension.
+    pub fn dispatch(&self) -> [u32; 2] {
+        let groups = (self.count as usize).div_ceil(WORKGROUP_SIZE).max(1) as u32;
+        let x = groups.min(WidenInfo::MAX_X);
+        [x, groups.div_ceil(x)]
+    }
+
+    /// The uniform's bytes (`count`, `width`, outputs per dispatch row, padding).
+    pub fn to_bytes(&self) -> [u8; 16] {
+        let per_row = self.dispatch()[0] * WORKGROUP_SIZE as u32;
+        let mut out = [0u8; 16];
+        out[..4].copy_from_slice(&self.count.to_le_bytes());
+        out[4..8].copy_from_slice(&self.width.to_le_bytes());
+        out[8..12].copy_from_slice(&per_row.to_le_bytes());
+        out
+    }
+}
+
 /// The kernels' uniform block, laid out as WGSL's `Info` struct.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Info {
@@ -291,8 +348,9 @@ mod tests {
             }
             let text = std::fs::read_to_string(&path).unwrap();
             let name = path.display().to_string();
-            // Kernels are validated as loaded, after the shared part (which validates alone).
-            let full = if text == COMMON {
+            // Attention kernels are validated as loaded, after the shared part; the shared
+            // part and the kernels that declare their own storage type validate alone.
+            let full = if text == COMMON || text.contains("alias T = f32;") {
                 text
             } else {
                 format!("{COMMON}\n{text}")
@@ -307,8 +365,8 @@ mod tests {
         }
         assert_eq!(
             count,
-            Kernel::ALL.len() + 2,
-            "every kernel file (and the shared part, and widen_f16) is known to the crate"
+            Kernel::ALL.len() + 4,
+            "every kernel file (the shared part, widen_f16 and GEGLU's two too) is known to the crate"
         );
         for kernel in Kernel::ALL {
             assert!(dir.join(kernel.file_name()).is_file());
@@ -323,6 +381,21 @@ mod tests {
         );
         let result = std::panic::catch_unwind(|| validate(&broken, "broken", false));
         assert!(result.is_err(), "naga rejects a type error");
+    }
+
+    #[test]
+    fn geglu_dispatch_covers_every_output_within_limits() {
+        for (rows, width) in [(1usize, 1usize), (3, 7), (64, 1280), (2 * 24 * 4096, 1280)] {
+            let info = GegluInfo::new(rows, width).unwrap();
+            let [x, y] = info.dispatch();
+            assert!(x <= 65_535 && y <= 65_535, "{rows}×{width}: {x}×{y}");
+            let bytes = info.to_bytes();
+            let per_row = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
+            assert_eq!(per_row, x * 64);
+            assert!(per_row as u64 * y as u64 >= (rows * width) as u64);
+        }
+        // Past 32-bit indexing of the projection, the caller is told to split.
+        assert_eq!(GegluInfo::new(1 << 20, 4096), None);
     }
 
     #[test]
