@@ -139,8 +139,8 @@ fn recompute_gives_the_same_loss_and_gradients() {
     assert!((kept.loss - again.loss).abs() <= 1e-6 * kept.loss.abs());
     assert!(worst < 1e-4, "gradients differ: {worst:.2e} at {worst_key}");
 
-    // Mixed precision: the blocks' inputs kept in f16. The forward pass is the same; backward
-    // recomputes each block at its rounded input, within the stated bound.
+    // Mixed precision: f16 arithmetic and activations (the blocks' inputs kept in f16), f32
+    // tuned layers and loss, the loss scaled for backward: within the stated bounds.
     if !tav_core::precision::supports_f16(&device()) {
         println!("this adapter has no f16 storage: mixed precision is not checked here");
         return;
@@ -152,15 +152,17 @@ fn recompute_gives_the_same_loss_and_gradients() {
          (bound {TOL_MIXED_GRADIENTS:.0e})",
         mixed.loss, kept.loss
     );
-    assert!((kept.loss - mixed.loss).abs() <= 1e-6 * kept.loss.abs());
+    assert!((kept.loss - mixed.loss).abs() <= 1e-3 * kept.loss.abs());
     assert!(
         worst < TOL_MIXED_GRADIENTS,
         "mixed-precision gradients differ: {worst:.2e} at {worst_key}"
     );
 }
 
-/// Mixed-precision tuning's bound on each trainable layer's gradient, relative to f32.
-const TOL_MIXED_GRADIENTS: f64 = 2e-3;
+/// Mixed-precision tuning's bound on each trainable layer's gradient, relative to f32
+/// (measured 9.3e-3 at the worst layer: a bias summing f16 gradients of every token; 4.0e-2
+/// without loss scaling, whose gradients sink into f16's subnormals).
+const TOL_MIXED_GRADIENTS: f64 = 2e-2;
 
 /// The largest relative error of any layer's gradient in `b` against `a`, and the layer;
 /// every layer of `a` must have one in `b`. A gradient that is zero in exact arithmetic

@@ -105,12 +105,31 @@ impl AdamW {
         loss: Tensor<1>,
         want_grads: bool,
     ) -> Result<(M, StepGradients)> {
-        let gradients = loss.backward();
+        self.step_scaled(module, loss, 1.0, want_grads).await
+    }
+
+    /// [`Self::step`] with the loss scaled by `loss_scale` for the backward pass and the
+    /// gradients unscaled (in f32) before anything reads them: f16 arithmetic's gradients
+    /// would otherwise sink into f16's subnormals (the reference's `GradScaler`). A power of
+    /// two keeps the unscaling exact.
+    pub async fn step_scaled<M: Module>(
+        &mut self,
+        module: M,
+        loss: Tensor<1>,
+        loss_scale: f32,
+        want_grads: bool,
+    ) -> Result<(M, StepGradients)> {
+        let gradients = if loss_scale == 1.0 {
+            loss.backward()
+        } else {
+            loss.mul_scalar(loss_scale).backward()
+        };
         let mut collector = GradCollector {
             gradients: &gradients,
             trainable: &self.trainable,
             grads: HashMap::new(),
             dims: HashMap::new(),
+            unscale: 1.0 / loss_scale,
         };
         module.visit(&mut collector);
         let (grads, dims) = (collector.grads, collector.dims);
@@ -271,6 +290,8 @@ struct GradCollector<'a> {
     grads: HashMap<ParamId, Tensor<1>>,
     /// Each gradient's shape as burn holds the parameter.
     dims: HashMap<ParamId, Vec<usize>>,
+    /// 1 / the loss scale.
+    unscale: f32,
 }
 
 impl ModuleVisitor for GradCollector<'_> {
@@ -281,7 +302,13 @@ impl ModuleVisitor for GradCollector<'_> {
         // A parameter without a gradient is skipped by the optimiser, as PyTorch does.
         if let Some(g) = param.val().grad(self.gradients) {
             self.dims.insert(param.id, g.dims().to_vec());
-            self.grads.insert(param.id, g.inner().reshape([-1]));
+            let g = g.inner().reshape([-1]);
+            let g = if self.unscale == 1.0 {
+                g
+            } else {
+                g.mul_scalar(self.unscale)
+            };
+            self.grads.insert(param.id, g);
         }
     }
 }

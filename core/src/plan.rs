@@ -287,18 +287,12 @@ pub fn plan(input: &PlanInput, limits: &DeviceLimits) -> Vec<StepPlan> {
     let inference_bytes = if input.f16 { 2 } else { 4 };
     let single = walk(input, 1, inference_bytes, limits);
     let guided = walk(input, 2, inference_bytes, limits);
-    // Tuning computes in f32 (activations and the trainable layers), as the reference's
-    // autocast keeps its master weights; gradients and AdamW's two moments per trainable.
-    // With f16 and recompute, the blocks' inputs are kept in f16 (mixed precision).
-    let tuning = walk(input, 1, 4, limits);
+    // Tuning's activations are f32, or f16 in mixed precision (`--f16`, as the reference's
+    // autocast); the tuned layers stay f32 with their gradients and AdamW's two moments.
+    let tuning = walk(input, 1, inference_bytes, limits);
     let optimiser = input.trainable_params * 4 * 3;
     let kept = if input.recompute {
-        let block_inputs = if input.f16 {
-            tuning.kept_block_inputs / 2
-        } else {
-            tuning.kept_block_inputs
-        };
-        block_inputs + tuning.kept_sampler_inputs + tuning.largest_block
+        tuning.kept_block_inputs + tuning.kept_sampler_inputs + tuning.largest_block
     } else {
         tuning.kept
     };

@@ -19,7 +19,7 @@ use burn::backend::autodiff::{
 };
 use burn::backend::{Cube, tensor::FloatTensor};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 
 use crate::kernels::runs_wgsl;
 
@@ -75,17 +75,6 @@ impl<T: SideInput> SideInput for Option<T> {
     }
 }
 
-/// How a recomputed block keeps its input until the backward pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeptInput {
-    /// In the dtype it arrived in.
-    AsIs,
-    /// An f32 input rounded to f16 (half the memory), widened again to recompute: mixed-
-    /// precision tuning. The forward pass used the exact input; backward recomputes the block
-    /// at the rounded one, so gradients move by about f16's rounding (2^-11, relative).
-    F16,
-}
-
 /// `forward(module, x, side)` with only `x` kept for the backward pass, when `x` is on an
 /// autodiff wgpu device; otherwise `forward` as it is. `side` must not need gradients.
 pub fn recompute<M, S, const D: usize>(
@@ -93,7 +82,6 @@ pub fn recompute<M, S, const D: usize>(
     x: Tensor<D>,
     side: S,
     forward: fn(&M, Tensor<D>, S) -> Tensor<D>,
-    kept: KeptInput,
 ) -> Tensor<D>
 where
     M: Module + Clone + Send + Sync + 'static,
@@ -127,7 +115,7 @@ where
         untracked: Arc::new(move |x| forward(&untracked_module, x, untracked_side.clone())),
         params: trainable.0,
     };
-    Tensor::from_primitive::<Autodiff<Cube>>(recomputed(x_tracked, anchor, block, kept))
+    Tensor::from_primitive::<Autodiff<Cube>>(recomputed(x_tracked, anchor, block))
 }
 
 /// The block twice over: on the tracked parameters (backward) and on plain copies (forward).
@@ -147,22 +135,15 @@ impl<const D: usize> std::fmt::Debug for Block<D> {
 
 #[derive(Debug, Clone)]
 struct Saved<const D: usize> {
-    /// The block's input as kept (f16 with [`KeptInput::F16`]).
+    /// The block's input.
     x: Plain,
-    /// The input's own dtype, to recompute in.
-    dtype: DType,
     block: Block<D>,
 }
 
 #[derive(Debug)]
 struct RecomputeBackward<const D: usize>;
 
-fn recomputed<const D: usize>(
-    x: Tracked,
-    anchor: Tracked,
-    block: Block<D>,
-    kept: KeptInput,
-) -> Tracked {
+fn recomputed<const D: usize>(x: Tracked, anchor: Tracked, block: Block<D>) -> Tracked {
     let prep = RecomputeBackward::<D>
         .prepare::<NoCheckpointing>([x.node(), anchor.node()])
         .compute_bound()
@@ -170,24 +151,9 @@ fn recomputed<const D: usize>(
     let x = x.into_primitive();
     let out = run(&block.untracked, x.clone());
     match prep {
-        OpsKind::Tracked(prep) => {
-            let dtype = Tensor::<D>::from_primitive::<Cube>(x.clone()).dtype();
-            let x = match kept {
-                KeptInput::F16 if dtype == DType::F32 => cast::<D>(x, DType::F16),
-                _ => x,
-            };
-            prep.finish(Saved { x, dtype, block }, out)
-        }
+        OpsKind::Tracked(prep) => prep.finish(Saved { x, block }, out),
         OpsKind::UnTracked(prep) => prep.finish(out),
     }
-}
-
-/// A plain wgpu tensor in `dtype`.
-fn cast<const D: usize>(x: Plain, dtype: DType) -> Plain {
-    Tensor::<D>::from_primitive::<Cube>(x)
-        .cast(dtype)
-        .try_into_primitive::<Cube>()
-        .expect("a cast stays on the wgpu backend")
 }
 
 /// The untracked forward on a plain wgpu tensor.
@@ -203,12 +169,7 @@ impl<const D: usize> Backward<Cube, 2> for RecomputeBackward<D> {
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, _anchor] = ops.parents;
         let d_out = grads.consume::<Cube>(&ops.node);
-        let Saved { x, dtype, block } = ops.state;
-        let x = if Tensor::<D>::from_primitive::<Cube>(x.clone()).dtype() == dtype {
-            x
-        } else {
-            cast::<D>(x, dtype)
-        };
+        let Saved { x, block } = ops.state;
         // The block again, tracked, from its saved input: a graph of its own, whose backward
         // runs inside this one (burn keeps one lock per graph).
         let x_leaf = Tracked::new(x).require_grad();

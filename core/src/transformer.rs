@@ -87,9 +87,9 @@ pub struct VideoAttentionOptions {
     /// On by default: on a device without WGSL (burn's CPU backend) the plain path runs
     /// anyway, so the default is right everywhere.
     pub kernels: bool,
-    /// The UNet's arithmetic in f16 (activations f16; norm statistics, softmax and the
-    /// kernels' accumulators stay f32). For inference on adapters with `shader-f16`; the
-    /// tuning loop computes in f32 and reads it as mixed precision ([`Self::kept_f16`]).
+    /// The UNet's arithmetic in f16 (activations f16; norm statistics, softmax, the kernels'
+    /// accumulators and tuned layers stay f32). Needs `shader-f16`; the tuning loop reads it
+    /// as mixed precision ([`crate::tune::Tuner::step`]).
     pub f16_compute: bool,
     /// The device's largest tensor in bytes ([`crate::limits::DeviceLimits`]): the
     /// feed-forward and the plain path's attention scores are computed in pieces below it.
@@ -99,20 +99,6 @@ pub struct VideoAttentionOptions {
     /// a tuning step holds shrink to the blocks' inputs, for about a third more compute. No
     /// effect outside autodiff. Off by default; `tav` turns it on for Stable Diffusion jobs.
     pub recompute: bool,
-    /// Mixed-precision tuning (`--f16`): recomputed blocks keep their f32 inputs in f16 (half
-    /// the activations a step holds); all arithmetic stays f32. Needs f16 storage.
-    pub kept_f16: bool,
-}
-
-impl VideoAttentionOptions {
-    /// How recomputed blocks keep their inputs.
-    pub fn kept_input(&self) -> crate::recompute::KeptInput {
-        if self.kept_f16 {
-            crate::recompute::KeptInput::F16
-        } else {
-            crate::recompute::KeptInput::AsIs
-        }
-    }
 }
 
 impl Default for VideoAttentionOptions {
@@ -124,7 +110,6 @@ impl Default for VideoAttentionOptions {
             f16_compute: false,
             max_buffer_bytes: u64::MAX,
             recompute: false,
-            kept_f16: false,
         }
     }
 }
@@ -192,7 +177,7 @@ impl TransformerBlock {
         options: VideoAttentionOptions,
     ) -> Tensor<3> {
         if options.recompute {
-            recompute(self, x, side, sublayer, options.kept_input())
+            recompute(self, x, side, sublayer)
         } else {
             sublayer(self, x, side)
         }
@@ -267,14 +252,14 @@ impl TransformerBlock {
         let rows = n * l;
         let per_chunk = rows.div_ceil(FEED_FORWARD_RECOMPUTE_CHUNKS);
         if per_chunk == rows {
-            return recompute(self, x, max, Self::feed_forward, options.kept_input());
+            return recompute(self, x, max, Self::feed_forward);
         }
         let flat = x.reshape([1, rows, c]);
         let parts = (0..rows)
             .step_by(per_chunk)
             .map(|start| {
                 let chunk = flat.clone().narrow(1, start, per_chunk.min(rows - start));
-                recompute(self, chunk, max, Self::feed_forward, options.kept_input())
+                recompute(self, chunk, max, Self::feed_forward)
             })
             .collect();
         Tensor::cat(parts, 1).reshape([n, l, c])

@@ -442,13 +442,7 @@ fn run_resnet(
     }
     let block =
         |r: &ResnetBlock, x, (temb, frames): (Tensor<2>, usize)| r.forward(x, Some(temb), frames);
-    recompute(
-        resnet,
-        x,
-        (temb.clone(), frames),
-        block,
-        options.kept_input(),
-    )
+    recompute(resnet, x, (temb.clone(), frames), block)
 }
 
 /// A video transformer, recomputed in backward when `options.recompute` says so.
@@ -468,13 +462,7 @@ fn run_transformer(
          (context, frames, options): (Tensor<3>, usize, VideoAttentionOptions)| {
             t.forward(x, context, frames, options)
         };
-    recompute(
-        transformer,
-        x,
-        (context.clone(), frames, options),
-        block,
-        options.kept_input(),
-    )
+    recompute(transformer, x, (context.clone(), frames, options), block)
 }
 
 /// Upsample by 2, or to the skip connection's size where the latent size was odd.

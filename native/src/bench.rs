@@ -114,7 +114,7 @@ pub fn run(
         "bench": "setup", "device": device_name, "config": spec.config,
         "parameters": parameters, "frames": spec.frames, "size": spec.size,
         "latent": spec.size / 8, "f16_weights": spec.f16,
-        "compute": if spec.f16 { "f16 (forward, sample); f32 (tune)" } else { "f32" },
+        "compute": if spec.f16 { "f16 (tune: mixed precision)" } else { "f32" },
         "kernels": spec.kernels, "recompute": recompute, "runs": spec.runs,
         "load_s": started.elapsed().as_secs_f64(),
     });
@@ -141,7 +141,7 @@ pub fn run(
         let line = serde_json::json!({
             "bench": step, "device": device_name, "config": spec.config,
             "frames": spec.frames, "size": spec.size, "f16_weights": spec.f16,
-            "f16_compute": spec.f16 && step.as_str() != "tune", "kernels": spec.kernels,
+            "f16_compute": spec.f16, "kernels": spec.kernels,
             "median_ms": median(&measured.times_ms),
             "min_ms": measured.times_ms.iter().cloned().reduce(f64::min),
             "runs": measured.times_ms.len(),

@@ -244,9 +244,8 @@ impl Session {
         if half {
             models = models.weights_to_f16(&device)?;
             ui.say(
-                "f16: weights stored in f16, inversion and sampling in f16 arithmetic; \
-                 tuning in mixed precision (f32 arithmetic and tuned layers, recomputed \
-                 blocks' inputs kept in f16)",
+                "f16: weights stored in f16, f16 arithmetic; tuning in mixed precision \
+                 (f32 tuned layers, AdamW state and loss; the loss scaled for backward)",
             );
         }
         for r in &models.report {

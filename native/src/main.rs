@@ -53,10 +53,10 @@ struct Common {
     /// or fp16 if only those exist).
     #[arg(long)]
     variant: Option<String>,
-    /// Half precision: weights stored in f16 (half the memory), inversion and sampling in
-    /// f16 arithmetic (norm statistics, softmax and convolution sums in f32). Tuning in mixed
-    /// precision: f32 arithmetic, tuned layers and AdamW state, with recompute each block's
-    /// input kept in f16. Needs an adapter with f16 support.
+    /// Half precision: weights stored in f16 (half the memory), f16 arithmetic (norm
+    /// statistics, softmax and convolution sums in f32). Tuning in mixed precision, as the
+    /// reference's autocast: f16 activations and arithmetic, f32 tuned layers and AdamW
+    /// state, the loss scaled for backward. Needs an adapter with f16 support.
     #[arg(long)]
     f16: bool,
     /// How sparse-causal and temporal attention run: `kernels`, tav's memory-efficient WGSL
@@ -400,9 +400,8 @@ enum Command {
         /// Width and height in pixels, a multiple of 64 [default: 512 for sd15, 64 for tiny].
         #[arg(long)]
         size: Option<usize>,
-        /// Frozen weights in f16, and f16 arithmetic in the forward and sampling steps (the
-        /// tuning step computes in f32 and keeps recomputed blocks' inputs in f16, as `tav tune
-        /// --f16` does).
+        /// Frozen weights in f16 and f16 arithmetic (the tuning step in mixed precision, as
+        /// `tav tune --f16` runs it).
         #[arg(long)]
         f16: bool,
         /// Attention: tav's WGSL kernels or the plain tensor-op path [default: kernels on a

@@ -175,8 +175,8 @@ impl Engine {
         let o = Object::new();
         set(&o, "adapter", self.inner.adapter.as_str());
         set(&o, "shaderF16", self.inner.shader_f16);
-        // With shader-f16, weights stay f16 and inversion and sampling compute in f16
-        // (tuning computes in f32); without it, everything is f32 on the GPU.
+        // With shader-f16, weights stay f16 and everything computes in f16 (tuning in mixed
+        // precision); without it, arithmetic is f32 on the GPU.
         set(
             &o,
             "computeDtype",
