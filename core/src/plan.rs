@@ -461,7 +461,8 @@ mod tests {
     }
 
     /// The reference's own job (SD v1.5, 24 frames of 512²) in mixed precision with recompute
-    /// is planned under a 12 GB card's 12 GiB; f16-kept block inputs are what bring it there.
+    /// is planned under a 12 GB card's 12 GiB; f16 activations (mixed precision) are what
+    /// bring it there.
     #[test]
     fn mixed_precision_tuning_of_the_reference_job_plans_under_12_gib() {
         let tuning = |f16| {
