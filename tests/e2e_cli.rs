@@ -448,6 +448,66 @@ fn edit_refuses_weights_of_another_base_model() {
     expect_error(&mut cmd, "not a tav tuned-weights file");
 }
 
+/// `tav bench --kernel attention`: forward and backward of both attentions timed alone, with
+/// FLOPs counted from the shape; a head size over the kernels' is refused.
+#[test]
+fn bench_times_the_attention_kernels_alone_with_their_flops() {
+    let out = run(tav().args([
+        "bench",
+        "--kernel",
+        "attention",
+        "--tokens",
+        "24",
+        "--frames",
+        "3",
+        "--heads",
+        "2",
+        "--head-dim",
+        "8",
+        "--runs",
+        "1",
+    ]));
+    assert!(out.status.success(), "bench runs: {}", stderr(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every stdout line is JSON"))
+        .collect();
+    let passes: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|l| (l["bench"].as_str().unwrap(), l["mode"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        passes,
+        [
+            ("attention.forward", "sparse-causal"),
+            ("attention.backward", "sparse-causal"),
+            ("attention.forward", "temporal"),
+            ("attention.backward", "temporal"),
+        ]
+    );
+    // Sparse-causal: 3 frames × 2 heads × 24 queries, each against 48 keys, 4·8 FLOPs each;
+    // backward 2.5× that.
+    assert_eq!(
+        lines[0]["flop"].as_f64().unwrap(),
+        (3 * 2 * 24 * 48 * 32) as f64
+    );
+    assert_eq!(
+        lines[1]["flop"].as_f64().unwrap(),
+        2.5 * (3 * 2 * 24 * 48 * 32) as f64
+    );
+    assert_eq!(lines[2]["keys"], 3);
+    for line in &lines {
+        assert!(line["flop_per_s"].as_f64().unwrap() > 0.0, "{line}");
+    }
+    let refused = run(tav().args(["bench", "--kernel", "attention", "--head-dim", "300"]));
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("--head-dim 300"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
 /// `tav bench` at the tiny config: one JSON line per step, each with a positive median time
 /// and a peak above what the weights alone hold, the plan within ±15% of it, with and
 /// without block-level recompute; a bad size is refused.
@@ -477,9 +537,16 @@ fn bench_reports_time_and_memory_per_step() {
         .map(|l| l["bench"].as_str().unwrap())
         .collect();
     assert_eq!(steps, ["forward", "tune", "sample"]);
+    let forward_flop = lines[1]["flop"].as_f64().expect("FLOPs counted");
     for line in &lines[1..] {
         assert!(line["median_ms"].as_f64().unwrap() > 0.0, "{line}");
         assert_eq!(line["runs"], 1);
+        // FLOPs from the shapes (a guided step is two forwards), and their rate.
+        let flop = line["flop"].as_f64().unwrap();
+        assert!(flop >= forward_flop && forward_flop > 0.0, "{line}");
+        let rate = line["flop_per_s"].as_f64().unwrap();
+        let expected = flop / (line["median_ms"].as_f64().unwrap() / 1e3);
+        assert!((rate - expected).abs() <= 1e-6 * expected, "{line}");
         let peak = line["peak_bytes"].as_u64().expect("peak memory reported");
         assert!(
             peak > weight_bytes,

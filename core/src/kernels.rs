@@ -26,6 +26,9 @@ use tav_shaders::{
     geglu_source, source,
 };
 
+/// Largest head size the attention kernels take.
+pub const MAX_KERNEL_HEAD_DIM: usize = MAX_HEAD_DIM;
+
 /// A kernel given as WGSL text; cubecl caches pipelines by id, so the id covers the text.
 struct WgslKernel {
     source: &'static str,
@@ -593,4 +596,48 @@ pub fn geglu_supported<const D: usize>(projected: &Tensor<D>) -> bool {
 /// approximation's).
 pub fn geglu<const D: usize>(projected: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as GegluOps>::geglu(projected.into_dispatch()))
+}
+
+/// The attention kernels' forward alone on plain wgpu tensors `[(B·F), L, H·D]`: the output
+/// and each row's log-sum-exp. For timing the kernels by themselves (`tav bench --kernel`).
+pub fn attention_forward_only(
+    q: Tensor<3>,
+    k: Tensor<3>,
+    v: Tensor<3>,
+    spec: AttentionSpec,
+) -> (Tensor<3>, Tensor<1>) {
+    let cube = |t: Tensor<3>| {
+        t.try_into_primitive::<Cube>()
+            .expect("the attention kernels run on a plain wgpu tensor")
+    };
+    let (out, lse) = forward(cube(q), cube(k), cube(v), spec);
+    (
+        Tensor::from_primitive::<Cube>(out),
+        Tensor::from_primitive::<Cube>(lse),
+    )
+}
+
+/// The attention kernels' backward alone (dq, then dk and dv), from the forward's output and
+/// log-sum-exp ([`attention_forward_only`]).
+pub fn attention_backward_only(
+    [q, k, v, out, d_out]: [Tensor<3>; 5],
+    lse: Tensor<1>,
+    spec: AttentionSpec,
+) -> [Tensor<3>; 3] {
+    let cube = |t: Tensor<3>| {
+        t.try_into_primitive::<Cube>()
+            .expect("the attention kernels run on a plain wgpu tensor")
+    };
+    let saved = Saved {
+        q: into_contiguous(cube(q)),
+        k: into_contiguous(cube(k)),
+        v: into_contiguous(cube(v)),
+        out: into_contiguous(cube(out)),
+        lse: lse
+            .try_into_primitive::<Cube>()
+            .expect("the attention kernels run on a plain wgpu tensor"),
+        spec,
+    };
+    let (d_q, d_k, d_v) = backward(saved, cube(d_out));
+    [d_q, d_k, d_v].map(Tensor::from_primitive::<Cube>)
 }

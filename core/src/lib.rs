@@ -12,6 +12,7 @@ pub mod delta;
 pub mod draws;
 pub mod edit;
 pub mod error;
+pub mod flops;
 pub mod footprint;
 pub mod kernels;
 pub mod layers;

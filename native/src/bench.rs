@@ -132,17 +132,26 @@ pub fn run(
             ..VideoAttentionOptions::default()
         },
     };
+    let latent = spec.size / 8;
     for step in &spec.steps {
         let measured = match step.as_str() {
             "forward" => bench.forward(&unet)?,
             "tune" => bench.tune(&unet)?,
             _ => bench.sample(&unet)?,
         };
+        let forward_flop = tav_core::flops::unet_forward(&cfg, spec.frames, latent, latent);
+        let flop = match step.as_str() {
+            "forward" => forward_flop,
+            "tune" => tav_core::flops::tuning_step(forward_flop, recompute),
+            _ => tav_core::flops::sampling_step(forward_flop),
+        };
+        let median_ms = median(&measured.times_ms);
         let line = serde_json::json!({
             "bench": step, "device": device_name, "config": spec.config,
+            "flop": flop, "flop_per_s": median_ms.map(|ms| flop / (ms / 1e3)),
             "frames": spec.frames, "size": spec.size, "f16_weights": spec.f16,
             "f16_compute": spec.f16, "kernels": spec.kernels,
-            "median_ms": median(&measured.times_ms),
+            "median_ms": median_ms,
             "min_ms": measured.times_ms.iter().cloned().reduce(f64::min),
             "runs": measured.times_ms.len(),
             "peak_bytes": measured.peak_bytes,
@@ -200,6 +209,131 @@ fn planned_steps(
     input.vae_params = 0;
     input.text_params = 0;
     Ok(plan(&input, limits))
+}
+
+/// What `tav bench --kernel attention` times: the attention kernels alone, at one shape.
+#[derive(Debug, Clone)]
+pub struct KernelBenchSpec {
+    pub tokens: usize,
+    pub frames: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    /// f16 storage (f32 accumulation); needs `shader-f16`.
+    pub f16: bool,
+    /// Timed runs of each pass, after one warm-up run.
+    pub runs: usize,
+}
+
+/// Times the attention kernels alone, sparse-causal and temporal, forward and backward (dq,
+/// then dk/dv) separately, on random q/k/v of one video; one JSON line per pass with its
+/// FLOP count (from the shape: [`tav_core::flops::AttentionShape`]) and rate.
+pub fn run_attention_kernels(
+    spec: &KernelBenchSpec,
+    device: Device,
+    device_name: &str,
+) -> Result<()> {
+    use tav_core::flops::AttentionShape;
+    use tav_core::kernels::{AttentionSpec, attention_backward_only, attention_forward_only};
+    if !tav_core::kernels::runs_wgsl(&device) {
+        return Err(TavError::InvalidInput(
+            "--kernel attention times tav's WGSL kernels: it needs a wgpu adapter, not --device flex"
+                .into(),
+        ));
+    }
+    if spec.tokens == 0 || spec.frames == 0 || spec.heads == 0 || spec.head_dim == 0 {
+        return Err(TavError::InvalidInput(
+            "--tokens, --frames, --heads and --head-dim must be at least 1".into(),
+        ));
+    }
+    if spec.head_dim > tav_core::kernels::MAX_KERNEL_HEAD_DIM {
+        return Err(TavError::InvalidInput(format!(
+            "--head-dim {} is over the kernels' {}",
+            spec.head_dim,
+            tav_core::kernels::MAX_KERNEL_HEAD_DIM
+        )));
+    }
+    if spec.f16 && !tav_core::precision::supports_f16(&device) {
+        return Err(tav_core::precision::no_f16_error());
+    }
+    let dims = [spec.frames, spec.tokens, spec.heads * spec.head_dim];
+    let dtype = if spec.f16 {
+        burn::tensor::DType::F16
+    } else {
+        burn::tensor::DType::F32
+    };
+    let random = || Tensor::<3>::random(dims, Distribution::Normal(0.0, 1.0), &device).cast(dtype);
+    let (q, k, v, d_out) = (random(), random(), random(), random());
+    let sync = || {
+        device
+            .sync()
+            .map_err(|e| TavError::Device(format!("{e:?}")))
+    };
+    let time = |pass: &mut dyn FnMut()| -> Result<Vec<f64>> {
+        pass();
+        sync()?;
+        let mut times = Vec::new();
+        for _ in 0..spec.runs.max(1) {
+            let start = Instant::now();
+            pass();
+            sync()?;
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(times)
+    };
+    for temporal in [false, true] {
+        let kernel_spec = AttentionSpec {
+            frames: spec.frames,
+            heads: spec.heads,
+            temporal,
+        };
+        let shape = AttentionShape {
+            videos: 1,
+            frames: spec.frames,
+            tokens: spec.tokens,
+            heads: spec.heads,
+            head_dim: spec.head_dim,
+            temporal,
+        };
+        let forward_times = time(&mut || {
+            drop(attention_forward_only(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                kernel_spec,
+            ))
+        })?;
+        let (out, lse) = attention_forward_only(q.clone(), k.clone(), v.clone(), kernel_spec);
+        let backward_times = time(&mut || {
+            drop(attention_backward_only(
+                [q.clone(), k.clone(), v.clone(), out.clone(), d_out.clone()],
+                lse.clone(),
+                kernel_spec,
+            ))
+        })?;
+        let mode = if temporal {
+            "temporal"
+        } else {
+            "sparse-causal"
+        };
+        for (pass, times, flop) in [
+            ("forward", &forward_times, shape.forward_flop()),
+            ("backward", &backward_times, shape.backward_flop()),
+        ] {
+            let median_ms = median(times).expect("at least one timed run");
+            let line = serde_json::json!({
+                "bench": format!("attention.{pass}"), "mode": mode, "device": device_name,
+                "tokens": spec.tokens, "frames": spec.frames, "heads": spec.heads,
+                "head_dim": spec.head_dim, "keys": shape.keys(),
+                "dtype": if spec.f16 { "f16" } else { "f32" },
+                "median_ms": median_ms,
+                "min_ms": times.iter().cloned().reduce(f64::min),
+                "runs": times.len(),
+                "flop": flop, "flop_per_s": flop / (median_ms / 1e3),
+            });
+            println!("{line}");
+        }
+    }
+    Ok(())
 }
 
 /// The median, or `None` without values (a memory-only bench).

@@ -389,7 +389,8 @@ enum Command {
         json: bool,
     },
     /// Time a UNet forward, a tuning step and a guided sampling step on random weights;
-    /// prints the median time and peak GPU memory of each as JSON lines.
+    /// prints the median time, FLOP count and rate, and peak GPU memory of each as JSON lines
+    /// (or, with `--kernel attention`, the attention kernels alone).
     Bench {
         /// Model size: `sd15` (Stable Diffusion v1.5's UNet) or `tiny` (the demo model's).
         #[arg(long, default_value = "sd15")]
@@ -422,6 +423,20 @@ enum Command {
         /// Which steps to time (comma-separated): forward, tune, sample.
         #[arg(long, default_value = "forward,tune,sample", value_delimiter = ',')]
         steps: Vec<String>,
+        /// Time one kernel family alone instead of the UNet's steps: `attention` (tav's
+        /// sparse-causal and temporal attention kernels, forward and backward separately, at
+        /// --tokens, --frames, --heads, --head-dim; --config and --size are not used).
+        #[arg(long, value_parser = ["attention"])]
+        kernel: Option<String>,
+        /// Tokens per frame for `--kernel attention` (SD's finest level at 512²: 4096).
+        #[arg(long, default_value_t = 4096)]
+        tokens: usize,
+        /// Attention heads for `--kernel attention`.
+        #[arg(long, default_value_t = 8)]
+        heads: usize,
+        /// Size of one head for `--kernel attention` (SD v1.5: 40, 80, 160).
+        #[arg(long, default_value_t = 40)]
+        head_dim: usize,
         /// Device: auto (wgpu's default adapter), discrete[:N], integrated[:N], virtual[:N],
         /// cpu (a wgpu CPU adapter such as lavapipe) or flex (burn's CPU backend; no WGSL
         /// kernels; several times faster than lavapipe on a machine without a GPU).
@@ -751,6 +766,10 @@ fn dispatch(cli: Cli) -> Result<()> {
             recompute,
             runs,
             steps,
+            kernel,
+            tokens,
+            heads,
+            head_dim,
             device,
         } => {
             let gpu::Opened {
@@ -758,6 +777,17 @@ fn dispatch(cli: Cli) -> Result<()> {
                 description: adapter,
                 limits,
             } = gpu::open(&device).map_err(TavError::Device)?;
+            if kernel.is_some() {
+                let spec = bench::KernelBenchSpec {
+                    tokens,
+                    frames,
+                    heads,
+                    head_dim,
+                    f16,
+                    runs,
+                };
+                return bench::run_attention_kernels(&spec, device, &adapter);
+            }
             let choice = match kernels.as_str() {
                 "on" => Some(gpu::AttentionChoice::Kernels),
                 "off" => Some(gpu::AttentionChoice::Plain),
