@@ -138,14 +138,18 @@ pub const GEGLU_FORWARD: &str = include_str!("../wgsl/geglu_forward.wgsl");
 /// GEGLU's backward: the projection's gradient from the projection and the output's gradient.
 pub const GEGLU_BACKWARD: &str = include_str!("../wgsl/geglu_backward.wgsl");
 
-/// The WGSL source of GEGLU's forward or backward kernel for `storage`.
+/// The shared part of the GEGLU kernels (storage type, uniform block, erf).
+pub const GEGLU_COMMON: &str = include_str!("../wgsl/geglu_common.wgsl");
+
+/// The WGSL source of GEGLU's forward or backward kernel for `storage`: the shared part,
+/// then the kernel.
 pub fn geglu_source(backward: bool, storage: Storage) -> String {
-    let f32_source = if backward {
+    let kernel = if backward {
         GEGLU_BACKWARD
     } else {
         GEGLU_FORWARD
     };
-    f16_variant_if(f32_source, storage)
+    f16_variant_if(&format!("{GEGLU_COMMON}\n{kernel}"), storage)
 }
 
 /// The uniform block of the GEGLU kernels, and their dispatch (one invocation per output).
@@ -348,10 +352,13 @@ mod tests {
             }
             let text = std::fs::read_to_string(&path).unwrap();
             let name = path.display().to_string();
-            // Attention kernels are validated as loaded, after the shared part; the shared
-            // part and the kernels that declare their own storage type validate alone.
-            let full = if text == COMMON || text.contains("alias T = f32;") {
+            // Kernels are validated as loaded, after their family's shared part; the shared
+            // parts validate alone.
+            let file_name = path.file_name().unwrap().to_string_lossy();
+            let full = if text == COMMON || text == GEGLU_COMMON {
                 text
+            } else if file_name.starts_with("geglu_") {
+                format!("{GEGLU_COMMON}\n{text}")
             } else {
                 format!("{COMMON}\n{text}")
             };
@@ -365,8 +372,8 @@ mod tests {
         }
         assert_eq!(
             count,
-            Kernel::ALL.len() + 4,
-            "every kernel file (the shared part, widen_f16 and GEGLU's two too) is known to the crate"
+            Kernel::ALL.len() + 5,
+            "every kernel file (the shared part, widen_f16 and GEGLU's three too) is known to the crate"
         );
         for kernel in Kernel::ALL {
             assert!(dir.join(kernel.file_name()).is_file());

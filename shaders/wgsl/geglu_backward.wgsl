@@ -1,31 +1,12 @@
 // GEGLU as one op, backward: from the kept projection [rows, 2W] and the output's gradient
 // [rows, W], the projection's gradient [rows, 2W]:
 //   d hidden = d_out · gelu(gate),   d gate = d_out · hidden · gelu'(gate),
-// with the exact derivative gelu'(x) = Φ(x) + x·φ(x). Nothing else is kept from the forward
-// pass; arithmetic in f32 whatever the storage.
-alias T = f32;
-
-struct GegluInfo {
-    count: u32,
-    width: u32,
-    per_dispatch_row: u32,
-    pad0: u32,
-}
+// with the exact derivative gelu'(x) = Φ(x) + x·φ(x). Nothing else is kept from the forward.
 
 @group(0) @binding(0) var<storage, read_write> projected: array<T>;
 @group(0) @binding(1) var<storage, read_write> d_gated: array<T>;
 @group(0) @binding(2) var<storage, read_write> d_projected: array<T>;
 @group(0) @binding(3) var<uniform> info: GegluInfo;
-
-// erf by Abramowitz & Stegun 7.1.26 (absolute error under 1.5e-7); WGSL has no erf.
-fn erf_approx(x: f32) -> f32 {
-    let a = abs(x);
-    let t = 1.0 / (1.0 + 0.3275911 * a);
-    let poly = ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t
-        + 0.254829592) * t;
-    let y = 1.0 - poly * exp(-a * a);
-    return select(y, -y, x < 0.0);
-}
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
