@@ -155,6 +155,10 @@ const TOL_F16: f64 = 1e-2;
 /// weights' change after three steps (5.4e-2; AdamW's first steps move each weight by about
 /// the learning rate whatever its gradient's size, so near-zero gradients' rounding shows).
 const TOL_MIXED_TRAIN: f64 = 1e-2;
+/// Each tensor's step-0 gradient in mixed precision (measured 4.9e-2 at the worst, the last
+/// temporal attention's output bias: its gradient sums f16 gradients of every token, which
+/// mostly cancel, so their rounding shows; 1.2e-4 in f32).
+const TOL_MIXED_GRAD_TENSOR: f64 = 1e-1;
 const TOL_MIXED_AFTER: f64 = 1e-1;
 
 #[test]
@@ -254,6 +258,7 @@ fn golden_f16_weights_within_bound() {
                 label: " (mixed precision)",
                 tol_pred: TOL_F16,
                 tol_train: TOL_MIXED_TRAIN,
+                tol_grad_tensor: TOL_MIXED_GRAD_TENSOR,
                 tol_after: TOL_MIXED_AFTER,
             };
             drop(train_cases_checked(
@@ -515,6 +520,8 @@ struct TrainCheck {
     label: &'static str,
     tol_pred: f64,
     tol_train: f64,
+    /// Each tensor's step-0 gradient.
+    tol_grad_tensor: f64,
     tol_after: f64,
 }
 
@@ -526,6 +533,7 @@ impl TrainCheck {
             label: "",
             tol_pred: TOL,
             tol_train: TOL_TRAIN,
+            tol_grad_tensor: TOL_TRAIN,
             tol_after: TOL_AFTER,
         }
     }
@@ -660,7 +668,12 @@ fn train_cases_checked(
         .map(|k| grads0.get(k).map(|g| g.data.clone()).unwrap_or_default())
         .collect();
     let grad_report = compare_sets(&expected_keys, &ours_grads, &reference_grads, None);
-    grad_report.judge(&label("grad0"), check.tol_train, true, run);
+    grad_report.judge(
+        &label("grad0"),
+        check.tol_train,
+        Some(check.tol_grad_tensor),
+        run,
+    );
     run.cover_all(expected_keys.iter().map(|k| format!("{prefix}.grad0.{k}")));
 
     let unet = Tuner::eval_mode(unet);
@@ -680,7 +693,7 @@ fn train_cases_checked(
         &reference_after,
         Some(&initial),
     );
-    after_report.judge(&label("after"), check.tol_after, false, run);
+    after_report.judge(&label("after"), check.tol_after, None, run);
     run.cover_all(expected_keys.iter().map(|k| format!("{prefix}.after.{k}")));
     run.cover(&[
         &format!("{prefix}.pixels"),
@@ -757,7 +770,9 @@ fn compare_sets(
 
 impl SetReport {
     /// Passes on the global error; with `per_tensor_gate`, every tensor must pass too.
-    fn judge(&self, case: &str, tol: f64, per_tensor_gate: bool, run: &mut Run) {
+    /// Passes when the global error is within `tol` and, with `per_tensor_tol`, every
+    /// tensor's within that.
+    fn judge(&self, case: &str, tol: f64, per_tensor_tol: Option<f64>, run: &mut Run) {
         let worst = self
             .per_tensor
             .iter()
@@ -765,8 +780,12 @@ impl SetReport {
             .cloned()
             .unwrap_or_default();
         let negligible = self.per_tensor.iter().filter(|t| t.2).count();
-        let bad: Vec<&(String, f64, bool)> = self.per_tensor.iter().filter(|t| t.1 > tol).collect();
-        let ok = self.global <= tol && (!per_tensor_gate || bad.is_empty());
+        let bad: Vec<&(String, f64, bool)> = self
+            .per_tensor
+            .iter()
+            .filter(|t| per_tensor_tol.is_some_and(|tol| t.1 > tol))
+            .collect();
+        let ok = self.global <= tol && bad.is_empty();
         println!(
             "  {:<8} {case:<40} rel.err {:.3e} (tol {tol:.0e}) over {} tensors; worst tensor {:.3e} at {}{}",
             if ok { "ok" } else { "FAIL" },
@@ -785,10 +804,8 @@ impl SetReport {
         } else {
             run.failed
                 .push(format!("{case}: global rel.err {:.3e}", self.global));
-            if per_tensor_gate {
-                for (key, err, _) in bad {
-                    run.failed.push(format!("{case}.{key}: rel.err {err:.3e}"));
-                }
+            for (key, err, _) in bad {
+                run.failed.push(format!("{case}.{key}: rel.err {err:.3e}"));
             }
         }
     }
