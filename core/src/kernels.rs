@@ -176,20 +176,34 @@ fn launch_pass(
     inputs: &[&CubeTensor],
     outputs: &[&CubeTensor],
 ) {
-    let client = inputs[0].client.clone();
+    let buffers: Vec<_> = inputs
+        .iter()
+        .map(|&t| (t, BufferIOAttr::ReadOnly))
+        .chain(outputs.iter().map(|&t| (t, BufferIOAttr::WriteOnly)))
+        .collect();
+    launch_wgsl(
+        kernel_source(kernel, storage),
+        &buffers,
+        &info.to_bytes(),
+        info.dispatch(),
+    );
+}
+
+/// Launches a WGSL kernel on `buffers` (in binding order) with `uniform` bound after them,
+/// over a 2-D grid of `[x, y]` workgroups.
+fn launch_wgsl(
+    source: &'static str,
+    buffers: &[(&CubeTensor, BufferIOAttr)],
+    uniform: &[u8],
+    [x, y]: [u32; 2],
+) {
     let mut args = KernelArguments::new();
-    for t in inputs {
-        args = args.with_buffer_io(t.handle.clone().binding(), BufferIOAttr::ReadOnly);
+    for (t, io) in buffers {
+        args = args.with_buffer_io(t.handle.clone().binding(), *io);
     }
-    for t in outputs {
-        args = args.with_buffer_io(t.handle.clone().binding(), BufferIOAttr::WriteOnly);
-    }
-    let args = args.with_info(MetadataBindingInfo::custom(uniform_words(&info.to_bytes())));
-    let [x, y] = info.dispatch();
-    client.launch(
-        Box::new(WgslKernel {
-            source: kernel_source(kernel, storage),
-        }),
+    let args = args.with_info(MetadataBindingInfo::custom(uniform_words(uniform)));
+    buffers[0].0.client.launch(
+        Box::new(WgslKernel { source }),
         CubeCount::Static(x, y, 1),
         args,
     );
@@ -428,15 +442,14 @@ fn widen_f16(x: CubeTensor) -> CubeTensor {
     let info = WidenInfo {
         count: count as u32,
     };
-    let args = KernelArguments::new()
-        .with_buffer_io(x.handle.clone().binding(), BufferIOAttr::ReadOnly)
-        .with_buffer_io(wide.handle.clone().binding(), BufferIOAttr::WriteOnly)
-        .with_info(MetadataBindingInfo::custom(uniform_words(&info.to_bytes())));
-    let [gx, gy] = info.dispatch();
-    x.client.launch(
-        Box::new(WgslKernel { source: WIDEN_F16 }),
-        CubeCount::Static(gx, gy, 1),
-        args,
+    launch_wgsl(
+        WIDEN_F16,
+        &[
+            (&x, BufferIOAttr::ReadOnly),
+            (&wide, BufferIOAttr::WriteOnly),
+        ],
+        &info.to_bytes(),
+        info.dispatch(),
     );
     wide
 }
@@ -488,20 +501,18 @@ fn geglu_sizes(dims: &[usize]) -> (usize, usize) {
     (rows, wide / 2)
 }
 
-fn launch_geglu(backward: bool, info: GegluInfo, storage: Storage, buffers: &[&CubeTensor]) {
-    let client = buffers[0].client.clone();
-    let mut args = KernelArguments::new();
-    for t in buffers {
-        args = args.with_buffer_io(t.handle.clone().binding(), BufferIOAttr::ReadWrite);
-    }
-    let args = args.with_info(MetadataBindingInfo::custom(uniform_words(&info.to_bytes())));
-    let [x, y] = info.dispatch();
-    client.launch(
-        Box::new(WgslKernel {
-            source: geglu_kernel_source(backward, storage),
-        }),
-        CubeCount::Static(x, y, 1),
-        args,
+/// `inputs` then one output, the projection's storage type.
+fn launch_geglu(backward: bool, info: GegluInfo, inputs: &[&CubeTensor], output: &CubeTensor) {
+    let buffers: Vec<_> = inputs
+        .iter()
+        .map(|&t| (t, BufferIOAttr::ReadOnly))
+        .chain([(output, BufferIOAttr::WriteOnly)])
+        .collect();
+    launch_wgsl(
+        geglu_kernel_source(backward, storage_of(inputs[0])),
+        &buffers,
+        &info.to_bytes(),
+        info.dispatch(),
     );
 }
 
@@ -513,7 +524,7 @@ fn geglu_forward(projected: CubeTensor) -> CubeTensor {
     let mut out_dims = dims;
     *out_dims.last_mut().expect("a tensor has dimensions") = width;
     let gated = empty(&projected, out_dims, projected.dtype);
-    launch_geglu(false, info, storage_of(&projected), &[&projected, &gated]);
+    launch_geglu(false, info, &[&projected], &gated);
     gated
 }
 
@@ -524,12 +535,7 @@ fn geglu_backward(projected: CubeTensor, d_gated: CubeTensor) -> CubeTensor {
     let (rows, width) = geglu_sizes(&dims);
     let info = GegluInfo::new(rows, width).expect("checked by `geglu_supported`");
     let d_projected = empty(&projected, dims, projected.dtype);
-    launch_geglu(
-        true,
-        info,
-        storage_of(&projected),
-        &[&projected, &d_gated, &d_projected],
-    );
+    launch_geglu(true, info, &[&projected, &d_gated], &d_projected);
     d_projected
 }
 
