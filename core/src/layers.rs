@@ -64,9 +64,10 @@ impl Linear {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dtype = x.dtype();
         let weight = self.weight.val();
-        if dtype == DType::F16 && weight.dtype() == DType::F32 && weight.is_require_grad() {
-            // A tuned layer in mixed precision: its f32 master weight and f32 arithmetic, so
-            // the weight's gradient (a sum over every token) is accumulated in f32.
+        if dtype == DType::F16 && weight.dtype() == DType::F32 {
+            // A tuned layer (kept f32 under `--f16`) computes in f32: in tuning its weight's
+            // gradient, a sum over every token, is accumulated in f32; and the forward is the
+            // same whether or not autodiff tracks it (recompute runs it both ways).
             return self.forward(x.cast(DType::F32)).cast(DType::F16);
         }
         burn::tensor::module::linear(
