@@ -604,6 +604,12 @@ pub fn geglu<const D: usize>(projected: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as GegluOps>::geglu(projected.into_dispatch()))
 }
 
+/// A plain (untracked) wgpu tensor's primitive, for the kernels timed alone.
+fn cube<const D: usize>(t: Tensor<D>) -> CubeTensor {
+    t.try_into_primitive::<Cube>()
+        .expect("the attention kernels run on a plain wgpu tensor")
+}
+
 /// The attention kernels' forward alone on plain wgpu tensors `[(B·F), L, H·D]`: the output
 /// and each row's log-sum-exp. For timing the kernels by themselves (`tav bench --kernel`).
 pub fn attention_forward_only(
@@ -612,10 +618,6 @@ pub fn attention_forward_only(
     v: Tensor<3>,
     spec: AttentionSpec,
 ) -> (Tensor<3>, Tensor<1>) {
-    let cube = |t: Tensor<3>| {
-        t.try_into_primitive::<Cube>()
-            .expect("the attention kernels run on a plain wgpu tensor")
-    };
     let (out, lse) = forward(cube(q), cube(k), cube(v), spec);
     (
         Tensor::from_primitive::<Cube>(out),
@@ -630,18 +632,12 @@ pub fn attention_backward_only(
     lse: Tensor<1>,
     spec: AttentionSpec,
 ) -> [Tensor<3>; 3] {
-    let cube = |t: Tensor<3>| {
-        t.try_into_primitive::<Cube>()
-            .expect("the attention kernels run on a plain wgpu tensor")
-    };
     let saved = Saved {
         q: into_contiguous(cube(q)),
         k: into_contiguous(cube(k)),
         v: into_contiguous(cube(v)),
         out: into_contiguous(cube(out)),
-        lse: lse
-            .try_into_primitive::<Cube>()
-            .expect("the attention kernels run on a plain wgpu tensor"),
+        lse: cube(lse),
         spec,
     };
     let (d_q, d_k, d_v) = backward(saved, cube(d_out));

@@ -109,16 +109,19 @@ pub struct WidenInfo {
     pub count: u32,
 }
 
-impl WidenInfo {
-    /// Workgroups along x per row of the dispatch (WebGPU allows 65,535 per dimension).
+/// The 2-D grid `[x, y]` of workgroups giving one invocation to each of `invocations` items,
+/// within WebGPU's 65,535 workgroups per dimension (the kernels index `y · x · 64 + id.x`).
+fn elementwise_dispatch(invocations: usize) -> [u32; 2] {
     const MAX_X: u32 = 65_535;
+    let groups = invocations.div_ceil(WORKGROUP_SIZE).max(1) as u32;
+    let x = groups.min(MAX_X);
+    [x, groups.div_ceil(x)]
+}
 
+impl WidenInfo {
     /// The 2-D dispatch `[x, y]` covering every pair of values.
     pub fn dispatch(&self) -> [u32; 2] {
-        let words = self.count.div_ceil(2) as usize;
-        let groups = words.div_ceil(WORKGROUP_SIZE).max(1) as u32;
-        let x = groups.min(Self::MAX_X);
-        [x, groups.div_ceil(x)]
+        elementwise_dispatch(self.count.div_ceil(2) as usize)
     }
 
     /// The uniform's bytes (`count`, `words_per_row`, padding).
@@ -176,9 +179,7 @@ impl GegluInfo {
 
     /// The 2-D dispatch `[x, y]` covering every output, within WebGPU's 65,535 per dimension.
     pub fn dispatch(&self) -> [u32; 2] {
-        let groups = (self.count as usize).div_ceil(WORKGROUP_SIZE).max(1) as u32;
-        let x = groups.min(WidenInfo::MAX_X);
-        [x, groups.div_ceil(x)]
+        elementwise_dispatch(self.count as usize)
     }
 
     /// The uniform's bytes (`count`, `width`, outputs per dispatch row, padding).
