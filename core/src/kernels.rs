@@ -3,7 +3,8 @@
 //! (`VideoAttentionOptions::kernels`). Sparse-causal and temporal attention then read K/V in
 //! place and never store a score matrix, in the forward or the backward pass.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
 use burn::backend::autodiff::{
     Autodiff,
@@ -22,9 +23,10 @@ use cubecl::prelude::*;
 use cubecl::server::{KernelArguments, MetadataBindingInfo};
 use cubecl::{CubeKernel, PrecompiledSource};
 use tav_shaders::{
-    AttentionMode, GegluInfo, Info, Kernel, MAX_HEAD_DIM, Storage, WIDEN_F16, WidenInfo,
-    geglu_source, source,
+    Access, AttentionMode, GegluInfo, Info, Kernel, MAX_HEAD_DIM, Slot, Storage, WIDEN_F16,
+    WidenInfo, geglu_source, source,
 };
+pub use tav_shaders::Tiling;
 
 /// Largest head size the attention kernels take.
 pub const MAX_KERNEL_HEAD_DIM: usize = MAX_HEAD_DIM;
@@ -68,19 +70,18 @@ impl CubeKernel for WgslKernel {
     }
 }
 
-/// The kernel sources, each variant built once.
-fn kernel_source(kernel: Kernel, storage: Storage) -> &'static str {
-    static SOURCES: OnceLock<Vec<(Kernel, Storage, String)>> = OnceLock::new();
-    let all = SOURCES.get_or_init(|| {
-        Kernel::ALL
-            .iter()
-            .flat_map(|&k| [Storage::F32, Storage::F16].map(|s| (k, s, source(k, s))))
-            .collect()
-    });
-    all.iter()
-        .find(|(k, s, _)| *k == kernel && *s == storage)
-        .map(|(_, _, text)| text.as_str())
-        .expect("every variant is built")
+/// The kernel sources, each variant (kernel, storage, head size) built once and kept for the
+/// process (cubecl caches pipelines by source; the variants are few).
+fn kernel_source(kernel: Kernel, storage: Storage, head_dim: usize) -> &'static str {
+    static SOURCES: OnceLock<Mutex<HashMap<(Kernel, Storage, usize), &'static str>>> =
+        OnceLock::new();
+    let mut sources = SOURCES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    sources
+        .entry((kernel, storage, head_dim))
+        .or_insert_with(|| Box::leak(source(kernel, storage, head_dim).into_boxed_str()))
 }
 
 /// What one attention call computes: `frames` per video, `heads` heads, which mode.
@@ -145,48 +146,61 @@ fn empty(like: &CubeTensor, dims: Vec<usize>, dtype: DType) -> CubeTensor {
     )
 }
 
-/// Launches `kernel` in as many passes as the adapter's loop budget needs (one on a GPU;
-/// several on llvmpipe, whose loops stop silently past 65,535 iterations), with its
-/// between-pass accumulators in an f32 state buffer.
-fn launch(
-    kernel: Kernel,
-    info: &Info,
-    storage: Storage,
-    inputs: &[&CubeTensor],
-    outputs: &[&CubeTensor],
-) {
-    let budget = tav_shaders::loop_budget(&inputs[0].client.properties().identity.name);
-    let passes = info.passes(kernel, budget);
-    let state = empty(
-        inputs[0],
-        vec![info.state_elements(kernel, passes.len())],
-        DType::F32,
-    );
-    let mut bound = outputs.to_vec();
-    bound.push(&state);
-    for pass in &passes {
-        launch_pass(kernel, pass, storage, inputs, &bound);
+/// Runs the forward or backward plan of `info` (its passes: one on a GPU, several on
+/// llvmpipe, whose loops stop silently past 65,535 iterations) on `buffers` by slot, with the
+/// plan's scratch (between-pass state, frame 0's partial sums).
+fn run_plan(info: &Info, backward: bool, storage: Storage, buffers: &[(Slot, &CubeTensor)]) {
+    let like = buffers[0].1;
+    let budget = tav_shaders::loop_budget(&like.client.properties().identity.name);
+    let plan = info.plan(backward, tiling(), budget);
+    let state = empty(like, vec![plan.state_elements], DType::F32);
+    let partials = empty(like, vec![plan.partial_elements], DType::F32);
+    let mut all = buffers.to_vec();
+    all.extend([(Slot::State, &state), (Slot::Partials, &partials)]);
+    for launch in &plan.launches {
+        let bound: Vec<_> = launch
+            .kernel
+            .slots()
+            .iter()
+            .map(|&(slot, access)| {
+                let tensor = all
+                    .iter()
+                    .find(|(s, _)| *s == slot)
+                    .map(|(_, t)| *t)
+                    .expect("every slot of the plan is given");
+                let io = match access {
+                    Access::Read => BufferIOAttr::ReadOnly,
+                    Access::Write => BufferIOAttr::WriteOnly,
+                    Access::ReadWrite => BufferIOAttr::ReadWrite,
+                };
+                (tensor, io)
+            })
+            .collect();
+        launch_wgsl(
+            kernel_source(launch.kernel, storage, info.head_dim as usize),
+            &bound,
+            &launch.info.to_bytes(),
+            launch.dispatch(),
+        );
     }
 }
 
-fn launch_pass(
-    kernel: Kernel,
-    info: &Info,
-    storage: Storage,
-    inputs: &[&CubeTensor],
-    outputs: &[&CubeTensor],
-) {
-    let buffers: Vec<_> = inputs
-        .iter()
-        .map(|&t| (t, BufferIOAttr::ReadOnly))
-        .chain(outputs.iter().map(|&t| (t, BufferIOAttr::WriteOnly)))
-        .collect();
-    launch_wgsl(
-        kernel_source(kernel, storage),
-        &buffers,
-        &info.to_bytes(),
-        info.dispatch(),
-    );
+/// Which kernels sparse-causal attention runs: the tiled ones, unless [`set_tiling`] chose
+/// the per-row ones (kept as a second reference, and timed by `tav bench --kernel attention
+/// --tiling rows`).
+fn tiling() -> Tiling {
+    match TILING.get() {
+        Some(t) => *t,
+        None => Tiling::Tiled,
+    }
+}
+
+static TILING: OnceLock<Tiling> = OnceLock::new();
+
+/// Chooses the sparse-causal kernels for this process (first call wins): for timing the
+/// per-row kernels against the tiled ones. Returns false if another choice was made first.
+pub fn set_tiling(tiling: Tiling) -> bool {
+    TILING.set(tiling).is_ok() || TILING.get() == Some(&tiling)
 }
 
 /// Launches a WGSL kernel on `buffers` (in binding order) with `uniform` bound after them,
@@ -221,12 +235,17 @@ fn forward(
     let storage = storage_of(&q);
     let out = empty(&q, q.meta.shape().dims::<3>().to_vec(), q.dtype);
     let lse = empty(&q, vec![info.rows()], DType::F32);
-    launch(
-        Kernel::AttentionForward,
+    run_plan(
         &info,
+        false,
         storage,
-        &[&q, &k, &v],
-        &[&out, &lse],
+        &[
+            (Slot::Q, &q),
+            (Slot::K, &k),
+            (Slot::V, &v),
+            (Slot::Out, &out),
+            (Slot::Lse, &lse),
+        ],
     );
     (out, lse)
 }
@@ -251,19 +270,22 @@ fn backward(saved: Saved, d_out: CubeTensor) -> (CubeTensor, CubeTensor, CubeTen
         empty(&q, dims, q.dtype),
     );
     let delta = empty(&q, vec![info.rows()], DType::F32);
-    launch(
-        Kernel::AttentionBackwardQuery,
+    run_plan(
         &info,
+        true,
         storage,
-        &[&q, &k, &v, &out, &d_out, &lse],
-        &[&d_q, &delta],
-    );
-    launch(
-        Kernel::AttentionBackwardKeyValue,
-        &info,
-        storage,
-        &[&q, &k, &v, &d_out, &lse, &delta],
-        &[&d_k, &d_v],
+        &[
+            (Slot::Q, &q),
+            (Slot::K, &k),
+            (Slot::V, &v),
+            (Slot::Out, &out),
+            (Slot::DOut, &d_out),
+            (Slot::Lse, &lse),
+            (Slot::DQ, &d_q),
+            (Slot::Delta, &delta),
+            (Slot::DK, &d_k),
+            (Slot::DV, &d_v),
+        ],
     );
     (d_q, d_k, d_v)
 }

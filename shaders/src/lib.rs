@@ -10,19 +10,36 @@ pub mod runner;
 /// The attention kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
-    /// Output and per-row log-sum-exp.
+    /// Output and per-row log-sum-exp, one invocation per query row (both modes).
     AttentionForward,
-    /// dQ and delta = rowsum(dO ∘ O).
+    /// dQ and delta = rowsum(dO ∘ O), one invocation per query row (both modes).
     AttentionBackwardQuery,
-    /// dK and dV, gathered per key (no atomics).
+    /// dK and dV, gathered per key row (no atomics; both modes).
     AttentionBackwardKeyValue,
+    /// Sparse-causal forward, a workgroup per query tile with K/V staged in workgroup memory.
+    TiledForward,
+    /// Sparse-causal dQ and delta, tiled as the forward.
+    TiledBackwardQuery,
+    /// Sparse-causal dK and dV, a workgroup per key tile and job of query frames.
+    TiledBackwardKeyValue,
+    /// Frame 0's dK and dV: the sum of the tiled key/value kernel's per-chunk partials.
+    FrameZeroReduce,
 }
 
 /// Element type of the kernel's storage buffers (accumulation is always f32).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Storage {
     F32,
     F16,
+}
+
+impl Storage {
+    fn bytes(self) -> u32 {
+        match self {
+            Storage::F32 => 4,
+            Storage::F16 => 2,
+        }
+    }
 }
 
 /// Which attention a launch computes (the `mode` field of the kernels' `Info`).
@@ -52,12 +69,22 @@ pub fn loop_budget(adapter_name: &str) -> Option<u32> {
 pub const MAX_HEAD_DIM: usize = 256;
 /// Invocations per workgroup (rows per workgroup).
 pub const WORKGROUP_SIZE: usize = 64;
+/// Workgroup memory the tiled kernels stage into: WebGPU's guaranteed minimum, so every
+/// adapter (and every browser) takes them.
+pub const WORKGROUP_MEMORY_BYTES: u32 = 16_384;
+/// Query frames per job of the tiled key/value kernel for frame 0's keys (which every frame
+/// sees): frame 0's work is split into ⌈F / FRAME_CHUNK⌉ jobs, others take one frame each.
+pub const FRAME_CHUNK: u32 = 4;
 
 impl Kernel {
-    pub const ALL: [Kernel; 3] = [
+    pub const ALL: [Kernel; 7] = [
         Kernel::AttentionForward,
         Kernel::AttentionBackwardQuery,
         Kernel::AttentionBackwardKeyValue,
+        Kernel::TiledForward,
+        Kernel::TiledBackwardQuery,
+        Kernel::TiledBackwardKeyValue,
+        Kernel::FrameZeroReduce,
     ];
 
     /// The file name under `shaders/wgsl/`.
@@ -66,6 +93,10 @@ impl Kernel {
             Kernel::AttentionForward => "attention_forward.wgsl",
             Kernel::AttentionBackwardQuery => "attention_backward_dq.wgsl",
             Kernel::AttentionBackwardKeyValue => "attention_backward_dkv.wgsl",
+            Kernel::TiledForward => "attention_tiled_forward.wgsl",
+            Kernel::TiledBackwardQuery => "attention_tiled_backward_dq.wgsl",
+            Kernel::TiledBackwardKeyValue => "attention_tiled_backward_dkv.wgsl",
+            Kernel::FrameZeroReduce => "attention_frame_zero_reduce.wgsl",
         }
     }
 
@@ -76,16 +107,63 @@ impl Kernel {
             Kernel::AttentionBackwardKeyValue => {
                 include_str!("../wgsl/attention_backward_dkv.wgsl")
             }
+            Kernel::TiledForward => include_str!("../wgsl/attention_tiled_forward.wgsl"),
+            Kernel::TiledBackwardQuery => {
+                include_str!("../wgsl/attention_tiled_backward_dq.wgsl")
+            }
+            Kernel::TiledBackwardKeyValue => {
+                include_str!("../wgsl/attention_tiled_backward_dkv.wgsl")
+            }
+            Kernel::FrameZeroReduce => include_str!("../wgsl/attention_frame_zero_reduce.wgsl"),
         }
+    }
+
+    /// Whether the kernel is one of the tiled (sparse-causal) ones.
+    pub fn tiled(self) -> bool {
+        !matches!(
+            self,
+            Kernel::AttentionForward
+                | Kernel::AttentionBackwardQuery
+                | Kernel::AttentionBackwardKeyValue
+        )
+    }
+
+    /// Rows staged per step in workgroup memory: two `vec4` rows of the head per staged row
+    /// (K and V, or Q and dO) plus two f32 (lse and delta), within
+    /// [`WORKGROUP_MEMORY_BYTES`]; a power of two up to a workgroup's rows.
+    pub fn staged_rows(self, head_dim: usize, storage: Storage) -> u32 {
+        let vecs = head_dim.div_ceil(4) as u32;
+        let per_row = 2 * vecs * 4 * storage.bytes() + 8;
+        let fit = (WORKGROUP_MEMORY_BYTES / per_row).max(1);
+        (1 << fit.ilog2()).min(WORKGROUP_SIZE as u32)
     }
 }
 
-/// The WGSL source of `kernel` for `storage`: the shared part, then the kernel.
-pub fn source(kernel: Kernel, storage: Storage) -> String {
-    f16_variant_if(&format!("{COMMON}\n{}", kernel.f32_source()), storage)
+/// The constants a pipeline is built with, put before the shared part.
+fn constants(kernel: Kernel, storage: Storage, head_dim: usize) -> String {
+    format!(
+        "const HEAD_DIM: u32 = {head_dim}u;\nconst HEAD_VECS: u32 = {}u;\n\
+         const TILE_ROWS: u32 = {WORKGROUP_SIZE}u;\nconst TILE: u32 = {}u;\n\
+         const FRAME_CHUNK: u32 = {FRAME_CHUNK}u;\n",
+        head_dim.div_ceil(4),
+        kernel.staged_rows(head_dim, storage),
+    )
 }
 
-/// The shared part of every kernel (storage type, `Info`, key indexing).
+/// The WGSL source of `kernel` for `storage` and a head of `head_dim` (fixed per pipeline):
+/// its constants, the shared part, then the kernel.
+pub fn source(kernel: Kernel, storage: Storage, head_dim: usize) -> String {
+    f16_variant_if(
+        &format!(
+            "{}{COMMON}\n{}",
+            constants(kernel, storage, head_dim),
+            kernel.f32_source()
+        ),
+        storage,
+    )
+}
+
+/// The shared part of every kernel (storage type, `Info`, key indexing, tiles).
 pub const COMMON: &str = include_str!("../wgsl/attention_common.wgsl");
 
 /// Turns an f32-storage kernel into its f16-storage variant.
@@ -247,11 +325,14 @@ impl Info {
         }
     }
 
-    /// Items a row of `kernel` loops over: keys for the forward and dq kernels, queries
-    /// (every frame's, in sparse-causal mode) for the key/value kernel.
+    /// Items a row of `kernel` loops over: keys for the forward and dq kernels, queries for
+    /// the key/value kernels (every frame's in the per-row sparse-causal one, at most a job's
+    /// in the tiled one); the reduction has no loop to split.
     pub fn items(&self, kernel: Kernel) -> u32 {
         let temporal = self.mode == AttentionMode::Temporal;
         match kernel {
+            Kernel::FrameZeroReduce => 1,
+            Kernel::TiledBackwardKeyValue => self.frames.min(FRAME_CHUNK) * self.tokens,
             Kernel::AttentionBackwardKeyValue if temporal => self.frames,
             Kernel::AttentionBackwardKeyValue => self.frames * self.tokens,
             _ if temporal => self.frames,
@@ -259,20 +340,33 @@ impl Info {
         }
     }
 
-    /// The passes of `kernel` within a loop budget (`None`: one pass). Each item costs two
-    /// loops over the head (measured on llvmpipe: about 2·D + 3 iterations, a loop's exit
-    /// counting too); set-up and write-back cost up to 4·D, and the key/value kernel walks
-    /// one frame loop iteration per frame. A quarter of the budget is kept in reserve.
+    /// Items one pass of `kernel` may take within llvmpipe's loop `budget`, a quarter of it
+    /// kept in reserve. Per-row kernels: two loops over the head per item (measured: about
+    /// 2·D + 3 iterations, a loop's exit counting too), set-up and write-back up to 4·D, one
+    /// frame loop iteration per frame. Tiled kernels: at most three loops over the head's
+    /// vec4s per item (staging included), the write-back's loop over the head, and whole
+    /// staged tiles even where a pass starts or ends inside one or a job changes frame.
+    fn items_per_pass(&self, kernel: Kernel, budget: u32) -> u32 {
+        let usable = budget / 4 * 3;
+        let d = self.head_dim.max(1);
+        let (per_item, fixed) = if kernel.tiled() {
+            let vecs = d.div_ceil(4);
+            let tile = kernel.staged_rows(d as usize, Storage::F16);
+            (3 * vecs + 6, 2 * d + 4 * vecs + 64 + (2 + FRAME_CHUNK) * tile * (3 * vecs + 6))
+        } else {
+            (2 * d + 4, 4 * d + 2 * self.frames + 64)
+        };
+        (usable.saturating_sub(fixed) / per_item).max(1)
+    }
+
+    /// The passes of `kernel` within a loop budget (`None`: one pass).
     pub fn passes(&self, kernel: Kernel, budget: Option<u32>) -> Vec<Info> {
         let items = self.items(kernel).max(1);
-        let d = self.head_dim.max(1);
         let per_pass = match budget {
-            None => items,
-            Some(budget) => {
-                let usable = budget / 4 * 3;
-                let fixed = 4 * d + 2 * self.frames + 64;
-                (usable.saturating_sub(fixed) / (2 * d + 4)).max(1)
+            Some(budget) if kernel != Kernel::FrameZeroReduce => {
+                self.items_per_pass(kernel, budget)
             }
+            _ => items,
         };
         let count = items.div_ceil(per_pass);
         (0..count)
@@ -290,31 +384,242 @@ impl Info {
             .collect()
     }
 
+    /// Vec4s holding a head (the tiled kernels pad it with zeros to a multiple of 4).
+    fn head_vecs(&self) -> usize {
+        (self.head_dim as usize).div_ceil(4)
+    }
+
     /// f32 values of `kernel`'s between-pass state (at least one, so it can be bound).
     pub fn state_elements(&self, kernel: Kernel, passes: usize) -> usize {
         if passes <= 1 {
             return 1;
         }
         let d = self.head_dim as usize;
-        self.rows()
-            * match kernel {
-                Kernel::AttentionForward => d + 2,
-                Kernel::AttentionBackwardQuery => d,
-                Kernel::AttentionBackwardKeyValue => 2 * d,
+        let vecs = self.head_vecs();
+        match kernel {
+            Kernel::AttentionForward => self.rows() * (d + 2),
+            Kernel::AttentionBackwardQuery => self.rows() * d,
+            Kernel::AttentionBackwardKeyValue => self.rows() * 2 * d,
+            Kernel::TiledForward => self.rows() * (4 * vecs + 2),
+            Kernel::TiledBackwardQuery => self.rows() * 4 * vecs,
+            Kernel::TiledBackwardKeyValue => {
+                self.key_jobs() * self.rows() / self.frames.max(1) as usize * 8 * vecs
             }
+            Kernel::FrameZeroReduce => 1,
+        }
     }
 
-    /// Rows (one invocation each): every (frame, head, token).
+    /// Chunks of query frames frame 0's keys are split into by the tiled key/value kernel.
+    pub fn frame_zero_chunks(&self) -> usize {
+        self.frames.div_ceil(FRAME_CHUNK) as usize
+    }
+
+    /// Jobs of the tiled key/value kernel per (video, head, key tile): frame 0's chunks, then
+    /// frames 1 … F−1.
+    fn key_jobs(&self) -> usize {
+        self.frame_zero_chunks() + self.frames as usize - 1
+    }
+
+    /// f32 values of frame 0's per-chunk sums (dk and dv) written by the tiled key/value
+    /// kernel: none (one bound) when one chunk writes in place.
+    pub fn partial_elements(&self) -> usize {
+        let chunks = self.frame_zero_chunks();
+        if chunks <= 1 {
+            return 1;
+        }
+        let per_video = (self.tokens * self.heads * self.head_dim) as usize;
+        2 * chunks * self.videos as usize * per_video
+    }
+
+    /// Rows: every (frame, head, token).
     pub fn rows(&self) -> usize {
         self.videos as usize * self.frames as usize * self.heads as usize * self.tokens as usize
     }
 
-    /// The 2-D dispatch `[x, y]` covering every row, within WebGPU's 65,535 per dimension.
-    pub fn dispatch(&self) -> [u32; 2] {
-        let groups = self.rows().div_ceil(WORKGROUP_SIZE) as u32;
+    /// Workgroups of one launch of `kernel`.
+    pub fn workgroups(&self, kernel: Kernel) -> usize {
+        let tiles = (self.tokens as usize).div_ceil(WORKGROUP_SIZE);
+        let video_heads = self.videos as usize * self.heads as usize;
+        match kernel {
+            Kernel::AttentionForward
+            | Kernel::AttentionBackwardQuery
+            | Kernel::AttentionBackwardKeyValue => self.rows().div_ceil(WORKGROUP_SIZE),
+            Kernel::TiledForward | Kernel::TiledBackwardQuery => {
+                video_heads * self.frames as usize * tiles
+            }
+            Kernel::TiledBackwardKeyValue => video_heads * self.key_jobs() * tiles,
+            Kernel::FrameZeroReduce => {
+                (self.rows() / self.frames.max(1) as usize * self.head_dim as usize)
+                    .div_ceil(WORKGROUP_SIZE)
+            }
+        }
+    }
+
+    /// The 2-D dispatch `[x, y]` of `kernel`, within WebGPU's 65,535 per dimension (the
+    /// kernels number workgroups `y · rows_per_dispatch_x + x`).
+    pub fn dispatch(&self, kernel: Kernel) -> [u32; 2] {
+        let groups = self.workgroups(kernel).max(1) as u32;
         let x = groups.clamp(1, self.rows_per_dispatch_x);
         [x, groups.div_ceil(x).max(1)]
     }
+
+    /// The kernels of the forward or backward pass, in launch order: sparse-causal takes the
+    /// tiled ones unless `tiling` says per row; temporal attention (F keys per query, a
+    /// different set for every token, so nothing to share in a tile) always takes the
+    /// per-row ones.
+    pub fn kernels(&self, backward: bool, tiling: Tiling) -> Vec<Kernel> {
+        let tiled = tiling == Tiling::Tiled && self.mode == AttentionMode::SparseCausal;
+        match (backward, tiled) {
+            (false, false) => vec![Kernel::AttentionForward],
+            (false, true) => vec![Kernel::TiledForward],
+            (true, false) => vec![
+                Kernel::AttentionBackwardQuery,
+                Kernel::AttentionBackwardKeyValue,
+            ],
+            (true, true) if self.frame_zero_chunks() > 1 => vec![
+                Kernel::TiledBackwardQuery,
+                Kernel::TiledBackwardKeyValue,
+                Kernel::FrameZeroReduce,
+            ],
+            (true, true) => vec![Kernel::TiledBackwardQuery, Kernel::TiledBackwardKeyValue],
+        }
+    }
+
+    /// Every launch of the forward or backward pass, with the scratch it needs: what both
+    /// the model's path (`tav-core`) and [`runner`] execute.
+    pub fn plan(&self, backward: bool, tiling: Tiling, budget: Option<u32>) -> Plan {
+        let mut plan = Plan {
+            launches: Vec::new(),
+            state_elements: 1,
+            partial_elements: 1,
+        };
+        for kernel in self.kernels(backward, tiling) {
+            let passes = self.passes(kernel, budget);
+            plan.state_elements = plan
+                .state_elements
+                .max(self.state_elements(kernel, passes.len()));
+            if kernel == Kernel::TiledBackwardKeyValue {
+                plan.partial_elements = self.partial_elements();
+            }
+            plan.launches
+                .extend(passes.into_iter().map(|info| Launch { kernel, info }));
+        }
+        plan
+    }
+}
+
+/// Whether sparse-causal attention runs the tiled kernels or the per-row ones (kept as a
+/// second reference in tests, and for `tav bench --kernel attention --tiling rows`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tiling {
+    Tiled,
+    PerRow,
+}
+
+/// A buffer a kernel binds, by what it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Slot {
+    Q,
+    K,
+    V,
+    Out,
+    Lse,
+    DOut,
+    DQ,
+    Delta,
+    DK,
+    DV,
+    /// Frame 0's per-chunk dk/dv sums ([`Info::partial_elements`] f32).
+    Partials,
+    /// Accumulators between passes ([`Plan::state_elements`] f32).
+    State,
+}
+
+/// How a kernel uses a bound buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    /// Read and written: between-pass state, and dq's delta (written by its first pass, read
+    /// by the others).
+    ReadWrite,
+}
+
+impl Kernel {
+    /// The buffers of `kernel` in binding order (the uniform `Info` is bound after them).
+    pub fn slots(self) -> &'static [(Slot, Access)] {
+        use Access::*;
+        use Slot::*;
+        match self {
+            Kernel::AttentionForward | Kernel::TiledForward => &[
+                (Q, Read),
+                (K, Read),
+                (V, Read),
+                (Out, Write),
+                (Lse, Write),
+                (State, ReadWrite),
+            ],
+            Kernel::AttentionBackwardQuery | Kernel::TiledBackwardQuery => &[
+                (Q, Read),
+                (K, Read),
+                (V, Read),
+                (Out, Read),
+                (DOut, Read),
+                (Lse, Read),
+                (DQ, Write),
+                (Delta, ReadWrite),
+                (State, ReadWrite),
+            ],
+            Kernel::AttentionBackwardKeyValue => &[
+                (Q, Read),
+                (K, Read),
+                (V, Read),
+                (DOut, Read),
+                (Lse, Read),
+                (Delta, Read),
+                (DK, Write),
+                (DV, Write),
+                (State, ReadWrite),
+            ],
+            Kernel::TiledBackwardKeyValue => &[
+                (Q, Read),
+                (K, Read),
+                (V, Read),
+                (DOut, Read),
+                (Lse, Read),
+                (Delta, Read),
+                (DK, Write),
+                (DV, Write),
+                (Partials, Write),
+                (State, ReadWrite),
+            ],
+            Kernel::FrameZeroReduce => &[(Partials, Read), (DK, Write), (DV, Write)],
+        }
+    }
+}
+
+/// One dispatch: a kernel and its uniform block (its pass, when passes are needed).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Launch {
+    pub kernel: Kernel,
+    pub info: Info,
+}
+
+impl Launch {
+    /// The 2-D workgroup grid of this launch.
+    pub fn dispatch(&self) -> [u32; 2] {
+        self.info.dispatch(self.kernel)
+    }
+}
+
+/// The launches of one pass (forward or backward) and the scratch buffers they share.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub launches: Vec<Launch>,
+    /// f32 values of the between-pass state (the largest any kernel needs; 1 if none).
+    pub state_elements: usize,
+    /// f32 values of frame 0's per-chunk sums (1 if none).
+    pub partial_elements: usize,
 }
 
 #[cfg(test)]
@@ -337,7 +642,12 @@ mod tests {
             .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
     }
 
-    /// Every `.wgsl` file in `shaders/wgsl`, f32 and f16 variants, parses and validates.
+    /// Head sizes the kernels are validated at: SD's, the toy's and test sizes, sizes that
+    /// are not multiples of 4, 1 and the largest.
+    const HEAD_DIMS: [usize; 9] = [1, 6, 8, 13, 40, 64, 80, 160, 256];
+
+    /// Every `.wgsl` file in `shaders/wgsl`, f32 and f16 variants, parses and validates; the
+    /// attention kernels at every head size of [`HEAD_DIMS`].
     #[test]
     fn every_wgsl_file_validates_with_naga() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("wgsl");
@@ -353,22 +663,34 @@ mod tests {
             }
             let text = std::fs::read_to_string(&path).unwrap();
             let name = path.display().to_string();
-            // Kernels are validated as loaded, after their family's shared part; the shared
-            // parts validate alone.
+            // Kernels are validated as loaded, after their family's shared part (and the
+            // attention kernels' constants); the shared parts validate alone (GEGLU's) or
+            // after the constants (attention's).
             let file_name = path.file_name().unwrap().to_string_lossy();
-            let full = if text == COMMON || text == GEGLU_COMMON {
-                text
+            let full = if text == GEGLU_COMMON || !text.contains("@compute") {
+                if text == COMMON {
+                    vec![format!("{}{text}", constants(Kernel::TiledForward, Storage::F32, 40))]
+                } else {
+                    vec![text]
+                }
             } else if file_name.starts_with("geglu_") {
-                format!("{GEGLU_COMMON}\n{text}")
+                vec![format!("{GEGLU_COMMON}\n{text}")]
+            } else if let Some(kernel) = Kernel::ALL.iter().find(|k| k.file_name() == file_name) {
+                HEAD_DIMS
+                    .iter()
+                    .map(|&d| source(*kernel, Storage::F32, d))
+                    .collect()
             } else {
-                format!("{COMMON}\n{text}")
+                vec![text]
             };
-            validate(&full, &name, false);
-            validate(
-                &f16_variant_if(&full, Storage::F16),
-                &format!("{name} (f16)"),
-                true,
-            );
+            for full in full {
+                validate(&full, &name, false);
+                validate(
+                    &f16_variant_if(&full, Storage::F16),
+                    &format!("{name} (f16)"),
+                    true,
+                );
+            }
             count += 1;
         }
         assert_eq!(
@@ -381,9 +703,23 @@ mod tests {
         }
     }
 
+    /// Staged tiles fit WebGPU's guaranteed workgroup memory at every head size.
+    #[test]
+    fn staged_tiles_fit_workgroup_memory() {
+        for d in HEAD_DIMS {
+            for storage in [Storage::F32, Storage::F16] {
+                let tile = Kernel::TiledForward.staged_rows(d, storage);
+                let bytes = tile * (2 * d.div_ceil(4) as u32 * 4 * storage.bytes() + 8);
+                assert!(tile >= 1 && tile.is_power_of_two() && tile <= 64, "{d}: {tile}");
+                assert!(bytes <= WORKGROUP_MEMORY_BYTES, "{d} {storage:?}: {bytes} B");
+            }
+        }
+        assert_eq!(Kernel::TiledForward.staged_rows(40, Storage::F32), 32);
+    }
+
     #[test]
     fn a_broken_kernel_fails_validation() {
-        let broken = source(Kernel::AttentionForward, Storage::F32).replace(
+        let broken = source(Kernel::AttentionForward, Storage::F32, 40).replace(
             "running_sum = running_sum * rescale + p;",
             "running_sum = q;",
         );
@@ -431,6 +767,7 @@ mod tests {
             (1, 240, 160, AttentionMode::SparseCausal),
             (24, 4096, 40, AttentionMode::Temporal),
             (3, 7, 8, AttentionMode::SparseCausal),
+            (7, 300, 256, AttentionMode::SparseCausal),
         ] {
             let info = Info {
                 videos: 1,
@@ -455,8 +792,17 @@ mod tests {
                 for p in &passes {
                     assert_eq!(p.item_start, next, "{kernel:?} {info:?}");
                     let end = p.item_end.min(items);
-                    let cost =
-                        (end - p.item_start) * (2 * head_dim + 4) + 4 * head_dim + 2 * frames;
+                    let cost = if kernel.tiled() {
+                        // Whole staged tiles (a partial one at each end, one more at each
+                        // change of query frame) of three loops over the head's vec4s.
+                        let vecs = head_dim.div_ceil(4);
+                        let tile = kernel.staged_rows(head_dim as usize, Storage::F16);
+                        (end - p.item_start + (2 + FRAME_CHUNK) * tile) * (3 * vecs + 6)
+                            + 2 * head_dim
+                            + 4 * vecs
+                    } else {
+                        (end - p.item_start) * (2 * head_dim + 4) + 4 * head_dim + 2 * frames
+                    };
                     assert!(cost < LLVMPIPE_LOOP_ITERATIONS, "{kernel:?}: {cost}");
                     next = end;
                 }
@@ -482,9 +828,30 @@ mod tests {
             first_pass: true,
             last_pass: true,
         };
-        let [x, y] = info.dispatch();
-        assert!(x <= 65_535 && y <= 65_535);
-        assert!((x as usize * y as usize) * WORKGROUP_SIZE >= info.rows());
+        for kernel in Kernel::ALL {
+            let [x, y] = info.dispatch(kernel);
+            assert!(x <= 65_535 && y <= 65_535);
+            assert!((x as usize * y as usize) >= info.workgroups(kernel));
+        }
+        // Per-row kernels: a workgroup per 64 rows; tiled: per 64 tokens of a (frame, head),
+        // and for the key/value kernel per job (frame 0's 6 chunks of 4, then frames 1…23).
+        assert_eq!(info.workgroups(Kernel::AttentionForward), info.rows() / 64);
+        assert_eq!(info.workgroups(Kernel::TiledForward), 2 * 24 * 8 * 64);
+        assert_eq!(info.workgroups(Kernel::TiledBackwardKeyValue), 2 * 8 * (6 + 23) * 64);
+        assert_eq!(info.partial_elements(), 2 * 6 * 2 * 4096 * 8 * 40);
+        assert_eq!(
+            info.kernels(true, Tiling::Tiled),
+            [
+                Kernel::TiledBackwardQuery,
+                Kernel::TiledBackwardKeyValue,
+                Kernel::FrameZeroReduce
+            ]
+        );
+        let temporal = Info {
+            mode: AttentionMode::Temporal,
+            ..info
+        };
+        assert_eq!(temporal.kernels(false, Tiling::Tiled), [Kernel::AttentionForward]);
         assert_eq!(info.to_bytes()[24..28], info.scale.to_bits().to_le_bytes());
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use wgpu::util::DeviceExt;
 
-use crate::{AttentionMode, Info, Kernel, MAX_HEAD_DIM, Storage, source};
+use crate::{AttentionMode, Info, Kernel, Launch, MAX_HEAD_DIM, Slot, Storage, Tiling, source};
 
 /// The sizes of one attention call.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -59,12 +59,14 @@ pub struct Backward {
 pub struct KernelRunner {
     device: wgpu::Device,
     queue: wgpu::Queue,
-    pipelines: HashMap<(Kernel, bool), wgpu::ComputePipeline>,
+    pipelines: HashMap<(Kernel, bool, usize), wgpu::ComputePipeline>,
     has_f16: bool,
     max_x: u32,
     /// The adapter's loop budget ([`crate::loop_budget`]).
     budget: Option<u32>,
     pub adapter: String,
+    /// Which kernels sparse-causal attention runs (tiled unless set otherwise).
+    pub tiling: Tiling,
 }
 
 impl KernelRunner {
@@ -99,6 +101,7 @@ impl KernelRunner {
             max_x: limits.max_compute_workgroups_per_dimension,
             budget: crate::loop_budget(&info.name),
             adapter: format!("{} ({:?})", info.name, info.backend),
+            tiling: Tiling::Tiled,
         })
     }
 
@@ -107,13 +110,13 @@ impl KernelRunner {
         self.has_f16
     }
 
-    fn pipeline(&mut self, kernel: Kernel, f16: bool) -> &wgpu::ComputePipeline {
+    fn pipeline(&mut self, kernel: Kernel, f16: bool, head_dim: usize) -> &wgpu::ComputePipeline {
         let device = &self.device;
-        self.pipelines.entry((kernel, f16)).or_insert_with(|| {
+        self.pipelines.entry((kernel, f16, head_dim)).or_insert_with(|| {
             let storage = if f16 { Storage::F16 } else { Storage::F32 };
             let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(kernel.file_name()),
-                source: wgpu::ShaderSource::Wgsl(source(kernel, storage).into()),
+                source: wgpu::ShaderSource::Wgsl(source(kernel, storage, head_dim).into()),
             });
             device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(kernel.file_name()),
@@ -152,26 +155,41 @@ impl KernelRunner {
         })
     }
 
-    /// Runs `kernel` in the passes the loop budget needs, with its between-pass state.
-    fn run_passes(&mut self, kernel: Kernel, f16: bool, info: &Info, buffers: &[&wgpu::Buffer]) {
-        let passes = info.passes(kernel, self.budget);
-        let state = self.output(info.state_elements(kernel, passes.len()), false);
-        let mut bound = buffers.to_vec();
-        bound.push(&state);
-        for pass in &passes {
-            self.run(kernel, f16, pass, &bound);
+    /// Runs every launch of the forward or backward pass's plan on `buffers` (by slot), with
+    /// the plan's scratch.
+    fn run_plan(&mut self, info: &Info, backward: bool, f16: bool, buffers: &[(Slot, &wgpu::Buffer)]) {
+        let plan = info.plan(backward, self.tiling, self.budget);
+        let state = self.output(plan.state_elements, false);
+        let partials = self.output(plan.partial_elements, false);
+        let mut all = buffers.to_vec();
+        all.extend([(Slot::State, &state), (Slot::Partials, &partials)]);
+        for launch in &plan.launches {
+            let bound: Vec<&wgpu::Buffer> = launch
+                .kernel
+                .slots()
+                .iter()
+                .map(|(slot, _)| {
+                    all.iter()
+                        .find(|(s, _)| s == slot)
+                        .map(|(_, b)| *b)
+                        .expect("every slot of the plan is given")
+                })
+                .collect();
+            self.run(launch, f16, &bound);
         }
     }
 
-    fn run(&mut self, kernel: Kernel, f16: bool, info: &Info, buffers: &[&wgpu::Buffer]) {
+    fn run(&mut self, launch: &Launch, f16: bool, buffers: &[&wgpu::Buffer]) {
         let uniform = self
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: None,
-                contents: &info.to_bytes(),
+                contents: &launch.info.to_bytes(),
                 usage: wgpu::BufferUsages::UNIFORM,
             });
-        let pipeline = self.pipeline(kernel, f16).clone();
+        let pipeline = self
+            .pipeline(launch.kernel, f16, launch.info.head_dim as usize)
+            .clone();
         let mut entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .enumerate()
@@ -194,7 +212,7 @@ impl KernelRunner {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
-            let [x, y] = info.dispatch();
+            let [x, y] = launch.dispatch();
             pass.dispatch_workgroups(x, y, 1);
         }
         self.queue.submit([encoder.finish()]);
@@ -272,11 +290,17 @@ impl KernelRunner {
         );
         let out = self.output(n, f16);
         let lse = self.output(info.rows(), false);
-        self.run_passes(
-            Kernel::AttentionForward,
-            f16,
+        self.run_plan(
             &info,
-            &[&qb, &kb, &vb, &out, &lse],
+            false,
+            f16,
+            &[
+                (Slot::Q, &qb),
+                (Slot::K, &kb),
+                (Slot::V, &vb),
+                (Slot::Out, &out),
+                (Slot::Lse, &lse),
+            ],
         );
         Ok(Forward {
             out: self.download(&out, n, f16),
@@ -313,17 +337,22 @@ impl KernelRunner {
             self.output(n, f16),
         );
         let delta = self.output(info.rows(), false);
-        self.run_passes(
-            Kernel::AttentionBackwardQuery,
-            f16,
+        self.run_plan(
             &info,
-            &[&qb, &kb, &vb, &ob, &dob, &lse, &dq, &delta],
-        );
-        self.run_passes(
-            Kernel::AttentionBackwardKeyValue,
+            true,
             f16,
-            &info,
-            &[&qb, &kb, &vb, &dob, &lse, &delta, &dk, &dv],
+            &[
+                (Slot::Q, &qb),
+                (Slot::K, &kb),
+                (Slot::V, &vb),
+                (Slot::Out, &ob),
+                (Slot::DOut, &dob),
+                (Slot::Lse, &lse),
+                (Slot::DQ, &dq),
+                (Slot::Delta, &delta),
+                (Slot::DK, &dk),
+                (Slot::DV, &dv),
+            ],
         );
         Ok(Backward {
             d_q: self.download(&dq, n, f16),

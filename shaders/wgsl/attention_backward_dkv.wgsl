@@ -27,7 +27,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     if (row >= rows) {
         return;
     }
-    let d = info.head_dim;
+    let d = HEAD_DIM;
     let width = info.heads * d;
     let j = row % info.tokens;
     let h = (row / info.tokens) % info.heads;
@@ -37,8 +37,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let k_at = (n * info.tokens + j) * width + h * d;
 
     let state_at = row * 2u * d;
-    var acc_k: array<f32, MAX_HEAD_DIM>;
-    var acc_v: array<f32, MAX_HEAD_DIM>;
+    var acc_k: array<f32, HEAD_DIM>;
+    var acc_v: array<f32, HEAD_DIM>;
     for (var x = 0u; x < d; x++) {
         if (info.first_pass == 1u) {
             acc_k[x] = 0.0;

@@ -25,7 +25,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     if (row >= rows) {
         return;
     }
-    let d = info.head_dim;
+    let d = HEAD_DIM;
     let width = info.heads * d;
     let i = row % info.tokens;
     let h = (row / info.tokens) % info.heads;
@@ -36,7 +36,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 
     let state_at = row * d;
     var row_delta = 0.0;
-    var acc: array<f32, MAX_HEAD_DIM>;
+    var acc: array<f32, HEAD_DIM>;
     if (info.first_pass == 1u) {
         for (var x = 0u; x < d; x++) {
             row_delta += f32(d_o[q_at + x]) * f32(o[q_at + x]);

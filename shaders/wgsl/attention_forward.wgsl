@@ -22,7 +22,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     if (row >= rows) {
         return;
     }
-    let d = info.head_dim;
+    let d = HEAD_DIM;
     let width = info.heads * d;
     let i = row % info.tokens;
     let h = (row / info.tokens) % info.heads;
@@ -32,7 +32,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let q_at = (n * info.tokens + i) * width + h * d;
 
     let state_at = row * (d + 2u);
-    var acc: array<f32, MAX_HEAD_DIM>;
+    var acc: array<f32, HEAD_DIM>;
     var running_max = -3.0e38;
     var running_sum = 0.0;
     if (info.first_pass == 1u) {

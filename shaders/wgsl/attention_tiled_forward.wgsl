@@ -1,0 +1,145 @@
+// Sparse-causal attention, forward, tiled as FlashAttention-2: one workgroup per tile of
+// TILE_ROWS query rows of one frame and head. Every row of a tile sees the same 2L keys
+// (frame 0 ‖ the previous frame), so K and V are staged TILE keys at a time in workgroup
+// memory and read by all rows from there. Each invocation holds its query (pre-scaled) and
+// accumulators in registers (HEAD_VECS vec4s; the head is padded with zeros to a multiple of
+// 4), and rescales its online softmax once per staged tile. lse holds each row's
+// log-sum-exp for the backward pass. Passes and row numbering as in attention_forward.wgsl.
+// Inputs are declared read_write too: burn sub-allocates tensors from shared buffers, and
+// wgpu refuses read and read_write views of one buffer in a dispatch.
+
+@group(0) @binding(0) var<storage, read_write> q: array<T>;
+@group(0) @binding(1) var<storage, read_write> k: array<T>;
+@group(0) @binding(2) var<storage, read_write> v: array<T>;
+@group(0) @binding(3) var<storage, read_write> o: array<T>;
+@group(0) @binding(4) var<storage, read_write> lse: array<f32>;
+// Per row between passes: 4·HEAD_VECS accumulators, the running max and the running sum.
+@group(0) @binding(5) var<storage, read_write> state: array<f32>;
+@group(0) @binding(6) var<uniform> info: Info;
+
+var<workgroup> k_tile: array<vec4<T>, TILE * HEAD_VECS>;
+var<workgroup> v_tile: array<vec4<T>, TILE * HEAD_VECS>;
+
+// Elements 4c … 4c+3 of the head at `at`, zero past HEAD_DIM.
+fn q_vec(at: u32, c: u32) -> vec4<f32> {
+    let x = 4u * c;
+    return vec4<f32>(
+        f32(q[at + x]),
+        select(0.0, f32(q[at + x + 1u]), x + 1u < HEAD_DIM),
+        select(0.0, f32(q[at + x + 2u]), x + 2u < HEAD_DIM),
+        select(0.0, f32(q[at + x + 3u]), x + 3u < HEAD_DIM),
+    );
+}
+
+fn k_vec(at: u32, c: u32) -> vec4<T> {
+    let x = 4u * c;
+    return vec4<T>(
+        k[at + x],
+        select(T(0.0), k[at + x + 1u], x + 1u < HEAD_DIM),
+        select(T(0.0), k[at + x + 2u], x + 2u < HEAD_DIM),
+        select(T(0.0), k[at + x + 3u], x + 3u < HEAD_DIM),
+    );
+}
+
+fn v_vec(at: u32, c: u32) -> vec4<T> {
+    let x = 4u * c;
+    return vec4<T>(
+        v[at + x],
+        select(T(0.0), v[at + x + 1u], x + 1u < HEAD_DIM),
+        select(T(0.0), v[at + x + 2u], x + 2u < HEAD_DIM),
+        select(T(0.0), v[at + x + 3u], x + 3u < HEAD_DIM),
+    );
+}
+
+@compute @workgroup_size(TILE_ROWS)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let tile = row_tile(info, wg.y * info.rows_per_dispatch_x + wg.x);
+    let i = tile.first_token + lid;
+    let in_range = tile.valid && i < info.tokens;
+    let width = info.heads * HEAD_DIM;
+    let n = tile.b * info.frames + tile.f;
+    let row = (n * info.heads + tile.h) * info.tokens + i;
+    let q_at = (n * info.tokens + i) * width + tile.h * HEAD_DIM;
+    let state_at = row * (4u * HEAD_VECS + 2u);
+
+    var query: array<vec4<f32>, HEAD_VECS>;
+    var acc: array<vec4<f32>, HEAD_VECS>;
+    var running_max = -3.0e38;
+    var running_sum = 0.0;
+    for (var c = 0u; c < HEAD_VECS; c++) {
+        query[c] = vec4<f32>(0.0);
+        acc[c] = vec4<f32>(0.0);
+        if (in_range) {
+            query[c] = q_vec(q_at, c) * info.scale;
+            if (info.first_pass == 0u) {
+                let s = state_at + 4u * c;
+                acc[c] = vec4<f32>(state[s], state[s + 1u], state[s + 2u], state[s + 3u]);
+            }
+        }
+    }
+    if (in_range && info.first_pass == 0u) {
+        running_max = state[state_at + 4u * HEAD_VECS];
+        running_sum = state[state_at + 4u * HEAD_VECS + 1u];
+    }
+
+    let keys = min(2u * info.tokens, info.item_end);
+    for (var start = info.item_start; start < keys; start += TILE) {
+        for (var e = lid; e < TILE * HEAD_VECS; e += TILE_ROWS) {
+            let key = start + e / HEAD_VECS;
+            var kv = vec4<T>();
+            var vv = vec4<T>();
+            if (tile.valid && key < keys) {
+                let at = key_token(info, tile.b, tile.f, 0u, key) * width + tile.h * HEAD_DIM;
+                kv = k_vec(at, e % HEAD_VECS);
+                vv = v_vec(at, e % HEAD_VECS);
+            }
+            k_tile[e] = kv;
+            v_tile[e] = vv;
+        }
+        workgroupBarrier();
+        var scores: array<f32, TILE>;
+        var tile_max = running_max;
+        for (var j = 0u; j < TILE; j++) {
+            var s = 0.0;
+            for (var c = 0u; c < HEAD_VECS; c++) {
+                s += dot(query[c], vec4<f32>(k_tile[j * HEAD_VECS + c]));
+            }
+            scores[j] = select(-3.0e38, s, start + j < keys);
+            tile_max = max(tile_max, scores[j]);
+        }
+        let rescale = exp(running_max - tile_max);
+        running_sum *= rescale;
+        for (var c = 0u; c < HEAD_VECS; c++) {
+            acc[c] *= rescale;
+        }
+        for (var j = 0u; j < TILE; j++) {
+            let p = select(0.0, exp(scores[j] - tile_max), start + j < keys);
+            running_sum += p;
+            for (var c = 0u; c < HEAD_VECS; c++) {
+                acc[c] += p * vec4<f32>(v_tile[j * HEAD_VECS + c]);
+            }
+        }
+        running_max = tile_max;
+        workgroupBarrier();
+    }
+
+    if (!in_range) {
+        return;
+    }
+    if (info.last_pass == 0u) {
+        for (var c = 0u; c < HEAD_VECS; c++) {
+            let s = state_at + 4u * c;
+            state[s] = acc[c].x;
+            state[s + 1u] = acc[c].y;
+            state[s + 2u] = acc[c].z;
+            state[s + 3u] = acc[c].w;
+        }
+        state[state_at + 4u * HEAD_VECS] = running_max;
+        state[state_at + 4u * HEAD_VECS + 1u] = running_sum;
+        return;
+    }
+    for (var x = 0u; x < HEAD_DIM; x++) {
+        o[q_at + x] = T(acc[x / 4u][x % 4u] / running_sum);
+    }
+    lse[row] = running_max + log(running_sum);
+}
