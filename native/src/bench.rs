@@ -222,6 +222,8 @@ pub struct KernelBenchSpec {
     pub f16: bool,
     /// Timed runs of each pass, after one warm-up run.
     pub runs: usize,
+    /// Which sparse-causal kernels: the tiled ones tav runs, or the per-row ones.
+    pub tiling: tav_core::kernels::Tiling,
 }
 
 /// Times the attention kernels alone, sparse-causal and temporal, forward and backward (dq,
@@ -254,6 +256,12 @@ pub fn run_attention_kernels(
     }
     if spec.f16 && !tav_core::precision::supports_f16(&device) {
         return Err(tav_core::precision::no_f16_error());
+    }
+    let tiling = spec.tiling;
+    if !tav_core::kernels::set_tiling(tiling) {
+        return Err(TavError::InvalidInput(
+            "the attention kernels' tiling was already chosen in this process".into(),
+        ));
     }
     let dims = [spec.frames, spec.tokens, spec.heads * spec.head_dim];
     let dtype = if spec.f16 {
@@ -324,6 +332,11 @@ pub fn run_attention_kernels(
                 "bench": format!("attention.{pass}"), "mode": mode, "device": device_name,
                 "tokens": spec.tokens, "frames": spec.frames, "heads": spec.heads,
                 "head_dim": spec.head_dim, "keys": shape.keys(),
+                // Temporal attention always runs the per-row kernels.
+                "kernels": match (temporal, tiling) {
+                    (false, tav_core::kernels::Tiling::Tiled) => "tiled",
+                    _ => "per-row",
+                },
                 "dtype": if spec.f16 { "f16" } else { "f32" },
                 "median_ms": median_ms,
                 "min_ms": times.iter().cloned().reduce(f64::min),

@@ -437,6 +437,10 @@ enum Command {
         /// Size of one head for `--kernel attention` (SD v1.5: 40, 80, 160).
         #[arg(long, default_value_t = 40)]
         head_dim: usize,
+        /// Sparse-causal kernels for `--kernel attention`: `tiled` (what tav runs) or `rows`
+        /// (the per-row kernels they replaced, for the ratio between them).
+        #[arg(long, default_value = "tiled", value_parser = ["tiled", "rows"])]
+        tiling: String,
         /// Device: auto (wgpu's default adapter), discrete[:N], integrated[:N], virtual[:N],
         /// cpu (a wgpu CPU adapter such as lavapipe) or flex (burn's CPU backend; no WGSL
         /// kernels; several times faster than lavapipe on a machine without a GPU).
@@ -770,6 +774,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             tokens,
             heads,
             head_dim,
+            tiling,
             device,
         } => {
             let gpu::Opened {
@@ -785,6 +790,11 @@ fn dispatch(cli: Cli) -> Result<()> {
                     head_dim,
                     f16,
                     runs,
+                    tiling: if tiling == "rows" {
+                        tav_core::kernels::Tiling::PerRow
+                    } else {
+                        tav_core::kernels::Tiling::Tiled
+                    },
                 };
                 return bench::run_attention_kernels(&spec, device, &adapter);
             }
