@@ -454,11 +454,16 @@ fn naive(
 
 /// Rows whose loops run past llvmpipe's 65,535 shared loop iterations (one pass would be
 /// cut short there and give wrong numbers silently): the kernels, split into passes, against
-/// an f64 loop written from the definition, so burn's autodiff is not the only judge.
+/// an f64 loop written from the definition, so burn's autodiff is not the only judge. The
+/// tiled kernels (which need far fewer passes) also run with a budget lowered to make them
+/// take many passes on any adapter, and the per-row kernels (temporal attention's, and the
+/// tiled kernels' second reference) run the same rows.
 #[test]
 fn long_rows_match_a_naive_reference() {
+    use tav_shaders::Tiling;
     let device = device();
     let mut runner = KernelRunner::new().unwrap();
+    let adapter_budget = runner.budget;
     for (frames, tokens, head_dim) in [(1, 240, 160), (4, 60, 160), (2, 512, 40), (3, 300, 64)] {
         let shape = Shape {
             videos: 1,
@@ -479,22 +484,53 @@ fn long_rows_match_a_naive_reference() {
         let (dk, dv) = naive(frames, tokens, head_dim, &q, &k, &v, &d);
         let as_f32 = |x: Vec<f64>| -> Vec<f32> { x.into_iter().map(|v| v as f32).collect() };
         let (dk, dv) = (as_f32(dk), as_f32(dv));
-        let forward = runner.forward(&shape, &q, &k, &v, false).unwrap();
-        let back = runner
-            .backward(&shape, &q, &k, &v, &forward, &d, false)
-            .unwrap();
         let reference = plain(&shape, &q, &k, &v, &d, &device);
-        let errors = [
-            ("out", rel_error(&forward.out, &reference.out)),
-            ("dq", rel_error(&back.d_q, &reference.d_q)),
-            ("dk", rel_error(&back.d_k, &dk)),
-            ("dv", rel_error(&back.d_v, &dv)),
-        ];
-        println!("{frames} frames × {tokens} tokens, head {head_dim}: {errors:?}");
-        for (name, err) in errors {
-            assert!(err < 1e-5, "{name} {err:.2e} at {shape:?}");
+        for (tiling, budget) in [
+            (Tiling::Tiled, adapter_budget),
+            (Tiling::Tiled, Some(2000)),
+            (Tiling::PerRow, adapter_budget),
+        ] {
+            runner.tiling = tiling;
+            runner.budget = budget;
+            let passes = shape_info_passes(&shape, budget);
+            let forward = runner.forward(&shape, &q, &k, &v, false).unwrap();
+            let back = runner
+                .backward(&shape, &q, &k, &v, &forward, &d, false)
+                .unwrap();
+            let errors = [
+                ("out", rel_error(&forward.out, &reference.out)),
+                ("dq", rel_error(&back.d_q, &reference.d_q)),
+                ("dk", rel_error(&back.d_k, &dk)),
+                ("dv", rel_error(&back.d_v, &dv)),
+            ];
+            println!(
+                "{frames} frames × {tokens} tokens, head {head_dim}, {tiling:?}, budget {budget:?} \
+                 (tiled forward: {passes} passes at this budget): {errors:?}"
+            );
+            for (name, err) in errors {
+                assert!(err < 1e-5, "{name} {err:.2e} at {shape:?} {tiling:?} {budget:?}");
+            }
         }
     }
+}
+
+/// Passes of the tiled forward kernel at `shape` within `budget`.
+fn shape_info_passes(shape: &Shape, budget: Option<u32>) -> usize {
+    let info = tav_shaders::Info {
+        videos: shape.videos as u32,
+        frames: shape.frames as u32,
+        tokens: shape.tokens as u32,
+        heads: shape.heads as u32,
+        head_dim: shape.head_dim as u32,
+        mode: shape.mode,
+        scale: 1.0,
+        rows_per_dispatch_x: 65_535,
+        item_start: 0,
+        item_end: u32::MAX,
+        first_pass: true,
+        last_pass: true,
+    };
+    info.passes(tav_shaders::Kernel::TiledForward, budget).len()
 }
 
 /// erf in f64 (Taylor series below 3, continued fraction for erfc above): the reference the

@@ -72,6 +72,9 @@ pub const WORKGROUP_SIZE: usize = 64;
 /// Workgroup memory the tiled kernels stage into: WebGPU's guaranteed minimum, so every
 /// adapter (and every browser) takes them.
 pub const WORKGROUP_MEMORY_BYTES: u32 = 16_384;
+/// Keys (queries, in the key/value kernel) a tiled kernel takes at once from a staged tile:
+/// the forward rescales its online softmax once per group.
+pub const KEY_GROUP: usize = 4;
 /// Query frames per job of the tiled key/value kernel for frame 0's keys (which every frame
 /// sees): frame 0's work is split into ⌈F / FRAME_CHUNK⌉ jobs, others take one frame each.
 pub const FRAME_CHUNK: u32 = 4;
@@ -135,7 +138,7 @@ impl Kernel {
         let vecs = head_dim.div_ceil(4) as u32;
         let per_row = 2 * vecs * 4 * storage.bytes() + 8;
         let fit = (WORKGROUP_MEMORY_BYTES / per_row).max(1);
-        (1 << fit.ilog2()).min(WORKGROUP_SIZE as u32)
+        (1 << fit.ilog2()).clamp(KEY_GROUP as u32, WORKGROUP_SIZE as u32)
     }
 }
 
@@ -144,23 +147,44 @@ fn constants(kernel: Kernel, storage: Storage, head_dim: usize) -> String {
     format!(
         "const HEAD_DIM: u32 = {head_dim}u;\nconst HEAD_VECS: u32 = {}u;\n\
          const TILE_ROWS: u32 = {WORKGROUP_SIZE}u;\nconst TILE: u32 = {}u;\n\
-         const FRAME_CHUNK: u32 = {FRAME_CHUNK}u;\n",
+         const FRAME_CHUNK: u32 = {FRAME_CHUNK}u;\nconst KEY_GROUP: u32 = {KEY_GROUP}u;\n",
         head_dim.div_ceil(4),
         kernel.staged_rows(head_dim, storage),
     )
 }
 
 /// The WGSL source of `kernel` for `storage` and a head of `head_dim` (fixed per pipeline):
-/// its constants, the shared part, then the kernel.
+/// its constants, the shared part, then the kernel, unrolled ([`unroll`]).
 pub fn source(kernel: Kernel, storage: Storage, head_dim: usize) -> String {
-    f16_variant_if(
-        &format!(
-            "{}{COMMON}\n{}",
-            constants(kernel, storage, head_dim),
-            kernel.f32_source()
-        ),
-        storage,
-    )
+    let text = format!(
+        "{}{COMMON}\n{}",
+        constants(kernel, storage, head_dim),
+        kernel.f32_source()
+    );
+    f16_variant_if(&unroll(&text, head_dim.div_ceil(4), KEY_GROUP), storage)
+}
+
+/// Unrolls the tiled kernels' per-vec4 and per-key lines: a line holding `$c` is written
+/// once per vec4 of the head (c = 0 … `head_vecs`−1), one holding `$k` once per key of a
+/// group (k = 0 … `key_group`−1), one holding both once per pair (keys outer). So a head's
+/// values are separate variables on every compiler, not an array indexed at run time.
+pub fn unroll(text: &str, head_vecs: usize, key_group: usize) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    for line in text.lines() {
+        let keys = if line.contains("$k") { key_group } else { 1 };
+        let vecs = if line.contains("$c") { head_vecs } else { 1 };
+        for k in 0..keys {
+            for c in 0..vecs {
+                out.push_str(
+                    &line
+                        .replace("$k", &k.to_string())
+                        .replace("$c", &c.to_string()),
+                );
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 /// The shared part of every kernel (storage type, `Info`, key indexing, tiles).
@@ -343,20 +367,26 @@ impl Info {
     /// Items one pass of `kernel` may take within llvmpipe's loop `budget`, a quarter of it
     /// kept in reserve. Per-row kernels: two loops over the head per item (measured: about
     /// 2·D + 3 iterations, a loop's exit counting too), set-up and write-back up to 4·D, one
-    /// frame loop iteration per frame. Tiled kernels: at most three loops over the head's
-    /// vec4s per item (staging included), the write-back's loop over the head, and whole
-    /// staged tiles even where a pass starts or ends inside one or a job changes frame.
+    /// frame loop iteration per frame. Tiled kernels are unrolled over the head and a group
+    /// of keys: per item a quarter of an iteration for its group and D/256 + 1/TILE for
+    /// staging, counted as 1 + ⌈D/64⌉ (two to eight times that); whole staged tiles even
+    /// where a pass starts or ends inside one or a job changes frame.
     fn items_per_pass(&self, kernel: Kernel, budget: u32) -> u32 {
         let usable = budget / 4 * 3;
+        let (per_item, fixed) = self.loop_cost(kernel);
+        (usable.saturating_sub(fixed) / per_item).max(1)
+    }
+
+    /// Loop iterations per item and per pass of `kernel` on llvmpipe ([`Self::items_per_pass`]).
+    pub fn loop_cost(&self, kernel: Kernel) -> (u32, u32) {
         let d = self.head_dim.max(1);
-        let (per_item, fixed) = if kernel.tiled() {
-            let vecs = d.div_ceil(4);
+        if kernel.tiled() {
+            let per_item = 1 + (d.div_ceil(4)).div_ceil(16);
             let tile = kernel.staged_rows(d as usize, Storage::F16);
-            (3 * vecs + 6, 2 * d + 4 * vecs + 64 + (2 + FRAME_CHUNK) * tile * (3 * vecs + 6))
+            (per_item, 64 + (2 + FRAME_CHUNK) * tile * per_item)
         } else {
             (2 * d + 4, 4 * d + 2 * self.frames + 64)
-        };
-        (usable.saturating_sub(fixed) / per_item).max(1)
+        }
     }
 
     /// The passes of `kernel` within a loop budget (`None`: one pass).
@@ -703,6 +733,19 @@ mod tests {
         }
     }
 
+    #[test]
+    fn unrolling_writes_a_line_per_vec4_and_key() {
+        let text = "a\nx$c = y$c;\ns$k += q$c[$ku];\nb\n";
+        assert_eq!(
+            unroll(text, 2, 3),
+            "a\nx0 = y0;\nx1 = y1;\ns0 += q0[0u];\ns0 += q1[0u];\ns1 += q0[1u];\n\
+             s1 += q1[1u];\ns2 += q0[2u];\ns2 += q1[2u];\nb\n"
+        );
+        for kernel in Kernel::ALL {
+            assert!(!source(kernel, Storage::F32, 40).contains('$'), "{kernel:?}");
+        }
+    }
+
     /// Staged tiles fit WebGPU's guaranteed workgroup memory at every head size.
     #[test]
     fn staged_tiles_fit_workgroup_memory() {
@@ -710,7 +753,8 @@ mod tests {
             for storage in [Storage::F32, Storage::F16] {
                 let tile = Kernel::TiledForward.staged_rows(d, storage);
                 let bytes = tile * (2 * d.div_ceil(4) as u32 * 4 * storage.bytes() + 8);
-                assert!(tile >= 1 && tile.is_power_of_two() && tile <= 64, "{d}: {tile}");
+                assert!(tile.is_power_of_two() && tile <= 64, "{d}: {tile}");
+                assert!(tile as usize % KEY_GROUP == 0, "groups tile the staged rows");
                 assert!(bytes <= WORKGROUP_MEMORY_BYTES, "{d} {storage:?}: {bytes} B");
             }
         }
@@ -792,17 +836,8 @@ mod tests {
                 for p in &passes {
                     assert_eq!(p.item_start, next, "{kernel:?} {info:?}");
                     let end = p.item_end.min(items);
-                    let cost = if kernel.tiled() {
-                        // Whole staged tiles (a partial one at each end, one more at each
-                        // change of query frame) of three loops over the head's vec4s.
-                        let vecs = head_dim.div_ceil(4);
-                        let tile = kernel.staged_rows(head_dim as usize, Storage::F16);
-                        (end - p.item_start + (2 + FRAME_CHUNK) * tile) * (3 * vecs + 6)
-                            + 2 * head_dim
-                            + 4 * vecs
-                    } else {
-                        (end - p.item_start) * (2 * head_dim + 4) + 4 * head_dim + 2 * frames
-                    };
+                    let (per_item, fixed) = info.loop_cost(kernel);
+                    let cost = (end - p.item_start) * per_item + fixed;
                     assert!(cost < LLVMPIPE_LOOP_ITERATIONS, "{kernel:?}: {cost}");
                     next = end;
                 }

@@ -62,8 +62,9 @@ pub struct KernelRunner {
     pipelines: HashMap<(Kernel, bool, usize), wgpu::ComputePipeline>,
     has_f16: bool,
     max_x: u32,
-    /// The adapter's loop budget ([`crate::loop_budget`]).
-    budget: Option<u32>,
+    /// The adapter's loop budget ([`crate::loop_budget`]); a test may lower it to make the
+    /// kernels run in many passes on any adapter.
+    pub budget: Option<u32>,
     pub adapter: String,
     /// Which kernels sparse-causal attention runs (tiled unless set otherwise).
     pub tiling: Tiling,

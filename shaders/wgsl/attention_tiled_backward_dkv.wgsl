@@ -5,8 +5,9 @@
 // by attention_frame_zero_reduce.wgsl (no atomics; with one chunk they are written in
 // place). The job's queries, their output gradients, log-sum-exps and deltas are staged
 // TILE at a time in workgroup memory; each invocation holds its key (pre-scaled), value and
-// both accumulators in registers. A key seen twice by the same query (frames 0 and 1 see
-// frame 0 twice) counts twice, as in the reference.
+// both accumulators in registers (unrolled at load as attention_tiled_forward.wgsl: `$c`
+// over the head's vec4s, `$k` over a group of queries). A key seen twice by the same query
+// (frames 0 and 1 see frame 0 twice) counts twice, as in the reference.
 // Inputs are declared read_write too: burn sub-allocates tensors from shared buffers, and
 // wgpu refuses read and read_write views of one buffer in a dispatch.
 
@@ -70,6 +71,61 @@ fn v_vec(at: u32, c: u32) -> vec4<f32> {
     );
 }
 
+// Writes elements 4c … 4c+3 of the head at `at`, those below HEAD_DIM.
+fn d_k_store(at: u32, c: u32, x: vec4<f32>) {
+    let e = 4u * c;
+    d_k[at + e] = T(x.x);
+    if (e + 1u < HEAD_DIM) {
+        d_k[at + e + 1u] = T(x.y);
+    }
+    if (e + 2u < HEAD_DIM) {
+        d_k[at + e + 2u] = T(x.z);
+    }
+    if (e + 3u < HEAD_DIM) {
+        d_k[at + e + 3u] = T(x.w);
+    }
+}
+
+fn d_v_store(at: u32, c: u32, x: vec4<f32>) {
+    let e = 4u * c;
+    d_v[at + e] = T(x.x);
+    if (e + 1u < HEAD_DIM) {
+        d_v[at + e + 1u] = T(x.y);
+    }
+    if (e + 2u < HEAD_DIM) {
+        d_v[at + e + 2u] = T(x.z);
+    }
+    if (e + 3u < HEAD_DIM) {
+        d_v[at + e + 3u] = T(x.w);
+    }
+}
+
+// Writes elements 4c … 4c+3 of a head of frame 0's partial sums, those below HEAD_DIM.
+fn partials_store(at: u32, c: u32, x: vec4<f32>) {
+    let e = 4u * c;
+    partials[at + e] = x.x;
+    if (e + 1u < HEAD_DIM) {
+        partials[at + e + 1u] = x.y;
+    }
+    if (e + 2u < HEAD_DIM) {
+        partials[at + e + 2u] = x.z;
+    }
+    if (e + 3u < HEAD_DIM) {
+        partials[at + e + 3u] = x.w;
+    }
+}
+
+fn state_vec(at: u32) -> vec4<f32> {
+    return vec4<f32>(state[at], state[at + 1u], state[at + 2u], state[at + 3u]);
+}
+
+fn state_store(at: u32, x: vec4<f32>) {
+    state[at] = x.x;
+    state[at + 1u] = x.y;
+    state[at + 2u] = x.z;
+    state[at + 3u] = x.w;
+}
+
 @compute @workgroup_size(TILE_ROWS)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     // Workgroups run over key tiles, heads, videos, then jobs: frame 0's longer jobs first.
@@ -93,26 +149,16 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let k_at = ((b * info.frames + g) * info.tokens + j) * width + h * HEAD_DIM;
     let job_row = ((job * info.videos + b) * info.heads + h) * info.tokens + j;
     let state_at = job_row * 8u * HEAD_VECS;
+    // Rows past the tokens read a valid row (and write nothing).
+    let k_read = select(0u, k_at, in_range);
 
-    var key: array<vec4<f32>, HEAD_VECS>;
-    var value: array<vec4<f32>, HEAD_VECS>;
-    var acc_k: array<vec4<f32>, HEAD_VECS>;
-    var acc_v: array<vec4<f32>, HEAD_VECS>;
-    for (var c = 0u; c < HEAD_VECS; c++) {
-        key[c] = vec4<f32>(0.0);
-        value[c] = vec4<f32>(0.0);
-        acc_k[c] = vec4<f32>(0.0);
-        acc_v[c] = vec4<f32>(0.0);
-        if (in_range) {
-            key[c] = k_vec(k_at, c) * info.scale;
-            value[c] = v_vec(k_at, c);
-            if (info.first_pass == 0u) {
-                let s = state_at + 4u * c;
-                let t = s + 4u * HEAD_VECS;
-                acc_k[c] = vec4<f32>(state[s], state[s + 1u], state[s + 2u], state[s + 3u]);
-                acc_v[c] = vec4<f32>(state[t], state[t + 1u], state[t + 2u], state[t + 3u]);
-            }
-        }
+    var key$c = k_vec(k_read, $cu) * info.scale;
+    var value$c = v_vec(k_read, $cu);
+    var acc_k$c = vec4<f32>(0.0);
+    var acc_v$c = vec4<f32>(0.0);
+    if (in_range && info.first_pass == 0u) {
+        acc_k$c = state_vec(state_at + 4u * $cu);
+        acc_v$c = state_vec(state_at + 4u * (HEAD_VECS + $cu));
     }
 
     let end = min(items, info.item_end);
@@ -142,19 +188,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         }
         workgroupBarrier();
         let times = f32(multiplicity(info, f, g));
-        for (var t = 0u; t < TILE; t++) {
-            var s = 0.0;
-            var dp = 0.0;
-            for (var c = 0u; c < HEAD_VECS; c++) {
-                s += dot(key[c], vec4<f32>(q_tile[t * HEAD_VECS + c]));
-                dp += dot(value[c], vec4<f32>(d_o_tile[t * HEAD_VECS + c]));
-            }
-            let p = select(0.0, times * exp(s - lse_tile[t]), t < count);
-            let ds = p * (dp - delta_tile[t]);
-            for (var c = 0u; c < HEAD_VECS; c++) {
-                acc_v[c] += p * vec4<f32>(d_o_tile[t * HEAD_VECS + c]);
-                acc_k[c] += ds * vec4<f32>(q_tile[t * HEAD_VECS + c]);
-            }
+        for (var t = 0u; t < TILE; t += KEY_GROUP) {
+            var s$k = 0.0;
+            var dp$k = 0.0;
+            s$k += dot(key$c, vec4<f32>(q_tile[(t + $ku) * HEAD_VECS + $cu]));
+            dp$k += dot(value$c, vec4<f32>(d_o_tile[(t + $ku) * HEAD_VECS + $cu]));
+            let p$k = select(0.0, times * exp(s$k - lse_tile[t + $ku]), t + $ku < count);
+            let ds$k = p$k * (dp$k - delta_tile[t + $ku]);
+            acc_v$c += p$k * vec4<f32>(d_o_tile[(t + $ku) * HEAD_VECS + $cu]);
+            acc_k$c += ds$k * vec4<f32>(q_tile[(t + $ku) * HEAD_VECS + $cu]);
         }
         workgroupBarrier();
         start += count;
@@ -164,31 +206,17 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         return;
     }
     if (info.last_pass == 0u) {
-        for (var c = 0u; c < HEAD_VECS; c++) {
-            let s = state_at + 4u * c;
-            let t = s + 4u * HEAD_VECS;
-            state[s] = acc_k[c].x;
-            state[s + 1u] = acc_k[c].y;
-            state[s + 2u] = acc_k[c].z;
-            state[s + 3u] = acc_k[c].w;
-            state[t] = acc_v[c].x;
-            state[t + 1u] = acc_v[c].y;
-            state[t + 2u] = acc_v[c].z;
-            state[t + 3u] = acc_v[c].w;
-        }
+        state_store(state_at + 4u * $cu, acc_k$c);
+        state_store(state_at + 4u * (HEAD_VECS + $cu), acc_v$c);
         return;
     }
     if (zero && chunks > 1u) {
         let at = ((job * info.videos + b) * info.tokens + j) * width + h * HEAD_DIM;
         let dv_at = chunks * info.videos * info.tokens * width;
-        for (var x = 0u; x < HEAD_DIM; x++) {
-            partials[at + x] = acc_k[x / 4u][x % 4u] * info.scale;
-            partials[dv_at + at + x] = acc_v[x / 4u][x % 4u];
-        }
+        partials_store(at, $cu, acc_k$c * info.scale);
+        partials_store(dv_at + at, $cu, acc_v$c);
         return;
     }
-    for (var x = 0u; x < HEAD_DIM; x++) {
-        d_k[k_at + x] = T(acc_k[x / 4u][x % 4u] * info.scale);
-        d_v[k_at + x] = T(acc_v[x / 4u][x % 4u]);
-    }
+    d_k_store(k_at, $cu, acc_k$c * info.scale);
+    d_v_store(k_at, $cu, acc_v$c);
 }

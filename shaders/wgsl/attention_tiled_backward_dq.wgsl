@@ -1,6 +1,7 @@
-// Sparse-causal attention, backward for the queries, tiled as attention_tiled_forward.wgsl:
-// one workgroup per tile of TILE_ROWS query rows, K and V staged TILE keys at a time in
-// workgroup memory; each invocation holds its query (pre-scaled), its output gradient and
+// Sparse-causal attention, backward for the queries, tiled as attention_tiled_forward.wgsl
+// (and unrolled at load the same way: `$c` over the head's vec4s, `$k` over a group of
+// keys): one workgroup per tile of TILE_ROWS query rows, K and V staged TILE keys at a time
+// in workgroup memory; each invocation holds its query (pre-scaled), its output gradient and
 // its dq accumulators in registers. Scores are recomputed from the saved log-sum-exp; the
 // first pass also writes delta = rowsum(dO ∘ O), which the key/value kernel needs.
 // Inputs are declared read_write too: burn sub-allocates tensors from shared buffers, and
@@ -72,6 +73,32 @@ fn v_vec(at: u32, c: u32) -> vec4<T> {
     );
 }
 
+// Writes elements 4c … 4c+3 of the head at `at`, those below HEAD_DIM.
+fn d_q_store(at: u32, c: u32, x: vec4<f32>) {
+    let e = 4u * c;
+    d_q[at + e] = T(x.x);
+    if (e + 1u < HEAD_DIM) {
+        d_q[at + e + 1u] = T(x.y);
+    }
+    if (e + 2u < HEAD_DIM) {
+        d_q[at + e + 2u] = T(x.z);
+    }
+    if (e + 3u < HEAD_DIM) {
+        d_q[at + e + 3u] = T(x.w);
+    }
+}
+
+fn state_vec(at: u32) -> vec4<f32> {
+    return vec4<f32>(state[at], state[at + 1u], state[at + 2u], state[at + 3u]);
+}
+
+fn state_store(at: u32, x: vec4<f32>) {
+    state[at] = x.x;
+    state[at + 1u] = x.y;
+    state[at + 2u] = x.z;
+    state[at + 3u] = x.w;
+}
+
 @compute @workgroup_size(TILE_ROWS)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let tile = row_tile(info, wg.y * info.rows_per_dispatch_x + wg.x);
@@ -82,33 +109,24 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let row = (n * info.heads + tile.h) * info.tokens + i;
     let q_at = (n * info.tokens + i) * width + tile.h * HEAD_DIM;
     let state_at = row * 4u * HEAD_VECS;
+    // Rows past the tokens read a valid row (and write nothing).
+    let q_read = select(0u, q_at, in_range);
+    let row_read = select(0u, row, in_range);
 
-    var query: array<vec4<f32>, HEAD_VECS>;
-    var grad_out: array<vec4<f32>, HEAD_VECS>;
-    var acc: array<vec4<f32>, HEAD_VECS>;
+    var query$c = q_vec(q_read, $cu) * info.scale;
+    var grad_out$c = d_o_vec(q_read, $cu);
+    var acc$c = vec4<f32>(0.0);
+    let row_lse = lse[row_read];
     var row_delta = 0.0;
-    var row_lse = 0.0;
-    for (var c = 0u; c < HEAD_VECS; c++) {
-        query[c] = vec4<f32>(0.0);
-        grad_out[c] = vec4<f32>(0.0);
-        acc[c] = vec4<f32>(0.0);
+    if (info.first_pass == 1u) {
+        row_delta += dot(grad_out$c, o_vec(q_read, $cu));
         if (in_range) {
-            query[c] = q_vec(q_at, c) * info.scale;
-            grad_out[c] = d_o_vec(q_at, c);
-            if (info.first_pass == 1u) {
-                row_delta += dot(grad_out[c], o_vec(q_at, c));
-            } else {
-                let s = state_at + 4u * c;
-                acc[c] = vec4<f32>(state[s], state[s + 1u], state[s + 2u], state[s + 3u]);
-            }
-        }
-    }
-    if (in_range) {
-        row_lse = lse[row];
-        if (info.first_pass == 1u) {
             delta[row] = row_delta;
-        } else {
-            row_delta = delta[row];
+        }
+    } else {
+        row_delta = delta[row_read];
+        if (in_range) {
+            acc$c = state_vec(state_at + 4u * $cu);
         }
     }
 
@@ -127,18 +145,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             v_tile[e] = vv;
         }
         workgroupBarrier();
-        for (var j = 0u; j < TILE; j++) {
-            var s = 0.0;
-            var dp = 0.0;
-            for (var c = 0u; c < HEAD_VECS; c++) {
-                s += dot(query[c], vec4<f32>(k_tile[j * HEAD_VECS + c]));
-                dp += dot(grad_out[c], vec4<f32>(v_tile[j * HEAD_VECS + c]));
-            }
-            let p = exp(s - row_lse);
-            let ds = select(0.0, p * (dp - row_delta), start + j < keys);
-            for (var c = 0u; c < HEAD_VECS; c++) {
-                acc[c] += ds * vec4<f32>(k_tile[j * HEAD_VECS + c]);
-            }
+        for (var j = 0u; j < TILE; j += KEY_GROUP) {
+            var s$k = 0.0;
+            var dp$k = 0.0;
+            s$k += dot(query$c, vec4<f32>(k_tile[(j + $ku) * HEAD_VECS + $cu]));
+            dp$k += dot(grad_out$c, vec4<f32>(v_tile[(j + $ku) * HEAD_VECS + $cu]));
+            let ds$k = select(0.0, exp(s$k - row_lse) * (dp$k - row_delta), start + j + $ku < keys);
+            acc$c += ds$k * vec4<f32>(k_tile[(j + $ku) * HEAD_VECS + $cu]);
         }
         workgroupBarrier();
     }
@@ -147,16 +160,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         return;
     }
     if (info.last_pass == 0u) {
-        for (var c = 0u; c < HEAD_VECS; c++) {
-            let s = state_at + 4u * c;
-            state[s] = acc[c].x;
-            state[s + 1u] = acc[c].y;
-            state[s + 2u] = acc[c].z;
-            state[s + 3u] = acc[c].w;
-        }
+        state_store(state_at + 4u * $cu, acc$c);
         return;
     }
-    for (var x = 0u; x < HEAD_DIM; x++) {
-        d_q[q_at + x] = T(acc[x / 4u][x % 4u] * info.scale);
-    }
+    d_q_store(q_at, $cu, acc$c * info.scale);
 }

@@ -2,9 +2,14 @@
 // TILE_ROWS query rows of one frame and head. Every row of a tile sees the same 2L keys
 // (frame 0 ‖ the previous frame), so K and V are staged TILE keys at a time in workgroup
 // memory and read by all rows from there. Each invocation holds its query (pre-scaled) and
-// accumulators in registers (HEAD_VECS vec4s; the head is padded with zeros to a multiple of
-// 4), and rescales its online softmax once per staged tile. lse holds each row's
-// log-sum-exp for the backward pass. Passes and row numbering as in attention_forward.wgsl.
+// its accumulators in registers, and rescales its online softmax once per group of
+// KEY_GROUP keys. lse holds each row's log-sum-exp for the backward pass. Passes and row
+// numbering as in attention_forward.wgsl.
+//
+// Unrolled at load: a line with `$c` is written once per vec4 of the head (c = 0 … HEAD_VECS−1;
+// the head is padded with zeros to a multiple of 4), a line with `$k` once per key of a
+// group (k = 0 … KEY_GROUP−1), a line with both once per pair. So q and the accumulators are
+// plain variables, never an indexed array, on every compiler.
 // Inputs are declared read_write too: burn sub-allocates tensors from shared buffers, and
 // wgpu refuses read and read_write views of one buffer in a dispatch.
 
@@ -51,6 +56,32 @@ fn v_vec(at: u32, c: u32) -> vec4<T> {
     );
 }
 
+// Writes elements 4c … 4c+3 of the head at `at`, those below HEAD_DIM.
+fn o_store(at: u32, c: u32, x: vec4<f32>) {
+    let e = 4u * c;
+    o[at + e] = T(x.x);
+    if (e + 1u < HEAD_DIM) {
+        o[at + e + 1u] = T(x.y);
+    }
+    if (e + 2u < HEAD_DIM) {
+        o[at + e + 2u] = T(x.z);
+    }
+    if (e + 3u < HEAD_DIM) {
+        o[at + e + 3u] = T(x.w);
+    }
+}
+
+fn state_vec(at: u32) -> vec4<f32> {
+    return vec4<f32>(state[at], state[at + 1u], state[at + 2u], state[at + 3u]);
+}
+
+fn state_store(at: u32, x: vec4<f32>) {
+    state[at] = x.x;
+    state[at + 1u] = x.y;
+    state[at + 2u] = x.z;
+    state[at + 3u] = x.w;
+}
+
 @compute @workgroup_size(TILE_ROWS)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let tile = row_tile(info, wg.y * info.rows_per_dispatch_x + wg.x);
@@ -61,23 +92,16 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let row = (n * info.heads + tile.h) * info.tokens + i;
     let q_at = (n * info.tokens + i) * width + tile.h * HEAD_DIM;
     let state_at = row * (4u * HEAD_VECS + 2u);
+    // Rows past the tokens read a valid row (and write nothing).
+    let q_read = select(0u, q_at, in_range);
+    let resumed = in_range && info.first_pass == 0u;
 
-    var query: array<vec4<f32>, HEAD_VECS>;
-    var acc: array<vec4<f32>, HEAD_VECS>;
+    var query$c = q_vec(q_read, $cu) * info.scale;
+    var acc$c = vec4<f32>(0.0);
     var running_max = -3.0e38;
     var running_sum = 0.0;
-    for (var c = 0u; c < HEAD_VECS; c++) {
-        query[c] = vec4<f32>(0.0);
-        acc[c] = vec4<f32>(0.0);
-        if (in_range) {
-            query[c] = q_vec(q_at, c) * info.scale;
-            if (info.first_pass == 0u) {
-                let s = state_at + 4u * c;
-                acc[c] = vec4<f32>(state[s], state[s + 1u], state[s + 2u], state[s + 3u]);
-            }
-        }
-    }
-    if (in_range && info.first_pass == 0u) {
+    if (resumed) {
+        acc$c = state_vec(state_at + 4u * $cu);
         running_max = state[state_at + 4u * HEAD_VECS];
         running_sum = state[state_at + 4u * HEAD_VECS + 1u];
     }
@@ -97,29 +121,20 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             v_tile[e] = vv;
         }
         workgroupBarrier();
-        var scores: array<f32, TILE>;
-        var tile_max = running_max;
-        for (var j = 0u; j < TILE; j++) {
-            var s = 0.0;
-            for (var c = 0u; c < HEAD_VECS; c++) {
-                s += dot(query[c], vec4<f32>(k_tile[j * HEAD_VECS + c]));
-            }
-            scores[j] = select(-3.0e38, s, start + j < keys);
-            tile_max = max(tile_max, scores[j]);
+        for (var j = 0u; j < TILE; j += KEY_GROUP) {
+            var s$k = 0.0;
+            s$k += dot(query$c, vec4<f32>(k_tile[(j + $ku) * HEAD_VECS + $cu]));
+            s$k = select(-3.0e38, s$k, start + j + $ku < keys);
+            var group_max = running_max;
+            group_max = max(group_max, s$k);
+            let rescale = exp(running_max - group_max);
+            let p$k = exp(s$k - group_max);
+            running_sum *= rescale;
+            running_sum += p$k;
+            acc$c *= rescale;
+            acc$c += p$k * vec4<f32>(v_tile[(j + $ku) * HEAD_VECS + $cu]);
+            running_max = group_max;
         }
-        let rescale = exp(running_max - tile_max);
-        running_sum *= rescale;
-        for (var c = 0u; c < HEAD_VECS; c++) {
-            acc[c] *= rescale;
-        }
-        for (var j = 0u; j < TILE; j++) {
-            let p = select(0.0, exp(scores[j] - tile_max), start + j < keys);
-            running_sum += p;
-            for (var c = 0u; c < HEAD_VECS; c++) {
-                acc[c] += p * vec4<f32>(v_tile[j * HEAD_VECS + c]);
-            }
-        }
-        running_max = tile_max;
         workgroupBarrier();
     }
 
@@ -127,19 +142,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         return;
     }
     if (info.last_pass == 0u) {
-        for (var c = 0u; c < HEAD_VECS; c++) {
-            let s = state_at + 4u * c;
-            state[s] = acc[c].x;
-            state[s + 1u] = acc[c].y;
-            state[s + 2u] = acc[c].z;
-            state[s + 3u] = acc[c].w;
-        }
+        state_store(state_at + 4u * $cu, acc$c);
         state[state_at + 4u * HEAD_VECS] = running_max;
         state[state_at + 4u * HEAD_VECS + 1u] = running_sum;
         return;
     }
-    for (var x = 0u; x < HEAD_DIM; x++) {
-        o[q_at + x] = T(acc[x / 4u][x % 4u] / running_sum);
-    }
+    o_store(q_at, $cu, acc$c / running_sum);
     lse[row] = running_max + log(running_sum);
 }
