@@ -508,7 +508,10 @@ fn long_rows_match_a_naive_reference() {
                  (tiled forward: {passes} passes at this budget): {errors:?}"
             );
             for (name, err) in errors {
-                assert!(err < 1e-5, "{name} {err:.2e} at {shape:?} {tiling:?} {budget:?}");
+                assert!(
+                    err < 1e-5,
+                    "{name} {err:.2e} at {shape:?} {tiling:?} {budget:?}"
+                );
             }
         }
     }

@@ -22,11 +22,11 @@ use cubecl::ir::{UIntKind, metadata::Info as KernelInfo};
 use cubecl::prelude::*;
 use cubecl::server::{KernelArguments, MetadataBindingInfo};
 use cubecl::{CubeKernel, PrecompiledSource};
+pub use tav_shaders::Tiling;
 use tav_shaders::{
     Access, AttentionMode, GegluInfo, Info, Kernel, MAX_HEAD_DIM, Slot, Storage, WIDEN_F16,
     WidenInfo, geglu_source, source,
 };
-pub use tav_shaders::Tiling;
 
 /// Largest head size the attention kernels take.
 pub const MAX_KERNEL_HEAD_DIM: usize = MAX_HEAD_DIM;

@@ -183,6 +183,8 @@ struct Walk {
     kept_block_inputs: u64,
     kept_sampler_inputs: u64,
     largest_block: u64,
+    /// The attention kernels' backward scratch at its largest (frame 0's partial sums).
+    attention_scratch: u64,
     largest: u64,
     largest_what: String,
 }
@@ -195,6 +197,7 @@ fn walk(input: &PlanInput, batch: usize, bytes: u64, limits: &DeviceLimits) -> W
     let mut kept_block_inputs = 0u64;
     let mut kept_sampler_inputs = 0u64;
     let mut largest_block = 0u64;
+    let mut attention_scratch = 0u64;
     let mut working = 0u64;
     let mut largest = 0u64;
     let mut largest_what = String::new();
@@ -235,7 +238,17 @@ fn walk(input: &PlanInput, batch: usize, bytes: u64, limits: &DeviceLimits) -> W
             kept += level.transformers as u64 * transformer_kept * act;
             kept_block_inputs += level.transformers as u64 * act;
             let cross_kept = 2 * tokens * level.heads as u64 * 77 * 4;
-            largest_block = largest_block.max(TRANSFORMER_RECOMPUTE_PEAK * act + cross_kept);
+            // The tiled kernels' backward sums frame 0's key/value gradients per chunk of
+            // query frames apart (f32, dk and dv) before adding them.
+            let chunks = input.frames.div_ceil(tav_shaders::FRAME_CHUNK as usize) as u64;
+            let partials = if input.kernels && chunks > 1 {
+                2 * chunks * batch as u64 * level.tokens as u64 * c * 4
+            } else {
+                0
+            };
+            attention_scratch = attention_scratch.max(partials);
+            largest_block =
+                largest_block.max(TRANSFORMER_RECOMPUTE_PEAK * act + cross_kept + partials);
             // The GEGLU projection (8·C wide) goes through in row chunks under the cap.
             let ff = (tokens * 8 * c * bytes).min(cap);
             note(
@@ -276,6 +289,7 @@ fn walk(input: &PlanInput, batch: usize, bytes: u64, limits: &DeviceLimits) -> W
         kept_block_inputs,
         kept_sampler_inputs,
         largest_block,
+        attention_scratch,
         largest,
         largest_what,
     }
@@ -294,7 +308,7 @@ pub fn plan(input: &PlanInput, limits: &DeviceLimits) -> Vec<StepPlan> {
     let kept = if input.recompute {
         tuning.kept_block_inputs + tuning.kept_sampler_inputs + tuning.largest_block
     } else {
-        tuning.kept
+        tuning.kept + tuning.attention_scratch
     };
     let step = |name: &'static str, w: &Walk, extra: u64, extra_what: &str| {
         let activations = w.inference_peak + extra;

@@ -478,10 +478,9 @@ impl Info {
                 video_heads * self.frames as usize * tiles
             }
             Kernel::TiledBackwardKeyValue => video_heads * self.key_jobs() * tiles,
-            Kernel::FrameZeroReduce => {
-                (self.rows() / self.frames.max(1) as usize * self.head_dim as usize)
-                    .div_ceil(WORKGROUP_SIZE)
-            }
+            Kernel::FrameZeroReduce => (self.rows() / self.frames.max(1) as usize
+                * self.head_dim as usize)
+                .div_ceil(WORKGROUP_SIZE),
         }
     }
 
@@ -699,7 +698,10 @@ mod tests {
             let file_name = path.file_name().unwrap().to_string_lossy();
             let full = if text == GEGLU_COMMON || !text.contains("@compute") {
                 if text == COMMON {
-                    vec![format!("{}{text}", constants(Kernel::TiledForward, Storage::F32, 40))]
+                    vec![format!(
+                        "{}{text}",
+                        constants(Kernel::TiledForward, Storage::F32, 40)
+                    )]
                 } else {
                     vec![text]
                 }
@@ -742,7 +744,10 @@ mod tests {
              s1 += q1[1u];\ns2 += q0[2u];\ns2 += q1[2u];\nb\n"
         );
         for kernel in Kernel::ALL {
-            assert!(!source(kernel, Storage::F32, 40).contains('$'), "{kernel:?}");
+            assert!(
+                !source(kernel, Storage::F32, 40).contains('$'),
+                "{kernel:?}"
+            );
         }
     }
 
@@ -754,8 +759,14 @@ mod tests {
                 let tile = Kernel::TiledForward.staged_rows(d, storage);
                 let bytes = tile * (2 * d.div_ceil(4) as u32 * 4 * storage.bytes() + 8);
                 assert!(tile.is_power_of_two() && tile <= 64, "{d}: {tile}");
-                assert!(tile as usize % KEY_GROUP == 0, "groups tile the staged rows");
-                assert!(bytes <= WORKGROUP_MEMORY_BYTES, "{d} {storage:?}: {bytes} B");
+                assert!(
+                    tile as usize % KEY_GROUP == 0,
+                    "groups tile the staged rows"
+                );
+                assert!(
+                    bytes <= WORKGROUP_MEMORY_BYTES,
+                    "{d} {storage:?}: {bytes} B"
+                );
             }
         }
         assert_eq!(Kernel::TiledForward.staged_rows(40, Storage::F32), 32);
@@ -872,7 +883,10 @@ mod tests {
         // and for the key/value kernel per job (frame 0's 6 chunks of 4, then frames 1…23).
         assert_eq!(info.workgroups(Kernel::AttentionForward), info.rows() / 64);
         assert_eq!(info.workgroups(Kernel::TiledForward), 2 * 24 * 8 * 64);
-        assert_eq!(info.workgroups(Kernel::TiledBackwardKeyValue), 2 * 8 * (6 + 23) * 64);
+        assert_eq!(
+            info.workgroups(Kernel::TiledBackwardKeyValue),
+            2 * 8 * (6 + 23) * 64
+        );
         assert_eq!(info.partial_elements(), 2 * 6 * 2 * 4096 * 8 * 40);
         assert_eq!(
             info.kernels(true, Tiling::Tiled),
@@ -886,7 +900,10 @@ mod tests {
             mode: AttentionMode::Temporal,
             ..info
         };
-        assert_eq!(temporal.kernels(false, Tiling::Tiled), [Kernel::AttentionForward]);
+        assert_eq!(
+            temporal.kernels(false, Tiling::Tiled),
+            [Kernel::AttentionForward]
+        );
         assert_eq!(info.to_bytes()[24..28], info.scale.to_bits().to_le_bytes());
     }
 }

@@ -113,21 +113,23 @@ impl KernelRunner {
 
     fn pipeline(&mut self, kernel: Kernel, f16: bool, head_dim: usize) -> &wgpu::ComputePipeline {
         let device = &self.device;
-        self.pipelines.entry((kernel, f16, head_dim)).or_insert_with(|| {
-            let storage = if f16 { Storage::F16 } else { Storage::F32 };
-            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(kernel.file_name()),
-                source: wgpu::ShaderSource::Wgsl(source(kernel, storage, head_dim).into()),
-            });
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(kernel.file_name()),
-                layout: None,
-                module: &module,
-                entry_point: Some("main"),
-                compilation_options: Default::default(),
-                cache: None,
+        self.pipelines
+            .entry((kernel, f16, head_dim))
+            .or_insert_with(|| {
+                let storage = if f16 { Storage::F16 } else { Storage::F32 };
+                let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(kernel.file_name()),
+                    source: wgpu::ShaderSource::Wgsl(source(kernel, storage, head_dim).into()),
+                });
+                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(kernel.file_name()),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some("main"),
+                    compilation_options: Default::default(),
+                    cache: None,
+                })
             })
-        })
     }
 
     fn upload(&self, data: &[f32], f16: bool) -> wgpu::Buffer {
@@ -158,7 +160,13 @@ impl KernelRunner {
 
     /// Runs every launch of the forward or backward pass's plan on `buffers` (by slot), with
     /// the plan's scratch.
-    fn run_plan(&mut self, info: &Info, backward: bool, f16: bool, buffers: &[(Slot, &wgpu::Buffer)]) {
+    fn run_plan(
+        &mut self,
+        info: &Info,
+        backward: bool,
+        f16: bool,
+        buffers: &[(Slot, &wgpu::Buffer)],
+    ) {
         let plan = info.plan(backward, self.tiling, self.budget);
         let state = self.output(plan.state_elements, false);
         let partials = self.output(plan.partial_elements, false);
