@@ -73,8 +73,8 @@ impl CubeKernel for WgslKernel {
 /// The kernel sources, each variant (kernel, storage, head size) built once and kept for the
 /// process (cubecl caches pipelines by source; the variants are few).
 fn kernel_source(kernel: Kernel, storage: Storage, head_dim: usize) -> &'static str {
-    static SOURCES: OnceLock<Mutex<HashMap<(Kernel, Storage, usize), &'static str>>> =
-        OnceLock::new();
+    type Sources = HashMap<(Kernel, Storage, usize), &'static str>;
+    static SOURCES: OnceLock<Mutex<Sources>> = OnceLock::new();
     let mut sources = SOURCES
         .get_or_init(Default::default)
         .lock()

@@ -760,7 +760,7 @@ mod tests {
                 let bytes = tile * (2 * d.div_ceil(4) as u32 * 4 * storage.bytes() + 8);
                 assert!(tile.is_power_of_two() && tile <= 64, "{d}: {tile}");
                 assert!(
-                    tile as usize % KEY_GROUP == 0,
+                    (tile as usize).is_multiple_of(KEY_GROUP),
                     "groups tile the staged rows"
                 );
                 assert!(
