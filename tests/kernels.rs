@@ -643,3 +643,152 @@ fn fused_geglu_matches_exact_gelu_forward_and_backward() {
         }
     }
 }
+
+/// One convolution of the test: input `[N, C_in, H, W]`, `c_out` square `k`×`k` filters,
+/// stride and padding (top, left, bottom, right).
+#[derive(Debug, Clone, Copy)]
+struct ConvCase {
+    dims: [usize; 4],
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    padding: [usize; 4],
+}
+
+impl ConvCase {
+    fn out_dims(&self) -> [usize; 4] {
+        let [n, _, h, w] = self.dims;
+        let [top, left, bottom, right] = self.padding;
+        [
+            n,
+            self.c_out,
+            (h + top + bottom - self.k) / self.stride + 1,
+            (w + left + right - self.k) / self.stride + 1,
+        ]
+    }
+}
+
+/// f64 convolution from the definition (NCHW): the output and the input's gradient for an
+/// output gradient `d_out`.
+fn conv_reference(
+    case: &ConvCase,
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    d_out: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let [n, c_in, h, w] = case.dims;
+    let [_, _, oh, ow] = case.out_dims();
+    let (k, stride) = (case.k, case.stride);
+    let [top, left, _, _] = case.padding;
+    let mut out = vec![0f64; n * case.c_out * oh * ow];
+    let mut d_x = vec![0f64; x.len()];
+    for b in 0..n {
+        for (co, &bias_co) in bias.iter().enumerate() {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let o = ((b * case.c_out + co) * oh + oy) * ow + ox;
+                    let mut acc = bias_co as f64;
+                    for ci in 0..c_in {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let (iy, ix) = (oy * stride + ky, ox * stride + kx);
+                                if iy < top || ix < left || iy - top >= h || ix - left >= w {
+                                    continue;
+                                }
+                                let xi = ((b * c_in + ci) * h + iy - top) * w + ix - left;
+                                let wi = ((co * c_in + ci) * k + ky) * k + kx;
+                                acc += x[xi] as f64 * weight[wi] as f64;
+                                d_x[xi] += d_out[o] as f64 * weight[wi] as f64;
+                            }
+                        }
+                    }
+                    out[o] = acc;
+                }
+            }
+        }
+    }
+    let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
+    (f(out), f(d_x))
+}
+
+/// tav's convolution kernel (f16 convolutions summed in f32, no f32 copy), forward and the
+/// input's gradient through autodiff, against an f64 loop: 3×3 and 1×1 kernels, stride 1 and
+/// 2, symmetric and bottom/right-only padding (the VAE's downsampler), odd sizes, f32 and f16
+/// storage.
+#[test]
+fn convolution_kernel_sums_in_f32_forward_and_input_gradient() {
+    use tav_core::kernels::{ConvSpec, conv2d_f32_sum, conv2d_supported};
+    let device = device();
+    let ad = device.clone().autodiff();
+    let case = |dims, c_out, k, stride, padding| ConvCase {
+        dims,
+        c_out,
+        k,
+        stride,
+        padding,
+    };
+    let cases = [
+        case([2, 3, 7, 9], 5, 3, 1, [1, 1, 1, 1]),
+        case([1, 4, 9, 6], 3, 3, 2, [1, 1, 1, 1]),
+        case([1, 5, 8, 8], 4, 3, 2, [0, 0, 1, 1]),
+        case([2, 6, 5, 7], 7, 1, 1, [0, 0, 0, 0]),
+        case([1, 70, 6, 5], 9, 3, 1, [1, 1, 1, 1]),
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        let [n, c_in, h, w] = case.dims;
+        let (c_out, k) = (case.c_out, case.k);
+        let out_dims = case.out_dims();
+        let round = |v: Vec<f32>| -> Vec<f32> {
+            v.into_iter()
+                .map(|x| half::f16::from_f32(x).to_f32())
+                .collect()
+        };
+        let mut rng = SeededRng::new(100 + i as u64);
+        let x = round(rng.normal_vec(n * c_in * h * w));
+        let weight = round(rng.normal_vec(c_out * c_in * k * k));
+        let bias = round(rng.normal_vec(c_out));
+        let d_out = round(rng.normal_vec(out_dims.iter().product()));
+        let (out_ref, d_x_ref) = conv_reference(case, &x, &weight, &bias, &d_out);
+        let spec = ConvSpec {
+            stride: case.stride,
+            padding: case.padding,
+        };
+        for f16 in [false, true] {
+            let (dtype, tol) = if f16 {
+                (burn::tensor::DType::F16, 5e-4)
+            } else {
+                (burn::tensor::DType::F32, 1e-5)
+            };
+            let tensor = |v: &[f32], shape: Vec<usize>| -> Tensor<4> {
+                let mut shape = shape;
+                shape.resize(4, 1);
+                HostTensor::new(shape, v.to_vec())
+                    .to_device::<4>(&ad)
+                    .cast(dtype)
+            };
+            let xt = tensor(&x, case.dims.to_vec()).require_grad();
+            let wt = tensor(&weight, vec![c_out, c_in, k, k]);
+            let bt: Tensor<1> = tensor(&bias, vec![c_out]).reshape([c_out]);
+            assert!(conv2d_supported(&xt, &wt, spec), "{case:?}");
+            let out = conv2d_f32_sum(xt.clone(), wt, bt, spec);
+            assert_eq!(out.dims(), out_dims, "{case:?}");
+            let rt = tensor(&d_out, out_dims.to_vec());
+            let grads = (out.clone().cast(burn::tensor::DType::F32)
+                * rt.cast(burn::tensor::DType::F32))
+            .sum()
+            .backward();
+            let d_x = xt.grad(&grads).expect("the input's gradient");
+            let as_f32 = |t: Tensor<4>| to_vec(t.cast(burn::tensor::DType::F32));
+            let errors = [
+                rel_error(&as_f32(out.inner()), &out_ref),
+                rel_error(&as_f32(d_x), &d_x_ref),
+            ];
+            println!("{case:?} f16={f16}: out, d_x rel.err {errors:?}");
+            assert!(
+                errors.iter().all(|e| *e <= tol),
+                "{case:?} f16={f16}: {errors:?}"
+            );
+        }
+    }
+}

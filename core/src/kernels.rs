@@ -24,8 +24,8 @@ use cubecl::server::{KernelArguments, MetadataBindingInfo};
 use cubecl::{CubeKernel, PrecompiledSource};
 pub use tav_shaders::Tiling;
 use tav_shaders::{
-    Access, AttentionMode, GegluInfo, Info, Kernel, MAX_HEAD_DIM, Slot, Storage, WIDEN_F16,
-    WidenInfo, geglu_source, source,
+    Access, AttentionMode, ConvInfo, GegluInfo, Info, Kernel, MAX_HEAD_DIM, Slot, Storage,
+    WIDEN_F16, WidenInfo, conv2d_source, geglu_source, source,
 };
 
 /// Largest head size the attention kernels take.
@@ -664,4 +664,227 @@ pub fn attention_backward_only(
     };
     let (d_q, d_k, d_v) = backward(saved, cube(d_out));
     [d_q, d_k, d_v].map(Tensor::from_primitive::<Cube>)
+}
+
+/// The convolution kernels' sources (forward, input gradient; f32 and f16 storage), each
+/// built once.
+fn conv2d_kernel_source(backward: bool, storage: Storage) -> &'static str {
+    static SOURCES: OnceLock<Vec<(bool, Storage, String)>> = OnceLock::new();
+    let all = SOURCES.get_or_init(|| {
+        [false, true]
+            .iter()
+            .flat_map(|&b| [Storage::F32, Storage::F16].map(|s| (b, s, conv2d_source(b, s))))
+            .collect()
+    });
+    all.iter()
+        .find(|(b, s, _)| *b == backward && *s == storage)
+        .map(|(_, _, text)| text.as_str())
+        .expect("every variant is built")
+}
+
+/// What one convolution computes: stride and zero padding (top, left, bottom, right); the
+/// kernel is square.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvSpec {
+    pub stride: usize,
+    pub padding: [usize; 4],
+}
+
+impl ConvSpec {
+    /// The kernels' uniform block for input `[N, C_in, H, W]` and weight `[C_out, C_in, K, K]`.
+    pub fn info(&self, input: &[usize], weight: &[usize], has_bias: bool) -> ConvInfo {
+        let [top, left, bottom, right] = self.padding;
+        let k = weight[2];
+        let out = |size: usize, before: usize, after: usize| {
+            (size + before + after - k) / self.stride + 1
+        };
+        ConvInfo {
+            batch: input[0] as u32,
+            c_in: input[1] as u32,
+            c_out: weight[0] as u32,
+            in_h: input[2] as u32,
+            in_w: input[3] as u32,
+            out_h: out(input[2], top, bottom) as u32,
+            out_w: out(input[3], left, right) as u32,
+            kernel: k as u32,
+            stride: self.stride as u32,
+            pad_top: top as u32,
+            pad_left: left as u32,
+            has_bias,
+        }
+    }
+}
+
+fn conv2d_forward(
+    x: CubeTensor,
+    weight: CubeTensor,
+    bias: Option<CubeTensor>,
+    spec: ConvSpec,
+) -> CubeTensor {
+    let (x, weight) = (into_contiguous(x), into_contiguous(weight));
+    let info = spec.info(x.meta.shape(), weight.meta.shape(), bias.is_some());
+    let dims = vec![
+        info.batch as usize,
+        info.c_out as usize,
+        info.out_h as usize,
+        info.out_w as usize,
+    ];
+    let out = empty(&x, dims, x.dtype);
+    let bias = bias.map(into_contiguous).unwrap_or_else(|| weight.clone());
+    launch_wgsl(
+        conv2d_kernel_source(false, storage_of(&x)),
+        &[
+            (&x, BufferIOAttr::ReadOnly),
+            (&weight, BufferIOAttr::ReadOnly),
+            (&bias, BufferIOAttr::ReadOnly),
+            (&out, BufferIOAttr::WriteOnly),
+        ],
+        &info.to_bytes(false).expect("checked by `conv2d_supported`"),
+        info.dispatch(false),
+    );
+    out
+}
+
+fn conv2d_backward_data(
+    d_out: CubeTensor,
+    weight: CubeTensor,
+    input_dims: Vec<usize>,
+    spec: ConvSpec,
+) -> CubeTensor {
+    let d_out = into_contiguous(d_out);
+    let info = spec.info(&input_dims, weight.meta.shape(), false);
+    let d_x = empty(&d_out, input_dims, d_out.dtype);
+    launch_wgsl(
+        conv2d_kernel_source(true, storage_of(&d_out)),
+        &[
+            (&d_out, BufferIOAttr::ReadOnly),
+            (&weight, BufferIOAttr::ReadOnly),
+            (&d_x, BufferIOAttr::WriteOnly),
+        ],
+        &info.to_bytes(true).expect("checked by `conv2d_supported`"),
+        info.dispatch(true),
+    );
+    d_x
+}
+
+#[backend_extension(Cube, Autodiff)]
+pub trait Conv2dF32SumOps: Backend {
+    /// 2-D convolution of `[N, C_in, H, W]` by frozen `[C_out, C_in, K, K]` weights and bias,
+    /// products summed in f32 whatever the storage type.
+    fn conv2d_f32_sum(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        spec: ConvSpec,
+    ) -> FloatTensor<Self>;
+}
+
+impl Conv2dF32SumOps for Cube {
+    fn conv2d_f32_sum(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        spec: ConvSpec,
+    ) -> FloatTensor<Self> {
+        conv2d_forward(x, weight, Some(bias), spec)
+    }
+}
+
+/// The convolution's backward keeps the weights and the input's shape: the gradient goes to
+/// the input only (the weights and bias are frozen; see [`conv2d_f32_sum`]).
+#[derive(Debug)]
+struct Conv2dBackward;
+
+impl Backward<Cube, 1> for Conv2dBackward {
+    type State = (CubeTensor, Vec<usize>, ConvSpec);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let d_out = grads.consume::<Cube>(&ops.node);
+        if let Some(node) = node {
+            let (weight, input_dims, spec) = ops.state;
+            grads.register::<Cube>(
+                node.id,
+                conv2d_backward_data(d_out, weight, input_dims, spec),
+            );
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> Conv2dF32SumOps for Autodiff<Cube, C> {
+    fn conv2d_f32_sum(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        spec: ConvSpec,
+    ) -> FloatTensor<Self> {
+        // Frozen weights: constants of the graph, as `widen_f16`'s results are.
+        let weight = into_contiguous(<Self as AutodiffBackend>::inner(weight));
+        let bias = <Self as AutodiffBackend>::inner(bias);
+        match Conv2dBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let x = x.into_primitive();
+                let dims = x.meta.shape().to_vec();
+                let out = conv2d_forward(x, weight.clone(), Some(bias), spec);
+                prep.finish((weight, dims, spec), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(conv2d_forward(x.into_primitive(), weight, Some(bias), spec))
+            }
+        }
+    }
+}
+
+/// Whether the convolution kernels can take `x` by `weight` on its device: f32 or f16
+/// tensors of one type, a square kernel, 32-bit indexing, and on llvmpipe (which has no
+/// passes for these kernels) loops within its budget.
+pub fn conv2d_supported(x: &Tensor<4>, weight: &Tensor<4>, spec: ConvSpec) -> bool {
+    let (dims, w) = (x.dims(), weight.dims());
+    if !(matches!(x.dtype(), DType::F32 | DType::F16) && x.dtype() == weight.dtype())
+        || w[2] != w[3]
+        || w[1] != dims[1]
+        || !runs_wgsl(&x.device())
+    {
+        return false;
+    }
+    let [top, left, bottom, right] = spec.padding;
+    if dims[2] + top + bottom < w[2] || dims[3] + left + right < w[3] {
+        return false;
+    }
+    let info = spec.info(&dims, &w, true);
+    let adapter = x.device().clone();
+    let within_budget = |backward: bool| match budget_of(&adapter) {
+        Some(budget) => info.loop_iterations(backward) < u64::from(budget) / 4 * 3,
+        None => true,
+    };
+    info.to_bytes(false).is_some() && within_budget(false) && within_budget(true)
+}
+
+/// The loop budget of `device`'s adapter ([`tav_shaders::loop_budget`]).
+fn budget_of(device: &burn::tensor::Device) -> Option<u32> {
+    let probe = Tensor::<1>::zeros([1], &device.clone().without_autodiff());
+    let primitive = cube(probe);
+    tav_shaders::loop_budget(&primitive.client.properties().identity.name)
+}
+
+/// 2-D convolution with every product summed in f32 whatever the storage, so f16
+/// activations and weights are convolved without an f32 copy of either (burn's direct
+/// convolution sums in its input's type). The weights and bias are frozen: autodiff gives a
+/// gradient to `x` only.
+pub fn conv2d_f32_sum(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    spec: ConvSpec,
+) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as Conv2dF32SumOps>::conv2d_f32_sum(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+        spec,
+    ))
 }

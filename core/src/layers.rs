@@ -7,6 +7,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor};
 
 use crate::error::Result;
+use crate::kernels::ConvSpec;
 use crate::weights::{Layout, ParamBuilder};
 
 /// A parameter in the compute dtype `like`: weights may be stored in f16 while arithmetic is
@@ -106,21 +107,37 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let options = ConvOptions::new(
-            [self.stride, self.stride],
-            [self.padding, self.padding],
+        let p = self.padding;
+        self.apply(
+            x,
+            ConvSpec {
+                stride: self.stride,
+                padding: [p, p, p, p],
+            },
+        )
+    }
+
+    fn apply(&self, x: Tensor<4>, spec: ConvSpec) -> Tensor<4> {
+        let dtype = x.dtype();
+        // burn's direct convolution sums in its input's dtype: with f16 that loses ~1e-2 over
+        // SD's 3×3×1280 sums. tav's convolution kernel sums f16 in f32 without an f32 copy
+        // (frozen weights, a WGSL device); elsewhere f16 activations are convolved in f32.
+        if dtype == DType::F16 && !self.weight.val().is_require_grad() {
+            let weight = in_dtype_of(self.weight.val(), dtype);
+            if crate::kernels::conv2d_supported(&x, &weight, spec) {
+                let bias = in_dtype_of(self.bias.val(), dtype);
+                return crate::kernels::conv2d_f32_sum(x, weight, bias, spec);
+            }
+        }
+        let x = statistics_dtype(x);
+        let compute = x.dtype();
+        let [top, left, bottom, right] = spec.padding;
+        let options = ConvOptions::new_with_padding(
+            [spec.stride, spec.stride],
+            [(top, bottom), (left, right)],
             [1, 1],
             1,
         );
-        self.apply(x, options)
-    }
-
-    fn apply(&self, x: Tensor<4>, options: ConvOptions<2>) -> Tensor<4> {
-        let dtype = x.dtype();
-        // burn's direct convolution accumulates in its input's dtype: with f16 that loses
-        // ~1e-2 over SD's 3×3×1280 sums, so f16 activations are convolved in f32.
-        let x = statistics_dtype(x);
-        let compute = x.dtype();
         conv2d(
             x,
             in_dtype_of(self.weight.val(), compute),
@@ -133,9 +150,13 @@ impl Conv2d {
     /// Convolution after zero-padding only the bottom and right by one, as the VAE
     /// encoder's downsampler (`padding=0` plus `F.pad(x, (0, 1, 0, 1))`).
     pub fn forward_pad_end(&self, x: Tensor<4>) -> Tensor<4> {
-        let options =
-            ConvOptions::new_with_padding([self.stride, self.stride], [(0, 1), (0, 1)], [1, 1], 1);
-        self.apply(x, options)
+        self.apply(
+            x,
+            ConvSpec {
+                stride: self.stride,
+                padding: [0, 0, 1, 1],
+            },
+        )
     }
 }
 

@@ -295,6 +295,98 @@ impl GegluInfo {
     }
 }
 
+/// 2-D convolution summing in f32 whatever the storage (so f16 tensors need no f32 copy):
+/// forward, one invocation per output.
+pub const CONV2D_FORWARD: &str = include_str!("../wgsl/conv2d_forward.wgsl");
+/// 2-D convolution's gradient for its input (frozen weights), one invocation per input
+/// element.
+pub const CONV2D_BACKWARD_DATA: &str = include_str!("../wgsl/conv2d_backward_data.wgsl");
+/// The shared part of the convolution kernels (storage type, uniform block).
+pub const CONV2D_COMMON: &str = include_str!("../wgsl/conv2d_common.wgsl");
+
+/// The WGSL source of the convolution's forward or input-gradient kernel for `storage`.
+pub fn conv2d_source(backward: bool, storage: Storage) -> String {
+    let kernel = if backward {
+        CONV2D_BACKWARD_DATA
+    } else {
+        CONV2D_FORWARD
+    };
+    f16_variant_if(&format!("{CONV2D_COMMON}\n{kernel}"), storage)
+}
+
+/// The uniform block of the convolution kernels (NCHW tensors, square kernel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvInfo {
+    pub batch: u32,
+    pub c_in: u32,
+    pub c_out: u32,
+    pub in_h: u32,
+    pub in_w: u32,
+    pub out_h: u32,
+    pub out_w: u32,
+    pub kernel: u32,
+    pub stride: u32,
+    pub pad_top: u32,
+    pub pad_left: u32,
+    pub has_bias: bool,
+}
+
+impl ConvInfo {
+    /// Elements a launch computes: outputs (forward) or input gradients (backward).
+    pub fn count(&self, backward: bool) -> usize {
+        let (c, h, w) = if backward {
+            (self.c_in, self.in_h, self.in_w)
+        } else {
+            (self.c_out, self.out_h, self.out_w)
+        };
+        self.batch as usize * c as usize * h as usize * w as usize
+    }
+
+    /// Loop iterations of one invocation (every level of the nested loops counting), for
+    /// llvmpipe's shared budget: the kernels have no passes, so the caller keeps them under it.
+    pub fn loop_iterations(&self, backward: bool) -> u64 {
+        let channels = if backward { self.c_out } else { self.c_in } as u64;
+        let k = self.kernel as u64;
+        channels * (1 + k + k * k) + 1
+    }
+
+    /// The 2-D dispatch `[x, y]` covering every element, within 65,535 per dimension.
+    pub fn dispatch(&self, backward: bool) -> [u32; 2] {
+        elementwise_dispatch(self.count(backward))
+    }
+
+    /// The uniform's bytes; `None` when the elements do not fit 32-bit indexing.
+    pub fn to_bytes(&self, backward: bool) -> Option<[u8; 64]> {
+        let count = u32::try_from(self.count(backward)).ok()?;
+        // Inputs and outputs are indexed too.
+        u32::try_from(self.count(!backward)).ok()?;
+        let per_row = self.dispatch(backward)[0] * WORKGROUP_SIZE as u32;
+        let words = [
+            self.batch,
+            self.c_in,
+            self.c_out,
+            self.in_h,
+            self.in_w,
+            self.out_h,
+            self.out_w,
+            self.kernel,
+            self.stride,
+            self.pad_top,
+            self.pad_left,
+            count,
+            per_row,
+            self.has_bias as u32,
+            0,
+            0,
+        ];
+        let mut out = [0u8; 64];
+        for (i, w) in words.iter().enumerate() {
+            out[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
+        }
+        Some(out)
+    }
+}
+
 /// The kernels' uniform block, laid out as WGSL's `Info` struct.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Info {
@@ -696,25 +788,29 @@ mod tests {
             // attention kernels' constants); the shared parts validate alone (GEGLU's) or
             // after the constants (attention's).
             let file_name = path.file_name().unwrap().to_string_lossy();
-            let full = if text == GEGLU_COMMON || !text.contains("@compute") {
-                if text == COMMON {
-                    vec![format!(
-                        "{}{text}",
-                        constants(Kernel::TiledForward, Storage::F32, 40)
-                    )]
+            let full =
+                if text == GEGLU_COMMON || text == CONV2D_COMMON || !text.contains("@compute") {
+                    if text == COMMON {
+                        vec![format!(
+                            "{}{text}",
+                            constants(Kernel::TiledForward, Storage::F32, 40)
+                        )]
+                    } else {
+                        vec![text]
+                    }
+                } else if file_name.starts_with("geglu_") {
+                    vec![format!("{GEGLU_COMMON}\n{text}")]
+                } else if file_name.starts_with("conv2d_") {
+                    vec![format!("{CONV2D_COMMON}\n{text}")]
+                } else if let Some(kernel) = Kernel::ALL.iter().find(|k| k.file_name() == file_name)
+                {
+                    HEAD_DIMS
+                        .iter()
+                        .map(|&d| source(*kernel, Storage::F32, d))
+                        .collect()
                 } else {
                     vec![text]
-                }
-            } else if file_name.starts_with("geglu_") {
-                vec![format!("{GEGLU_COMMON}\n{text}")]
-            } else if let Some(kernel) = Kernel::ALL.iter().find(|k| k.file_name() == file_name) {
-                HEAD_DIMS
-                    .iter()
-                    .map(|&d| source(*kernel, Storage::F32, d))
-                    .collect()
-            } else {
-                vec![text]
-            };
+                };
             for full in full {
                 validate(&full, &name, false);
                 validate(
@@ -727,8 +823,8 @@ mod tests {
         }
         assert_eq!(
             count,
-            Kernel::ALL.len() + 5,
-            "every kernel file (the shared part, widen_f16 and GEGLU's three too) is known to the crate"
+            Kernel::ALL.len() + 8,
+            "every kernel file (the shared part, widen_f16, GEGLU's three and the convolution's three too) is known to the crate"
         );
         for kernel in Kernel::ALL {
             assert!(dir.join(kernel.file_name()).is_file());
