@@ -70,18 +70,34 @@ impl CubeKernel for WgslKernel {
     }
 }
 
-/// The kernel sources, each variant (kernel, storage, head size) built once and kept for the
-/// process (cubecl caches pipelines by source; the variants are few).
-fn kernel_source(kernel: Kernel, storage: Storage, head_dim: usize) -> &'static str {
-    type Sources = HashMap<(Kernel, Storage, usize), &'static str>;
+/// A WGSL kernel tav launches, by family and variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Source {
+    /// An attention kernel for a head size.
+    Attention(Kernel, usize),
+    /// GEGLU, forward or backward.
+    Geglu { backward: bool },
+    /// The convolution, forward or the input's gradient.
+    Conv2d { backward: bool },
+}
+
+/// Each kernel's source, built once per variant and storage type and kept for the process
+/// (cubecl caches pipelines by source; the variants are few).
+fn kernel_source(kernel: Source, storage: Storage) -> &'static str {
+    type Sources = HashMap<(Source, Storage), &'static str>;
     static SOURCES: OnceLock<Mutex<Sources>> = OnceLock::new();
     let mut sources = SOURCES
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    sources
-        .entry((kernel, storage, head_dim))
-        .or_insert_with(|| Box::leak(source(kernel, storage, head_dim).into_boxed_str()))
+    sources.entry((kernel, storage)).or_insert_with(|| {
+        let text = match kernel {
+            Source::Attention(kernel, head_dim) => source(kernel, storage, head_dim),
+            Source::Geglu { backward } => geglu_source(backward, storage),
+            Source::Conv2d { backward } => conv2d_source(backward, storage),
+        };
+        Box::leak(text.into_boxed_str())
+    })
 }
 
 /// What one attention call computes: `frames` per video, `heads` heads, which mode.
@@ -177,7 +193,10 @@ fn run_plan(info: &Info, backward: bool, storage: Storage, buffers: &[(Slot, &Cu
             })
             .collect();
         launch_wgsl(
-            kernel_source(launch.kernel, storage, info.head_dim as usize),
+            kernel_source(
+                Source::Attention(launch.kernel, info.head_dim as usize),
+                storage,
+            ),
             &bound,
             &launch.info.to_bytes(),
             launch.dispatch(),
@@ -501,21 +520,6 @@ pub fn widen_f16_to_f32<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as WidenF16Ops>::widen_f16(x.into_dispatch()))
 }
 
-/// GEGLU's kernel sources (forward, backward; f32 and f16 storage), each built once.
-fn geglu_kernel_source(backward: bool, storage: Storage) -> &'static str {
-    static SOURCES: OnceLock<Vec<(bool, Storage, String)>> = OnceLock::new();
-    let all = SOURCES.get_or_init(|| {
-        [false, true]
-            .iter()
-            .flat_map(|&b| [Storage::F32, Storage::F16].map(|s| (b, s, geglu_source(b, s))))
-            .collect()
-    });
-    all.iter()
-        .find(|(b, s, _)| *b == backward && *s == storage)
-        .map(|(_, _, text)| text.as_str())
-        .expect("every variant is built")
-}
-
 /// `[…, 2W]` → (rows, W).
 fn geglu_sizes(dims: &[usize]) -> (usize, usize) {
     let wide = *dims.last().expect("a tensor has dimensions");
@@ -531,7 +535,7 @@ fn launch_geglu(backward: bool, info: GegluInfo, inputs: &[&CubeTensor], output:
         .chain([(output, BufferIOAttr::WriteOnly)])
         .collect();
     launch_wgsl(
-        geglu_kernel_source(backward, storage_of(inputs[0])),
+        kernel_source(Source::Geglu { backward }, storage_of(inputs[0])),
         &buffers,
         &info.to_bytes(),
         info.dispatch(),
@@ -666,22 +670,6 @@ pub fn attention_backward_only(
     [d_q, d_k, d_v].map(Tensor::from_primitive::<Cube>)
 }
 
-/// The convolution kernels' sources (forward, input gradient; f32 and f16 storage), each
-/// built once.
-fn conv2d_kernel_source(backward: bool, storage: Storage) -> &'static str {
-    static SOURCES: OnceLock<Vec<(bool, Storage, String)>> = OnceLock::new();
-    let all = SOURCES.get_or_init(|| {
-        [false, true]
-            .iter()
-            .flat_map(|&b| [Storage::F32, Storage::F16].map(|s| (b, s, conv2d_source(b, s))))
-            .collect()
-    });
-    all.iter()
-        .find(|(b, s, _)| *b == backward && *s == storage)
-        .map(|(_, _, text)| text.as_str())
-        .expect("every variant is built")
-}
-
 /// What one convolution computes: stride and zero padding (top, left, bottom, right); the
 /// kernel is square.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -732,7 +720,7 @@ fn conv2d_forward(
     let out = empty(&x, dims, x.dtype);
     let bias = bias.map(into_contiguous).unwrap_or_else(|| weight.clone());
     launch_wgsl(
-        conv2d_kernel_source(false, storage_of(&x)),
+        kernel_source(Source::Conv2d { backward: false }, storage_of(&x)),
         &[
             (&x, BufferIOAttr::ReadOnly),
             (&weight, BufferIOAttr::ReadOnly),
@@ -755,7 +743,7 @@ fn conv2d_backward_data(
     let info = spec.info(&input_dims, weight.meta.shape(), false);
     let d_x = empty(&d_out, input_dims, d_out.dtype);
     launch_wgsl(
-        conv2d_kernel_source(true, storage_of(&d_out)),
+        kernel_source(Source::Conv2d { backward: true }, storage_of(&d_out)),
         &[
             (&d_out, BufferIOAttr::ReadOnly),
             (&weight, BufferIOAttr::ReadOnly),

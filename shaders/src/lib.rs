@@ -154,15 +154,46 @@ fn constants(kernel: Kernel, storage: Storage, head_dim: usize) -> String {
 }
 
 /// The WGSL source of `kernel` for `storage` and a head of `head_dim` (fixed per pipeline):
-/// its constants, the shared part, then the kernel, unrolled ([`unroll`]).
+/// its constants, the shared part, its bindings and their head accessors, then the kernel,
+/// unrolled ([`unroll`]).
 pub fn source(kernel: Kernel, storage: Storage, head_dim: usize) -> String {
     let text = format!(
-        "{}{COMMON}\n{}",
+        "{}{COMMON}\n{}\n{}",
         constants(kernel, storage, head_dim),
+        bindings(kernel),
         kernel.f32_source()
     );
     f16_variant_if(&unroll(&text, head_dim.div_ceil(4), KEY_GROUP), storage)
 }
+
+/// The buffers of `kernel` declared in the order of [`Kernel::slots`] (so the kernels and the
+/// plan's executors cannot disagree), the uniform after them, and for each buffer its head
+/// accessors (`<name>_vec`, `<name>_store`, from `attention_head_access.wgsl`).
+/// Every buffer is declared read_write: burn sub-allocates tensors from shared buffers, and
+/// wgpu refuses read and read_write views of one buffer in a dispatch.
+fn bindings(kernel: Kernel) -> String {
+    let mut out = String::new();
+    for (i, (slot, _)) in kernel.slots().iter().enumerate() {
+        out += &format!(
+            "@group(0) @binding({i}) var<storage, read_write> {}: array<{}>;\n",
+            slot.wgsl_name(),
+            slot.element()
+        );
+    }
+    out += &format!(
+        "@group(0) @binding({}) var<uniform> info: Info;\n",
+        kernel.slots().len()
+    );
+    for (slot, _) in kernel.slots() {
+        out += &HEAD_ACCESS
+            .replace("$buf", slot.wgsl_name())
+            .replace("$elem", slot.element());
+    }
+    out
+}
+
+/// Head accessors written once per bound buffer (`$buf`, element type `$elem`).
+const HEAD_ACCESS: &str = include_str!("../wgsl/attention_head_access.wgsl");
 
 /// Unrolls the tiled kernels' per-vec4 and per-key lines: a line holding `$c` is written
 /// once per vec4 of the head (c = 0 … `head_vecs`−1), one holding `$k` once per key of a
@@ -211,6 +242,11 @@ pub struct WidenInfo {
     pub count: u32,
 }
 
+/// A uniform block's bytes: its 32-bit words, little-endian, in order.
+fn uniform_bytes(words: &[u32]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
 /// The 2-D grid `[x, y]` of workgroups giving one invocation to each of `invocations` items,
 /// within WebGPU's 65,535 workgroups per dimension (the kernels index `y · x · 64 + id.x`).
 fn elementwise_dispatch(invocations: usize) -> [u32; 2] {
@@ -227,12 +263,9 @@ impl WidenInfo {
     }
 
     /// The uniform's bytes (`count`, `words_per_row`, padding).
-    pub fn to_bytes(&self) -> [u8; 16] {
+    pub fn to_bytes(&self) -> Vec<u8> {
         let words_per_row = self.dispatch()[0] * WORKGROUP_SIZE as u32;
-        let mut out = [0u8; 16];
-        out[..4].copy_from_slice(&self.count.to_le_bytes());
-        out[4..8].copy_from_slice(&words_per_row.to_le_bytes());
-        out
+        uniform_bytes(&[self.count, words_per_row, 0, 0])
     }
 }
 
@@ -285,13 +318,9 @@ impl GegluInfo {
     }
 
     /// The uniform's bytes (`count`, `width`, outputs per dispatch row, padding).
-    pub fn to_bytes(&self) -> [u8; 16] {
+    pub fn to_bytes(&self) -> Vec<u8> {
         let per_row = self.dispatch()[0] * WORKGROUP_SIZE as u32;
-        let mut out = [0u8; 16];
-        out[..4].copy_from_slice(&self.count.to_le_bytes());
-        out[4..8].copy_from_slice(&self.width.to_le_bytes());
-        out[8..12].copy_from_slice(&per_row.to_le_bytes());
-        out
+        uniform_bytes(&[self.count, self.width, per_row, 0])
     }
 }
 
@@ -356,7 +385,7 @@ impl ConvInfo {
     }
 
     /// The uniform's bytes; `None` when the elements do not fit 32-bit indexing.
-    pub fn to_bytes(&self, backward: bool) -> Option<[u8; 64]> {
+    pub fn to_bytes(&self, backward: bool) -> Option<Vec<u8>> {
         let count = u32::try_from(self.count(backward)).ok()?;
         // Inputs and outputs are indexed too.
         u32::try_from(self.count(!backward)).ok()?;
@@ -379,11 +408,7 @@ impl ConvInfo {
             0,
             0,
         ];
-        let mut out = [0u8; 64];
-        for (i, w) in words.iter().enumerate() {
-            out[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
-        }
-        Some(out)
+        Some(uniform_bytes(&words))
     }
 }
 
@@ -408,7 +433,7 @@ pub struct Info {
 
 impl Info {
     /// The uniform's bytes.
-    pub fn to_bytes(&self) -> [u8; 48] {
+    pub fn to_bytes(&self) -> Vec<u8> {
         let words = [
             self.videos,
             self.frames,
@@ -423,11 +448,7 @@ impl Info {
             self.first_pass as u32,
             self.last_pass as u32,
         ];
-        let mut out = [0u8; 48];
-        for (i, w) in words.iter().enumerate() {
-            out[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
-        }
-        out
+        uniform_bytes(&words)
     }
 
     /// The whole loop in one pass.
@@ -656,6 +677,35 @@ pub enum Slot {
     State,
 }
 
+impl Slot {
+    /// The buffer's name in the kernels.
+    pub fn wgsl_name(self) -> &'static str {
+        match self {
+            Slot::Q => "q",
+            Slot::K => "k",
+            Slot::V => "v",
+            Slot::Out => "o",
+            Slot::Lse => "lse",
+            Slot::DOut => "d_o",
+            Slot::DQ => "d_q",
+            Slot::Delta => "delta",
+            Slot::DK => "d_k",
+            Slot::DV => "d_v",
+            Slot::Partials => "partials",
+            Slot::State => "state",
+        }
+    }
+
+    /// The element type: the storage type `T` for tensors of the model, f32 for row
+    /// statistics and accumulators.
+    fn element(self) -> &'static str {
+        match self {
+            Slot::Lse | Slot::Delta | Slot::Partials | Slot::State => "f32",
+            _ => "T",
+        }
+    }
+}
+
 /// How a kernel uses a bound buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -788,29 +838,30 @@ mod tests {
             // attention kernels' constants); the shared parts validate alone (GEGLU's) or
             // after the constants (attention's).
             let file_name = path.file_name().unwrap().to_string_lossy();
-            let full =
-                if text == GEGLU_COMMON || text == CONV2D_COMMON || !text.contains("@compute") {
-                    if text == COMMON {
-                        vec![format!(
-                            "{}{text}",
-                            constants(Kernel::TiledForward, Storage::F32, 40)
-                        )]
-                    } else {
-                        vec![text]
-                    }
-                } else if file_name.starts_with("geglu_") {
-                    vec![format!("{GEGLU_COMMON}\n{text}")]
-                } else if file_name.starts_with("conv2d_") {
-                    vec![format!("{CONV2D_COMMON}\n{text}")]
-                } else if let Some(kernel) = Kernel::ALL.iter().find(|k| k.file_name() == file_name)
-                {
-                    HEAD_DIMS
-                        .iter()
-                        .map(|&d| source(*kernel, Storage::F32, d))
-                        .collect()
+            let full = if text == HEAD_ACCESS {
+                // Validated inside every attention kernel.
+                vec![]
+            } else if text == GEGLU_COMMON || text == CONV2D_COMMON || !text.contains("@compute") {
+                if text == COMMON {
+                    vec![format!(
+                        "{}{text}",
+                        constants(Kernel::TiledForward, Storage::F32, 40)
+                    )]
                 } else {
                     vec![text]
-                };
+                }
+            } else if file_name.starts_with("geglu_") {
+                vec![format!("{GEGLU_COMMON}\n{text}")]
+            } else if file_name.starts_with("conv2d_") {
+                vec![format!("{CONV2D_COMMON}\n{text}")]
+            } else if let Some(kernel) = Kernel::ALL.iter().find(|k| k.file_name() == file_name) {
+                HEAD_DIMS
+                    .iter()
+                    .map(|&d| source(*kernel, Storage::F32, d))
+                    .collect()
+            } else {
+                vec![text]
+            };
             for full in full {
                 validate(&full, &name, false);
                 validate(
@@ -823,8 +874,8 @@ mod tests {
         }
         assert_eq!(
             count,
-            Kernel::ALL.len() + 8,
-            "every kernel file (the shared part, widen_f16, GEGLU's three and the convolution's three too) is known to the crate"
+            Kernel::ALL.len() + 9,
+            "every kernel file (the shared part and head accessors, widen_f16, GEGLU's three and the convolution's three too) is known to the crate"
         );
         for kernel in Kernel::ALL {
             assert!(dir.join(kernel.file_name()).is_file());

@@ -4,21 +4,10 @@
 // when g = 0) and by frame g+1 (as its previous frame); a key seen twice by the same query
 // (frames 0 and 1 look at frame 0 twice) counts twice, as in the reference.
 // Needs lse from the forward pass and delta from attention_backward_dq.wgsl.
-// Inputs are declared read_write too: burn sub-allocates tensors from shared buffers, and
-// wgpu refuses read and read_write views of one buffer in a dispatch.
+// Buffers are declared at load, in the order of `tav_shaders::Kernel::slots`.
 // Types, sizes and key indexing come from attention_common.wgsl, prepended at load.
 
-@group(0) @binding(0) var<storage, read_write> q: array<T>;
-@group(0) @binding(1) var<storage, read_write> k: array<T>;
-@group(0) @binding(2) var<storage, read_write> v: array<T>;
-@group(0) @binding(3) var<storage, read_write> d_o: array<T>;
-@group(0) @binding(4) var<storage, read_write> lse: array<f32>;
-@group(0) @binding(5) var<storage, read_write> delta: array<f32>;
-@group(0) @binding(6) var<storage, read_write> d_k: array<T>;
-@group(0) @binding(7) var<storage, read_write> d_v: array<T>;
-// Per row between passes: the D accumulators of dk, then those of dv.
-@group(0) @binding(8) var<storage, read_write> state: array<f32>;
-@group(0) @binding(9) var<uniform> info: Info;
+// `state`, per row between passes: the D accumulators of dk, then those of dv.
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

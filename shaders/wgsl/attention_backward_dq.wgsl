@@ -2,21 +2,10 @@
 // recomputed from q, k and the saved log-sum-exp). One invocation per query row; also
 // writes delta = rowsum(dO ∘ O), which the key/value pass needs.
 // Layouts and modes as in attention_forward.wgsl.
-// Inputs are declared read_write too: burn sub-allocates tensors from shared buffers, and
-// wgpu refuses read and read_write views of one buffer in a dispatch.
+// Buffers are declared at load, in the order of `tav_shaders::Kernel::slots`.
 // Types, sizes and key indexing come from attention_common.wgsl, prepended at load.
 
-@group(0) @binding(0) var<storage, read_write> q: array<T>;
-@group(0) @binding(1) var<storage, read_write> k: array<T>;
-@group(0) @binding(2) var<storage, read_write> v: array<T>;
-@group(0) @binding(3) var<storage, read_write> o: array<T>;
-@group(0) @binding(4) var<storage, read_write> d_o: array<T>;
-@group(0) @binding(5) var<storage, read_write> lse: array<f32>;
-@group(0) @binding(6) var<storage, read_write> d_q: array<T>;
-@group(0) @binding(7) var<storage, read_write> delta: array<f32>;
-// Per row between passes: the D accumulators of dq.
-@group(0) @binding(8) var<storage, read_write> state: array<f32>;
-@group(0) @binding(9) var<uniform> info: Info;
+// `state`, per row between passes: the D accumulators of dq.
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

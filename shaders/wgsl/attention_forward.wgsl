@@ -2,18 +2,10 @@
 // online softmax over the row's keys, so no score matrix is ever stored.
 // Modes and layouts are described in attention_common.wgsl; lse holds each row's
 // log-sum-exp for the backward pass.
-// Inputs are declared read_write too: burn sub-allocates tensors from shared buffers, and
-// wgpu refuses read and read_write views of one buffer in a dispatch.
+// Buffers are declared at load, in the order of `tav_shaders::Kernel::slots`.
 // Types, sizes and key indexing come from attention_common.wgsl, prepended at load.
 
-@group(0) @binding(0) var<storage, read_write> q: array<T>;
-@group(0) @binding(1) var<storage, read_write> k: array<T>;
-@group(0) @binding(2) var<storage, read_write> v: array<T>;
-@group(0) @binding(3) var<storage, read_write> o: array<T>;
-@group(0) @binding(4) var<storage, read_write> lse: array<f32>;
-// Per row between passes: the D accumulators, the running max and the running sum.
-@group(0) @binding(5) var<storage, read_write> state: array<f32>;
-@group(0) @binding(6) var<uniform> info: Info;
+// `state`, per row between passes: the D accumulators, the running max and the running sum.
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

@@ -2,11 +2,6 @@
 // kernel's per-chunk `partials` (attention_tiled_backward_dkv.wgsl), in chunk order, so the
 // result does not depend on scheduling. One invocation per element of frame 0's rows.
 
-@group(0) @binding(0) var<storage, read_write> partials: array<f32>;
-@group(0) @binding(1) var<storage, read_write> d_k: array<T>;
-@group(0) @binding(2) var<storage, read_write> d_v: array<T>;
-@group(0) @binding(3) var<uniform> info: Info;
-
 @compute @workgroup_size(TILE_ROWS)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let per_video = info.tokens * info.heads * HEAD_DIM;

@@ -8,123 +8,15 @@
 // both accumulators in registers (unrolled at load as attention_tiled_forward.wgsl: `$c`
 // over the head's vec4s, `$k` over a group of queries). A key seen twice by the same query
 // (frames 0 and 1 see frame 0 twice) counts twice, as in the reference.
-// Inputs are declared read_write too: burn sub-allocates tensors from shared buffers, and
-// wgpu refuses read and read_write views of one buffer in a dispatch.
+// Buffers are declared at load, in the order of `tav_shaders::Kernel::slots`.
 
-@group(0) @binding(0) var<storage, read_write> q: array<T>;
-@group(0) @binding(1) var<storage, read_write> k: array<T>;
-@group(0) @binding(2) var<storage, read_write> v: array<T>;
-@group(0) @binding(3) var<storage, read_write> d_o: array<T>;
-@group(0) @binding(4) var<storage, read_write> lse: array<f32>;
-@group(0) @binding(5) var<storage, read_write> delta: array<f32>;
-@group(0) @binding(6) var<storage, read_write> d_k: array<T>;
-@group(0) @binding(7) var<storage, read_write> d_v: array<T>;
-// Frame 0's per-chunk sums, [chunk, video, token, H·D] for dk, then the same for dv.
-@group(0) @binding(8) var<storage, read_write> partials: array<f32>;
-// Per key row and job between passes: 4·HEAD_VECS accumulators of dk, then of dv.
-@group(0) @binding(9) var<storage, read_write> state: array<f32>;
-@group(0) @binding(10) var<uniform> info: Info;
+// `partials`: frame 0's per-chunk sums, [chunk, video, token, H·D] for dk, then the same for dv.
+// `state`, per key row and job between passes: 4·HEAD_VECS accumulators of dk, then of dv.
 
 var<workgroup> q_tile: array<vec4<T>, TILE * HEAD_VECS>;
 var<workgroup> d_o_tile: array<vec4<T>, TILE * HEAD_VECS>;
 var<workgroup> lse_tile: array<f32, TILE>;
 var<workgroup> delta_tile: array<f32, TILE>;
-
-// Elements 4c … 4c+3 of the head at `at`, zero past HEAD_DIM.
-fn q_vec(at: u32, c: u32) -> vec4<T> {
-    let x = 4u * c;
-    return vec4<T>(
-        q[at + x],
-        select(T(0.0), q[at + x + 1u], x + 1u < HEAD_DIM),
-        select(T(0.0), q[at + x + 2u], x + 2u < HEAD_DIM),
-        select(T(0.0), q[at + x + 3u], x + 3u < HEAD_DIM),
-    );
-}
-
-fn d_o_vec(at: u32, c: u32) -> vec4<T> {
-    let x = 4u * c;
-    return vec4<T>(
-        d_o[at + x],
-        select(T(0.0), d_o[at + x + 1u], x + 1u < HEAD_DIM),
-        select(T(0.0), d_o[at + x + 2u], x + 2u < HEAD_DIM),
-        select(T(0.0), d_o[at + x + 3u], x + 3u < HEAD_DIM),
-    );
-}
-
-fn k_vec(at: u32, c: u32) -> vec4<f32> {
-    let x = 4u * c;
-    return vec4<f32>(
-        f32(k[at + x]),
-        select(0.0, f32(k[at + x + 1u]), x + 1u < HEAD_DIM),
-        select(0.0, f32(k[at + x + 2u]), x + 2u < HEAD_DIM),
-        select(0.0, f32(k[at + x + 3u]), x + 3u < HEAD_DIM),
-    );
-}
-
-fn v_vec(at: u32, c: u32) -> vec4<f32> {
-    let x = 4u * c;
-    return vec4<f32>(
-        f32(v[at + x]),
-        select(0.0, f32(v[at + x + 1u]), x + 1u < HEAD_DIM),
-        select(0.0, f32(v[at + x + 2u]), x + 2u < HEAD_DIM),
-        select(0.0, f32(v[at + x + 3u]), x + 3u < HEAD_DIM),
-    );
-}
-
-// Writes elements 4c … 4c+3 of the head at `at`, those below HEAD_DIM.
-fn d_k_store(at: u32, c: u32, x: vec4<f32>) {
-    let e = 4u * c;
-    d_k[at + e] = T(x.x);
-    if (e + 1u < HEAD_DIM) {
-        d_k[at + e + 1u] = T(x.y);
-    }
-    if (e + 2u < HEAD_DIM) {
-        d_k[at + e + 2u] = T(x.z);
-    }
-    if (e + 3u < HEAD_DIM) {
-        d_k[at + e + 3u] = T(x.w);
-    }
-}
-
-fn d_v_store(at: u32, c: u32, x: vec4<f32>) {
-    let e = 4u * c;
-    d_v[at + e] = T(x.x);
-    if (e + 1u < HEAD_DIM) {
-        d_v[at + e + 1u] = T(x.y);
-    }
-    if (e + 2u < HEAD_DIM) {
-        d_v[at + e + 2u] = T(x.z);
-    }
-    if (e + 3u < HEAD_DIM) {
-        d_v[at + e + 3u] = T(x.w);
-    }
-}
-
-// Writes elements 4c … 4c+3 of a head of frame 0's partial sums, those below HEAD_DIM.
-fn partials_store(at: u32, c: u32, x: vec4<f32>) {
-    let e = 4u * c;
-    partials[at + e] = x.x;
-    if (e + 1u < HEAD_DIM) {
-        partials[at + e + 1u] = x.y;
-    }
-    if (e + 2u < HEAD_DIM) {
-        partials[at + e + 2u] = x.z;
-    }
-    if (e + 3u < HEAD_DIM) {
-        partials[at + e + 3u] = x.w;
-    }
-}
-
-fn state_vec(at: u32) -> vec4<f32> {
-    return vec4<f32>(state[at], state[at + 1u], state[at + 2u], state[at + 3u]);
-}
-
-fn state_store(at: u32, x: vec4<f32>) {
-    state[at] = x.x;
-    state[at + 1u] = x.y;
-    state[at + 2u] = x.z;
-    state[at + 3u] = x.w;
-}
 
 @compute @workgroup_size(TILE_ROWS)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -157,8 +49,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var acc_k$c = vec4<f32>(0.0);
     var acc_v$c = vec4<f32>(0.0);
     if (in_range && info.first_pass == 0u) {
-        acc_k$c = state_vec(state_at + 4u * $cu);
-        acc_v$c = state_vec(state_at + 4u * (HEAD_VECS + $cu));
+        acc_k$c = state_vec(state_at, $cu);
+        acc_v$c = state_vec(state_at + 4u * HEAD_VECS, $cu);
     }
 
     let end = min(items, info.item_end);
@@ -171,15 +63,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         let qn = b * info.frames + f;
         for (var e = lid; e < TILE * HEAD_VECS; e += TILE_ROWS) {
             let t = e / HEAD_VECS;
-            var qv = vec4<T>();
-            var dv = vec4<T>();
+            var qv = vec4<f32>();
+            var dv = vec4<f32>();
             if (t < count) {
                 let at = (qn * info.tokens + t0 + t) * width + h * HEAD_DIM;
                 qv = q_vec(at, e % HEAD_VECS);
                 dv = d_o_vec(at, e % HEAD_VECS);
             }
-            q_tile[e] = qv;
-            d_o_tile[e] = dv;
+            q_tile[e] = vec4<T>(qv);
+            d_o_tile[e] = vec4<T>(dv);
         }
         for (var t = lid; t < TILE; t += TILE_ROWS) {
             let q_row = (qn * info.heads + h) * info.tokens + t0 + t;
@@ -206,8 +98,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         return;
     }
     if (info.last_pass == 0u) {
-        state_store(state_at + 4u * $cu, acc_k$c);
-        state_store(state_at + 4u * (HEAD_VECS + $cu), acc_v$c);
+        state_store(state_at, $cu, acc_k$c);
+        state_store(state_at + 4u * HEAD_VECS, $cu, acc_v$c);
         return;
     }
     if (zero && chunks > 1u) {
