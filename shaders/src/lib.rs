@@ -157,8 +157,12 @@ fn constants(kernel: Kernel, storage: Storage, head_dim: usize) -> String {
 /// its constants, the shared part, its bindings and their head accessors, then the kernel,
 /// unrolled ([`unroll`]).
 pub fn source(kernel: Kernel, storage: Storage, head_dim: usize) -> String {
+    let key_tiles = match kernel {
+        Kernel::TiledForward | Kernel::TiledBackwardQuery => KEY_TILES,
+        _ => "",
+    };
     let text = format!(
-        "{}{COMMON}\n{}\n{}",
+        "{}{COMMON}\n{}\n{key_tiles}\n{}",
         constants(kernel, storage, head_dim),
         bindings(kernel),
         kernel.f32_source()
@@ -191,6 +195,9 @@ fn bindings(kernel: Kernel) -> String {
     }
     out
 }
+
+/// The staged K/V tiles of the tiled forward and dq kernels, and their staging.
+const KEY_TILES: &str = include_str!("../wgsl/attention_key_tiles.wgsl");
 
 /// Head accessors written once per bound buffer (`$buf`, element type `$elem`).
 const HEAD_ACCESS: &str = include_str!("../wgsl/attention_head_access.wgsl");
@@ -287,7 +294,12 @@ pub fn geglu_source(backward: bool, storage: Storage) -> String {
     } else {
         GEGLU_FORWARD
     };
-    f16_variant_if(&format!("{GEGLU_COMMON}\n{kernel}"), storage)
+    after_common(GEGLU_COMMON, kernel, storage)
+}
+
+/// A kernel after its family's shared part, for `storage`.
+fn after_common(common: &str, kernel: &str, storage: Storage) -> String {
+    f16_variant_if(&format!("{common}\n{kernel}"), storage)
 }
 
 /// The uniform block of the GEGLU kernels, and their dispatch (one invocation per output).
@@ -340,7 +352,7 @@ pub fn conv2d_source(backward: bool, storage: Storage) -> String {
     } else {
         CONV2D_FORWARD
     };
-    f16_variant_if(&format!("{CONV2D_COMMON}\n{kernel}"), storage)
+    after_common(CONV2D_COMMON, kernel, storage)
 }
 
 /// The uniform block of the convolution kernels (NCHW tensors, square kernel).
@@ -838,7 +850,7 @@ mod tests {
             // attention kernels' constants); the shared parts validate alone (GEGLU's) or
             // after the constants (attention's).
             let file_name = path.file_name().unwrap().to_string_lossy();
-            let full = if text == HEAD_ACCESS {
+            let full = if text == HEAD_ACCESS || text == KEY_TILES {
                 // Validated inside every attention kernel.
                 vec![]
             } else if text == GEGLU_COMMON || text == CONV2D_COMMON || !text.contains("@compute") {
@@ -874,8 +886,8 @@ mod tests {
         }
         assert_eq!(
             count,
-            Kernel::ALL.len() + 9,
-            "every kernel file (the shared part and head accessors, widen_f16, GEGLU's three and the convolution's three too) is known to the crate"
+            Kernel::ALL.len() + 10,
+            "every kernel file (the shared part, head accessors and key tiles, widen_f16, GEGLU's three and the convolution's three too) is known to the crate"
         );
         for kernel in Kernel::ALL {
             assert!(dir.join(kernel.file_name()).is_file());

@@ -8,9 +8,6 @@
 
 // `state`, per row between passes: 4·HEAD_VECS accumulators of dq.
 
-var<workgroup> k_tile: array<vec4<T>, TILE * HEAD_VECS>;
-var<workgroup> v_tile: array<vec4<T>, TILE * HEAD_VECS>;
-
 @compute @workgroup_size(TILE_ROWS)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let tile = row_tile(info, wg.y * info.rows_per_dispatch_x + wg.x);
@@ -44,18 +41,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 
     let keys = min(2u * info.tokens, info.item_end);
     for (var start = info.item_start; start < keys; start += TILE) {
-        for (var e = lid; e < TILE * HEAD_VECS; e += TILE_ROWS) {
-            let key = start + e / HEAD_VECS;
-            var kv = vec4<f32>();
-            var vv = vec4<f32>();
-            if (tile.valid && key < keys) {
-                let at = key_token(info, tile.b, tile.f, 0u, key) * width + tile.h * HEAD_DIM;
-                kv = k_vec(at, e % HEAD_VECS);
-                vv = v_vec(at, e % HEAD_VECS);
-            }
-            k_tile[e] = vec4<T>(kv);
-            v_tile[e] = vec4<T>(vv);
-        }
+        stage_keys(tile, start, keys, lid);
         workgroupBarrier();
         for (var j = 0u; j < TILE; j += KEY_GROUP) {
             var s$k = 0.0;
