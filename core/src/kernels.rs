@@ -852,11 +852,19 @@ pub fn conv2d_supported(x: &Tensor<4>, weight: &Tensor<4>, spec: ConvSpec) -> bo
     info.to_bytes(false).is_some() && within_budget(false) && within_budget(true)
 }
 
-/// The loop budget of `device`'s adapter ([`tav_shaders::loop_budget`]).
+/// The loop budget of `device`'s adapter ([`tav_shaders::loop_budget`]), read once per device
+/// (it is asked on every convolution).
 fn budget_of(device: &burn::tensor::Device) -> Option<u32> {
-    let probe = Tensor::<1>::zeros([1], &device.clone().without_autodiff());
-    let primitive = cube(probe);
-    tav_shaders::loop_budget(&primitive.client.properties().identity.name)
+    static BUDGETS: OnceLock<Mutex<HashMap<String, Option<u32>>>> = OnceLock::new();
+    let plain = device.clone().without_autodiff();
+    let mut budgets = BUDGETS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    *budgets.entry(format!("{plain:?}")).or_insert_with(|| {
+        let probe = cube(Tensor::<1>::zeros([1], &plain));
+        tav_shaders::loop_budget(&probe.client.properties().identity.name)
+    })
 }
 
 /// 2-D convolution with every product summed in f32 whatever the storage, so f16
