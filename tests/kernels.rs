@@ -519,21 +519,10 @@ fn long_rows_match_a_naive_reference() {
 
 /// Passes of the tiled forward kernel at `shape` within `budget`.
 fn shape_info_passes(shape: &Shape, budget: Option<u32>) -> usize {
-    let info = tav_shaders::Info {
-        videos: shape.videos as u32,
-        frames: shape.frames as u32,
-        tokens: shape.tokens as u32,
-        heads: shape.heads as u32,
-        head_dim: shape.head_dim as u32,
-        mode: shape.mode,
-        scale: 1.0,
-        rows_per_dispatch_x: 65_535,
-        item_start: 0,
-        item_end: u32::MAX,
-        first_pass: true,
-        last_pass: true,
-    };
-    info.passes(tav_shaders::Kernel::TiledForward, budget).len()
+    shape
+        .info(65_535)
+        .passes(tav_shaders::Kernel::TiledForward, budget)
+        .len()
 }
 
 /// erf in f64 (Taylor series below 3, continued fraction for erfc above): the reference the

@@ -25,7 +25,9 @@ impl Shape {
         self.videos * self.frames * self.tokens * self.heads * self.head_dim
     }
 
-    fn info(&self, max_x: u32) -> Info {
+    /// The kernels' uniform block for this shape, one pass, with `max_x` workgroups per
+    /// dispatch row.
+    pub fn info(&self, max_x: u32) -> Info {
         Info {
             videos: self.videos as u32,
             frames: self.frames as u32,
