@@ -11,8 +11,10 @@ use burn::tensor::Device;
 use crate::clip::ClipTextEncoder;
 use crate::config::{ClipConfig, SchedulerConfig, UNetConfig, VaeConfig, parse_json};
 use crate::error::{Result, TavError};
+use crate::lora::{Lora, Patched, Patches, Target};
 use crate::precision::weights_to_f16;
 use crate::schedule::Schedule;
+use crate::single_file::{Component, Configs, SingleFile, UnetLayout};
 use crate::tokenizer::ClipTokenizer;
 use crate::unet::{UNet3D, temporal_init};
 use crate::vae::Vae;
@@ -93,6 +95,8 @@ pub struct LoadOptions {
     /// `--f16`: frozen weights rounded to f16 on the host as they load (the UNet's trainable
     /// layers stay f32), so the GPU never holds the f32 model. Needs f16 storage.
     pub f16: bool,
+    /// LoRAs merged into the UNet's and the text encoder's frozen weights as they load.
+    pub loras: Vec<std::sync::Arc<Lora>>,
 }
 
 impl LoadOptions {
@@ -133,6 +137,10 @@ pub struct Models {
     pub vae_config: VaeConfig,
     pub clip_config: ClipConfig,
     pub report: Vec<ComponentReport>,
+    /// Tensors of a single-file checkpoint that map to no parameter (reported, not used).
+    pub unmapped: Vec<String>,
+    /// What a user should know of how the model was read (defaults taken, EMA weights).
+    pub notes: Vec<String>,
 }
 
 fn required(files: &dyn CheckpointFiles, relative: &str, what: &str) -> Result<Vec<u8>> {
@@ -256,13 +264,49 @@ pub fn load_text_encoder(
 ) -> Result<(ClipTextEncoder, ClipConfig, ComponentReport)> {
     let cfg: ClipConfig = config(files, "text_encoder/config.json")?;
     let file = weights_file(files, "text_encoder", "model", options.variant.as_deref())?;
-    let p = options.builder(&file, device, all_frozen);
-    let model = ClipTextEncoder::load(&p, &cfg)?;
-    Ok((
-        model,
-        cfg,
-        report("text_encoder", &file, crate::delta::fingerprint(&file), &p),
-    ))
+    let (model, report) = text_encoder_from(&file, &cfg, options, device)?;
+    Ok((model, cfg, report))
+}
+
+/// The text encoder of `cfg` from `source`, with `options`' LoRAs merged in.
+fn text_encoder_from(
+    source: &dyn TensorSource,
+    cfg: &ClipConfig,
+    options: &LoadOptions,
+    device: &Device,
+) -> Result<(ClipTextEncoder, ComponentReport)> {
+    let patches = lora_patches(
+        options,
+        Target::TextEncoder,
+        device,
+        |p| ClipTextEncoder::load(p, cfg).map(|_| ()),
+        None,
+    )?;
+    let patched = Patched {
+        base: source,
+        patches: &patches,
+    };
+    let p = options.builder(&patched, device, all_frozen);
+    let model = ClipTextEncoder::load(&p, cfg)?;
+    let fingerprint = crate::delta::fingerprint(source);
+    Ok((model, report("text_encoder", source, fingerprint, &p)))
+}
+
+/// The patches `options`' LoRAs make to `target`, whose parameters `shapes` lists.
+fn lora_patches(
+    options: &LoadOptions,
+    target: Target,
+    device: &Device,
+    shapes: impl Fn(&ParamBuilder) -> Result<()>,
+    layout: Option<&UnetLayout>,
+) -> Result<Patches> {
+    if options.loras.is_empty() {
+        return Ok(Patches::default());
+    }
+    let p = ParamBuilder::shapes_only(device);
+    shapes(&p)?;
+    let loras: Vec<&Lora> = options.loras.iter().map(|l| l.as_ref()).collect();
+    Patches::resolve(&loras, target, &p.entries(), layout)
 }
 
 /// Loads the VAE from `vae/`.
@@ -278,13 +322,21 @@ pub fn load_vae(
         "diffusion_pytorch_model",
         options.variant.as_deref(),
     )?;
-    let p = options.builder(&file, device, all_frozen);
-    let model = Vae::load(&p, &cfg)?;
-    Ok((
-        model,
-        cfg,
-        report("vae", &file, crate::delta::fingerprint(&file), &p),
-    ))
+    let (model, report) = vae_from(&file, &cfg, options, device)?;
+    Ok((model, cfg, report))
+}
+
+/// The VAE of `cfg` from `source` (LoRAs do not touch it).
+fn vae_from(
+    source: &dyn TensorSource,
+    cfg: &VaeConfig,
+    options: &LoadOptions,
+    device: &Device,
+) -> Result<(Vae, ComponentReport)> {
+    let p = options.builder(source, device, all_frozen);
+    let model = Vae::load(&p, cfg)?;
+    let fingerprint = crate::delta::fingerprint(source);
+    Ok((model, report("vae", source, fingerprint, &p)))
 }
 
 /// The text encoder of `text_encoder/` with the entries naming its tensors (for training
@@ -328,26 +380,52 @@ pub fn load_unet(
         "diffusion_pytorch_model",
         options.variant.as_deref(),
     )?;
-    let mut layers: Vec<&dyn TensorSource> = vec![&file];
+    let (model, report) = unet_from(&file, temporal, &cfg, options, device)?;
+    Ok((model, cfg, report))
+}
+
+/// The 2D UNet of `cfg` from `source`, LoRAs merged in, inflated (temporal layers from
+/// `temporal` or initialised). Its fingerprint is the 2D weights' alone.
+fn unet_from(
+    source: &dyn TensorSource,
+    temporal: Option<&SafetensorsFile>,
+    cfg: &UNetConfig,
+    options: &LoadOptions,
+    device: &Device,
+) -> Result<(UNet3D, ComponentReport)> {
+    let layout = UnetLayout::of(cfg);
+    let patches = lora_patches(
+        options,
+        Target::Unet,
+        device,
+        |p| UNet3D::load(p, cfg).map(|_| ()),
+        Some(&layout),
+    )?;
+    let patched = Patched {
+        base: source,
+        patches: &patches,
+    };
+    let mut layers: Vec<&dyn TensorSource> = vec![&patched];
     if let Some(t) = temporal {
         layers.insert(0, t);
     }
-    let source = LayeredSource { layers };
+    let layered = LayeredSource { layers };
     let p = options
-        .builder(&source, device, unet_frozen)
+        .builder(&layered, device, unet_frozen)
         .with_fallback(temporal_init(options.temporal_seed));
-    let model = UNet3D::load(&p, &cfg)?;
-    Ok((
-        model,
-        cfg,
-        report("unet", &source, crate::delta::fingerprint(&file), &p),
-    ))
+    let model = UNet3D::load(&p, cfg)?;
+    let fingerprint = crate::delta::fingerprint(source);
+    Ok((model, report("unet", &layered, fingerprint, &p)))
+}
+
+/// The DDPM/DDIM schedule's config, `scheduler/scheduler_config.json`.
+pub fn read_scheduler_config(files: &dyn CheckpointFiles) -> Result<SchedulerConfig> {
+    config(files, "scheduler/scheduler_config.json")
 }
 
 /// Loads the DDPM/DDIM schedule from `scheduler/scheduler_config.json`.
 pub fn load_schedule(files: &dyn CheckpointFiles) -> Result<Schedule> {
-    let cfg: SchedulerConfig = config(files, "scheduler/scheduler_config.json")?;
-    Schedule::new(&cfg)
+    Schedule::new(&read_scheduler_config(files)?)
 }
 
 impl Models {
@@ -398,6 +476,47 @@ impl Models {
             vae_config,
             clip_config,
             report: vec![r_text, r_vae, r_unet],
+            unmapped: Vec::new(),
+            notes: Vec::new(),
+        })
+    }
+
+    /// Loads every component of a single-file checkpoint (see [`crate::single_file`]), its
+    /// keys already mapped for `configs`; the tokenizer comes from elsewhere (the bundled
+    /// CLIP tokenizer, or a diffusers folder's).
+    pub fn load_single_file(
+        single: &SingleFile,
+        configs: &Configs,
+        tokenizer: ClipTokenizer,
+        temporal: Option<&SafetensorsFile>,
+        options: &LoadOptions,
+        device: &Device,
+    ) -> Result<Self> {
+        if options.f16 && !crate::precision::supports_f16(device) {
+            return Err(crate::precision::no_f16_error());
+        }
+        let path = single.path();
+        configs.unet.validate(path)?;
+        configs.vae.validate(path)?;
+        configs.clip.validate(path)?;
+        let text = single.source(Component::TextEncoder);
+        let (text_encoder, r_text) = text_encoder_from(&text, &configs.clip, options, device)?;
+        let vae_source = single.source(Component::Vae);
+        let (vae, r_vae) = vae_from(&vae_source, &configs.vae, options, device)?;
+        let unet_source = single.source(Component::Unet);
+        let (unet, r_unet) = unet_from(&unet_source, temporal, &configs.unet, options, device)?;
+        Ok(Self {
+            tokenizer,
+            text_encoder,
+            vae,
+            unet,
+            schedule: Schedule::new(&configs.scheduler)?,
+            unet_config: configs.unet.clone(),
+            vae_config: configs.vae.clone(),
+            clip_config: configs.clip.clone(),
+            report: vec![r_text, r_vae, r_unet],
+            unmapped: single.unmapped.clone(),
+            notes: single.notes.clone(),
         })
     }
 }

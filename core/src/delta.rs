@@ -38,6 +38,17 @@ pub struct TuneMeta {
     /// Loss of every step so far.
     #[serde(default)]
     pub losses: Vec<f32>,
+    /// LoRAs merged into the base model before tuning, in order.
+    #[serde(default)]
+    pub loras: Vec<LoraUse>,
+}
+
+/// A LoRA a model was tuned with: its file, fingerprint and scale.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LoraUse {
+    pub file: String,
+    pub fingerprint: String,
+    pub scale: f64,
 }
 
 /// Tuned tensors plus, in a checkpoint, AdamW moments (flat, as the optimiser keeps them).
@@ -48,9 +59,11 @@ pub struct TunedWeights {
     pub moments: BTreeMap<String, (HostTensor, HostTensor)>,
 }
 
-/// A cheap, stable fingerprint of a weights file: every tensor's name, dtype, shape and
-/// first bytes. Two different checkpoints differ in it; reading it costs no full pass.
-pub fn fingerprint(file: &SafetensorsFile) -> String {
+/// A cheap, stable fingerprint of a model's weights: every tensor's name (the reference's
+/// module path), shape and first values. Two different checkpoints differ in it; a
+/// single-file checkpoint and the diffusers folder converted from it (same tensors, same
+/// dtype) agree in it. Reading it costs no full pass over the weights.
+pub fn fingerprint(source: &dyn TensorSource) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
         for b in bytes {
@@ -58,16 +71,14 @@ pub fn fingerprint(file: &SafetensorsFile) -> String {
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
     };
-    let mut keys = file.keys();
+    let mut keys = source.keys();
     keys.sort();
     for key in keys {
         eat(key.as_bytes());
-        if let Some(shape) = file.shape_of(&key) {
-            for d in shape {
-                eat(&(d as u64).to_le_bytes());
+        if let Ok(Some(t)) = source.fetch(&key) {
+            for d in &t.shape {
+                eat(&(*d as u64).to_le_bytes());
             }
-        }
-        if let Ok(Some(t)) = file.fetch(&key) {
             for v in t.data.iter().take(16) {
                 eat(&v.to_le_bytes());
             }
@@ -123,13 +134,13 @@ impl TunedWeights {
         let path = file.path().to_string();
         let metadata = file.metadata();
         if metadata.get("format").map(String::as_str) != Some(FORMAT) {
-            return Err(TavError::Config {
+            return Err(TavError::TunedWeights {
                 path,
                 reason: format!("not a tav tuned-weights file (no `format: {FORMAT}` metadata)"),
             });
         }
         let meta: TuneMeta = serde_json::from_str(metadata.get("tav").map_or("", String::as_str))
-            .map_err(|e| TavError::Config {
+            .map_err(|e| TavError::TunedWeights {
             path: path.clone(),
             reason: format!("bad tuning metadata: {e}"),
         })?;
@@ -162,7 +173,7 @@ impl TunedWeights {
     /// Checks the file was tuned on the base model with `base_fingerprint`.
     pub fn check_base(&self, base_fingerprint: &str, path: &str) -> Result<()> {
         if self.meta.base_fingerprint != base_fingerprint {
-            return Err(TavError::Config {
+            return Err(TavError::TunedWeights {
                 path: path.to_string(),
                 reason: format!(
                     "these weights were tuned on another base model (fingerprint {}, this model is {}); use the model they were tuned on",
@@ -184,10 +195,12 @@ pub fn apply_tuned(unet: UNet3D, tuned: &TunedWeights, path: &str) -> Result<UNe
         .collect();
     let mut values: HashMap<ParamId, HostTensor> = HashMap::new();
     for (key, t) in &tuned.tensors {
-        let (id, shape) = by_key.get(key.as_str()).ok_or_else(|| TavError::Config {
-            path: path.to_string(),
-            reason: format!("tensor `{key}` is not a parameter of this UNet"),
-        })?;
+        let (id, shape) = by_key
+            .get(key.as_str())
+            .ok_or_else(|| TavError::TunedWeights {
+                path: path.to_string(),
+                reason: format!("tensor `{key}` is not a parameter of this UNet"),
+            })?;
         if &t.shape != *shape {
             return Err(TavError::ShapeMismatch {
                 path: path.to_string(),

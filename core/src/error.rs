@@ -38,6 +38,14 @@ pub enum TavError {
         dtype: String,
     },
 
+    #[error(
+        "{path}: tensor `{tensor}` holds NaN or infinity: the weights are damaged (a bad merge or conversion); use another copy"
+    )]
+    NonFiniteWeights { path: String, tensor: String },
+
+    #[error("tuned weights {path}: {reason}")]
+    TunedWeights { path: String, reason: String },
+
     #[error("tokenizer {path}: {reason}")]
     Tokenizer { path: String, reason: String },
 

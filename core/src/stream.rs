@@ -402,6 +402,8 @@ pub fn build_models(
         vae_config,
         clip_config,
         report,
+        unmapped: Vec::new(),
+        notes: Vec::new(),
     })
 }
 

@@ -212,6 +212,15 @@ impl SafetensorsFile {
             .unwrap_or_default()
     }
 
+    /// Every tensor's key and shape, from the header alone.
+    pub fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        self.metadata
+            .tensors()
+            .into_iter()
+            .map(|(k, info)| (k, info.shape.clone()))
+            .collect()
+    }
+
     /// Shape of `key` without reading its data.
     pub fn shape_of(&self, key: &str) -> Option<Vec<usize>> {
         self.metadata.info(key).map(|i| i.shape.clone())
@@ -393,6 +402,18 @@ impl TensorSource for LayeredSource<'_> {
     }
 }
 
+/// Weights with NaN or infinity are refused as they load, naming the file and tensor
+/// (otherwise they surface much later as a NaN loss).
+fn refuse_non_finite(values: &[f32], source: &dyn TensorSource, key: &str) -> Result<()> {
+    if values.iter().all(|v| v.is_finite()) {
+        return Ok(());
+    }
+    Err(TavError::NonFiniteWeights {
+        path: source.origin(),
+        tensor: key.to_string(),
+    })
+}
+
 /// How a stored tensor maps onto a burn parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
@@ -540,10 +561,12 @@ impl<'a> ParamBuilder<'a> {
                     Some(t) => Some(t),
                     None => self.fallback.as_ref().and_then(|f| f(&key, shape)),
                 };
-                HostTable::f32(fetched.ok_or_else(|| TavError::MissingTensor {
+                let fetched = fetched.ok_or_else(|| TavError::MissingTensor {
                     path: source.origin(),
                     tensor: key.clone(),
-                })?)
+                })?;
+                refuse_non_finite(&fetched.data, source, &key)?;
+                HostTable::f32(fetched)
             }
         };
         if table.shape != shape {
@@ -600,6 +623,7 @@ impl<'a> ParamBuilder<'a> {
             path: source.origin(),
             tensor: key.clone(),
         })?;
+        refuse_non_finite(&host.data, source, &key)?;
         if host.shape != shape {
             return Err(TavError::ShapeMismatch {
                 path: source.origin(),

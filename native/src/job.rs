@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor};
-use tav_core::checkpoint::{Folder, LoadOptions, Models};
+use tav_core::checkpoint::{LoadOptions, Models};
 use tav_core::config::UNetConfig;
-use tav_core::delta::{TuneMeta, TunedWeights, apply_tuned};
+use tav_core::delta::{LoraUse, TuneMeta, TunedWeights, apply_tuned};
 use tav_core::edit::{Guidance, decode_video, invert, sample};
 use tav_core::footprint::{VideoShape, largest_attention_bytes};
 use tav_core::limits::DeviceLimits;
@@ -19,6 +19,7 @@ use tav_core::vae::Posterior;
 use tav_core::weights::{HostTensor, SafetensorsFile};
 use tav_core::{Result, TavError};
 
+use crate::models::ModelChoice;
 use crate::ui::Ui;
 use crate::video::{self, Clip, Sampling};
 
@@ -90,6 +91,8 @@ pub struct Session {
     pub limits: DeviceLimits,
     /// `--recompute`, resolved into `attention.recompute` by [`Session::check_plan`].
     pub recompute: crate::gpu::RecomputeChoice,
+    /// The LoRAs merged into the model (recorded in tuned weights).
+    pub loras: Vec<LoraUse>,
 }
 
 fn io_error(path: &Path, e: impl std::fmt::Display) -> TavError {
@@ -217,30 +220,35 @@ pub fn small_model_note(folder: &Path, models: &Models) -> Option<&'static str> 
 }
 
 impl Session {
-    pub fn load(
-        model: &Path,
-        variant: Option<String>,
-        half: bool,
-        device: Device,
-        ui: &mut Ui,
-    ) -> Result<Self> {
-        let model = if model.as_os_str() == "demo" {
+    pub fn load(choice: &ModelChoice, half: bool, device: Device, ui: &mut Ui) -> Result<Self> {
+        let mut choice = choice.clone();
+        if choice.path.as_os_str() == "demo" {
             let dir = crate::demo::ensure_demo_model()?;
             ui.say(&format!(
                 "using tav's built-in demo model ({}): random weights, so the edits are noise. \
                  Real edits need Stable Diffusion v1.x weights: pass --model PATH/TO/stable-diffusion-v1-5",
                 dir.display()
             ));
-            dir
-        } else {
-            model.to_path_buf()
-        };
+            choice.path = dir;
+        }
+        let loras = crate::models::read_loras(&choice.loras)?;
+        for lora in &loras {
+            ui.say(&format!(
+                "LoRA {} ({} layers) merged at scale {}",
+                lora.path,
+                lora.len(),
+                lora.scale
+            ));
+        }
         let options = LoadOptions {
-            variant,
+            variant: choice.variant.clone(),
             f16: half,
+            loras: loras.clone(),
             ..Default::default()
         };
-        let mut models = Models::load(&Folder(model.clone()), None, &options, &device)?;
+        let mut models =
+            crate::models::load(&choice, &options, &device, &mut |message| ui.say(message))?;
+        let model = choice.path.clone();
         if half {
             models = models.weights_to_f16(&device)?;
             ui.say(
@@ -269,6 +277,7 @@ impl Session {
             },
             limits: DeviceLimits::default(),
             recompute: crate::gpu::RecomputeChoice::Auto,
+            loras: crate::models::lora_uses(&loras),
         })
     }
 
@@ -355,6 +364,7 @@ fn meta_for(session: &Session, clip: &ClipSpec, tune: &TuneSpec) -> TuneMeta {
         seed: tune.seed,
         learning_rate: tune.learning_rate,
         losses: Vec::new(),
+        loras: session.loras.clone(),
     }
 }
 
@@ -476,12 +486,39 @@ pub fn tune(
 }
 
 /// Loads tuned weights for `edit`, refusing weights of another base model.
-pub fn load_tuned(session: &Session, path: &Path) -> Result<(UNet3D, TuneMeta)> {
+pub fn load_tuned(session: &Session, path: &Path, ui: &mut Ui) -> Result<(UNet3D, TuneMeta)> {
     let file = SafetensorsFile::open(path)?;
     let tuned = TunedWeights::from_file(&file)?;
     tuned.check_base(session.models.base_fingerprint(), file.path())?;
+    if let Some(warning) = lora_difference(&tuned.meta.loras, &session.loras) {
+        ui.say(&format!("warning: {}: {warning}", file.path()));
+    }
     let unet = apply_tuned(session.models.unet.clone(), &tuned, file.path())?;
     Ok((unet, tuned.meta))
+}
+
+/// What differs between the LoRAs weights were tuned with and those loaded now, if anything.
+pub fn lora_difference(tuned_with: &[LoraUse], loaded: &[LoraUse]) -> Option<String> {
+    let same = |a: &LoraUse, b: &LoraUse| a.fingerprint == b.fingerprint && a.scale == b.scale;
+    if tuned_with.len() == loaded.len() && tuned_with.iter().zip(loaded).all(|(a, b)| same(a, b)) {
+        return None;
+    }
+    let list = |l: &[LoraUse]| {
+        if l.is_empty() {
+            "none".to_string()
+        } else {
+            l.iter()
+                .map(|u| format!("{}:{}", u.file, u.scale))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    Some(format!(
+        "these weights were tuned with LoRAs [{}], this run merges [{}]: edits will differ from \
+         what tuning saw (pass the same --lora flags)",
+        list(tuned_with),
+        list(loaded)
+    ))
 }
 
 /// Inverts the clip (`posterior`, its encoding) and writes one video per prompt, plus a

@@ -10,18 +10,36 @@ use tav_core::edit::Guidance;
 use tav_core::{Result, TavError};
 
 use crate::job::{ClipSpec, EditSpec, TuneSpec};
+use crate::models::LoraSpec;
 use crate::{ClipArgs, Common, EditArgs, TuneArgs};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     model: Option<String>,
+    /// A diffusers folder whose configs a single-file `model` uses.
+    model_config: Option<String>,
+    /// LoRAs merged into the model: `lora = [{ path = "style.safetensors", scale = 0.8 }]`.
+    #[serde(default)]
+    lora: Vec<LoraEntry>,
     output: Option<String>,
     clip: ClipSection,
     #[serde(default)]
     tune: TuneSection,
     #[serde(default)]
     edit: EditSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoraEntry {
+    path: String,
+    #[serde(default = "full_scale")]
+    scale: f64,
+}
+
+fn full_scale() -> f64 {
+    1.0
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,6 +80,8 @@ struct EditSection {
 #[derive(Debug, Clone)]
 pub struct Job {
     pub model: PathBuf,
+    pub model_config: Option<PathBuf>,
+    pub loras: Vec<LoraSpec>,
     pub out: PathBuf,
     pub clip: ClipSpec,
     pub tune: TuneSpec,
@@ -119,6 +139,15 @@ impl Job {
         let c = file.clip;
         Ok(Self {
             model: resolve(base, file.model.as_deref().unwrap_or("demo")),
+            model_config: file.model_config.as_deref().map(|c| resolve(base, c)),
+            loras: file
+                .lora
+                .iter()
+                .map(|l| LoraSpec {
+                    path: resolve(base, &l.path),
+                    scale: l.scale,
+                })
+                .collect(),
             out: file
                 .output
                 .map_or_else(|| default_out(&name), |o| resolve(base, &o)),
@@ -168,6 +197,13 @@ impl Job {
         if common.model.as_os_str() != "demo" {
             self.model = common.model.clone();
         }
+        if common.model_config.is_some() {
+            self.model_config = common.model_config.clone();
+        }
+        // `--lora` flags replace the file's list.
+        if !common.loras.is_empty() {
+            self.loras = common.loras.clone();
+        }
         if let Some(out) = &common.out {
             self.out = out.clone();
         }
@@ -193,6 +229,8 @@ impl Job {
             .map_or("clip".into(), |s| s.to_string_lossy().into_owned());
         let mut job = Self {
             model: common.model.clone(),
+            model_config: common.model_config.clone(),
+            loras: common.loras.clone(),
             out: common.out.clone().unwrap_or_else(|| default_out(&name)),
             clip: ClipSpec {
                 video,
@@ -227,6 +265,8 @@ impl Job {
         });
         let mut job = Self {
             model: common.model.clone(),
+            model_config: common.model_config.clone(),
+            loras: common.loras.clone(),
             out,
             clip: ClipSpec {
                 video: PathBuf::from(&meta.video),

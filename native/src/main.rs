@@ -5,6 +5,7 @@ mod demo;
 mod gpu;
 mod job;
 mod jobfile;
+mod models;
 mod pack;
 mod plan;
 mod plot;
@@ -21,7 +22,7 @@ use std::time::Instant;
 
 use burn::tensor::{Distribution, Tensor};
 use clap::{Args, Parser, Subcommand};
-use tav_core::checkpoint::{Folder, LoadOptions, Models};
+use tav_core::checkpoint::LoadOptions;
 use tav_core::edit::Guidance;
 use tav_core::transformer::VideoAttentionOptions;
 use tav_core::{Result, TavError};
@@ -45,14 +46,24 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// The Stable Diffusion v1.x checkpoint folder (diffusers layout), or `demo` for the
-    /// built-in random demo model.
+    /// The Stable Diffusion v1.x model: a diffusers folder, a single-file checkpoint
+    /// (`.safetensors` in the original CompVis/A1111 layout, as fine-tunes are shipped), or
+    /// `demo` for the built-in random demo model.
     #[arg(long, default_value = "demo")]
     model: PathBuf,
     /// Weights variant to read, e.g. `fp16` for `*.fp16.safetensors` (default: plain files,
     /// or fp16 if only those exist).
     #[arg(long)]
     variant: Option<String>,
+    /// A LoRA to merge into the model's frozen weights, `FILE[:SCALE]` (scale 1 if omitted;
+    /// kohya/A1111 or diffusers/PEFT format); repeat for several.
+    #[arg(long = "lora", value_name = "FILE[:SCALE]")]
+    loras: Vec<models::LoraSpec>,
+    /// For a single-file checkpoint: a diffusers folder whose configs (and tokenizer) to use
+    /// instead of inferring them from the tensors' shapes with SD v1.x's head counts,
+    /// scheduler and tokenizer.
+    #[arg(long)]
+    model_config: Option<PathBuf>,
     /// Half precision: weights stored in f16 (half the memory), f16 arithmetic (norm
     /// statistics, softmax and convolution sums in f32). Tuning in mixed precision, as the
     /// reference's autocast: f16 activations and arithmetic, f32 tuned layers and AdamW
@@ -513,6 +524,16 @@ fn ui_for(common: &Common) -> Ui {
     })
 }
 
+/// The model the common flags name.
+fn model_choice(common: &Common) -> models::ModelChoice {
+    models::ModelChoice {
+        path: common.model.clone(),
+        variant: common.variant.clone(),
+        model_config: common.model_config.clone(),
+        loras: common.loras.clone(),
+    }
+}
+
 fn open_session(common: &Common, ui: &mut Ui) -> Result<Session> {
     let opened = gpu::open(&common.device).map_err(TavError::Device)?;
     let kernels = gpu::AttentionChoice::resolve(common.attention, common.kernels, &opened.device)
@@ -521,13 +542,7 @@ fn open_session(common: &Common, ui: &mut Ui) -> Result<Session> {
     ui.say(&format!("GPU adapter: {adapter}"));
     ui.record(serde_json::json!({"event": "adapter", "adapter": adapter,
         "max_buffer_bytes": opened.limits.max_buffer_bytes, "kernels": kernels}));
-    let mut session = Session::load(
-        &common.model,
-        common.variant.clone(),
-        common.f16,
-        opened.device,
-        ui,
-    )?;
+    let mut session = Session::load(&model_choice(common), common.f16, opened.device, ui)?;
     session.limits = opened.limits;
     session.attention.kernels = kernels;
     session.recompute = common.recompute;
@@ -834,18 +849,16 @@ pub fn resolve_recompute(
     }
 }
 
-/// Tunes, then (with `edit`) inverts and edits.
+/// Tunes, then (with `edit`) inverts and edits. Nothing is written until the model, the
+/// plan and the clip are accepted: a refused input leaves no output folder behind.
 fn run_job(common: &Common, spec: &jobfile::Job, edit: bool) -> Result<()> {
     let mut ui = ui_for(common);
     let out = spec.out.clone();
-    std::fs::create_dir_all(&out).map_err(|e| TavError::Io {
-        path: out.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    let _ = ui.log_to(&out.join("log.jsonl"));
     spec.clip.validate()?;
     let mut session_common = common.clone();
     session_common.model = spec.model.clone();
+    session_common.model_config = spec.model_config.clone();
+    session_common.loras = spec.loras.clone();
     let mut session = open_session(&session_common, &mut ui)?;
     let steps: &[&str] = if edit {
         &["tuning", "inversion", "sampling"]
@@ -857,6 +870,7 @@ fn run_job(common: &Common, spec: &jobfile::Job, edit: bool) -> Result<()> {
     let started = Instant::now();
     // The clip is read and encoded once; tuning and editing share its posterior.
     let clip = spec.clip.read()?;
+    create_output_folder(&out, &mut ui)?;
     let posterior = session.encode(&clip, &mut ui)?;
     let unet = job::tune(
         &session,
@@ -884,6 +898,16 @@ fn run_job(common: &Common, spec: &jobfile::Job, edit: bool) -> Result<()> {
     Ok(())
 }
 
+/// The output folder and its `log.jsonl` (which also gets what was said before it existed).
+fn create_output_folder(out: &std::path::Path, ui: &mut Ui) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| TavError::Io {
+        path: out.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let _ = ui.log_to(&out.join("log.jsonl"));
+    Ok(())
+}
+
 fn edit_only(
     common: &Common,
     clip_args: &ClipArgs,
@@ -893,7 +917,7 @@ fn edit_only(
 ) -> Result<()> {
     let mut ui = ui_for(common);
     let mut session = open_session(common, &mut ui)?;
-    let (unet, meta) = job::load_tuned(&session, tuned)?;
+    let (unet, meta) = job::load_tuned(&session, tuned, &mut ui)?;
     let spec = jobfile::Job::for_edit(common, clip_args, edit, &meta, prompts, tuned)?;
     session.check_fits(spec.clip.frames, spec.clip.height, spec.clip.width)?;
     session.check_plan(
@@ -902,12 +926,8 @@ fn edit_only(
         spec.clip.width,
         &["inversion", "sampling"],
     )?;
-    std::fs::create_dir_all(&spec.out).map_err(|e| TavError::Io {
-        path: spec.out.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    let _ = ui.log_to(&spec.out.join("log.jsonl"));
     let clip = spec.clip.read()?;
+    create_output_folder(&spec.out, &mut ui)?;
     let posterior = session.encode(&clip, &mut ui)?;
     let written = job::edit(
         &session, &unet, &clip, posterior, &spec.edit, &spec.out, &mut ui,
@@ -929,7 +949,7 @@ fn sample_videos(
     let mut ui = ui_for(common);
     let session = open_session(common, &mut ui)?;
     let unet = match tuned {
-        Some(path) => job::load_tuned(&session, path)?.0,
+        Some(path) => job::load_tuned(&session, path, &mut ui)?.0,
         None => session.models.unet.clone(),
     };
     let clips = sample::videos(&session, &unet, spec, &mut ui)?;
@@ -962,22 +982,32 @@ fn check(common: &Common, frames: usize, size: usize) -> Result<()> {
         .map_err(TavError::InvalidInput)?;
     let (device, adapter, limits) = (opened.device, opened.description, opened.limits);
     println!("GPU adapter: {adapter}");
-    let model = if common.model.as_os_str() == "demo" {
-        demo::ensure_demo_model()?
-    } else {
-        common.model.clone()
-    };
+    let mut choice = model_choice(common);
+    if choice.path.as_os_str() == "demo" {
+        choice.path = demo::ensure_demo_model()?;
+    }
+    let model = choice.path.clone();
     let started = Instant::now();
+    let loras = models::read_loras(&choice.loras)?;
     let options = LoadOptions {
         variant: common.variant.clone(),
+        loras: loras.clone(),
         ..Default::default()
     };
-    let models = Models::load(&Folder(model.clone()), None, &options, &device)?;
+    let models = models::load(&choice, &options, &device, &mut |m| println!("{m}"))?;
     println!(
         "loaded {} in {:.1} s",
         model.display(),
         started.elapsed().as_secs_f64()
     );
+    for lora in &loras {
+        println!(
+            "  LoRA {} ({} layers) merged at scale {}",
+            lora.path,
+            lora.len(),
+            lora.scale
+        );
+    }
     for r in &models.report {
         println!(
             "  {:<13} {:>4} tensors {:>12} parameters  from {}",

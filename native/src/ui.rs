@@ -19,6 +19,8 @@ pub struct Ui {
     mode: Mode,
     bar: Option<(Phase, ProgressBar)>,
     log: Option<File>,
+    /// Records made before the log file exists (it is created once the inputs are accepted).
+    pending: Vec<serde_json::Value>,
 }
 
 impl Ui {
@@ -27,6 +29,7 @@ impl Ui {
             mode,
             bar: None,
             log: None,
+            pending: Vec::new(),
         }
     }
 
@@ -35,7 +38,11 @@ impl Ui {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        self.log = Some(File::options().create(true).append(true).open(path)?);
+        let mut file = File::options().create(true).append(true).open(path)?;
+        for record in self.pending.drain(..) {
+            writeln!(file, "{record}")?;
+        }
+        self.log = Some(file);
         Ok(())
     }
 
@@ -109,8 +116,11 @@ impl Ui {
     }
 
     fn write_log(&mut self, value: &serde_json::Value) {
-        if let Some(f) = &mut self.log {
-            let _ = writeln!(f, "{value}");
+        match &mut self.log {
+            Some(f) => {
+                let _ = writeln!(f, "{value}");
+            }
+            None => self.pending.push(value.clone()),
         }
     }
 }

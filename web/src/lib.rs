@@ -583,6 +583,7 @@ impl Inner {
             seed,
             learning_rate: settings.learning_rate,
             losses: losses.clone(),
+            loras: Vec::new(),
         });
         state.clip = Some(TunedClip { posterior });
         state.inverted = None;
