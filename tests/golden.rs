@@ -7,9 +7,10 @@
 use std::collections::BTreeSet;
 
 use burn::tensor::{Device, Tensor};
-use tav_core::checkpoint::{Folder, LoadOptions, Models, load_unet};
+use tav_core::checkpoint::{Folder, LoadOptions, Models, load_tokenizer, load_unet};
 use tav_core::edit::{decode_video, invert, sample};
 use tav_core::progress::silent;
+use tav_core::single_file::{SingleFile, configs_from_json};
 use tav_core::transformer::VideoAttentionOptions;
 use tav_core::tune::{StepDraws, TuneBatch, TuneSettings, Tuner, clip_latents};
 use tav_core::unet::UNet3D;
@@ -277,8 +278,15 @@ fn golden_f16_weights_within_bound() {
 fn run_set(golden: &Golden, device: &Device, run: &mut Run) {
     let folder = Folder(golden.dir.join("model"));
     let init = SafetensorsFile::open(&golden.dir.join("temporal_init.safetensors")).unwrap();
-    let models = Models::load(&folder, Some(&init), &LoadOptions::default(), device)
-        .unwrap_or_else(|e| panic!("loading {}: {e}", golden.dir.display()));
+    // The plain run loads the model as a single-file checkpoint in the original layout
+    // (written from the folder through the key mapping), the kernels' run from the folder:
+    // the whole set passes through both loaders.
+    let models = if attention().kernels {
+        Models::load(&folder, Some(&init), &LoadOptions::default(), device)
+            .unwrap_or_else(|e| panic!("loading {}: {e}", golden.dir.display()))
+    } else {
+        load_through_single_file(golden, &init, device)
+    };
     for r in &models.report {
         assert!(
             r.unexpected.is_empty(),
@@ -323,6 +331,46 @@ fn run_set(golden: &Golden, device: &Device, run: &mut Run) {
         e2e_cases(golden, &models, tuned, device, run);
         lap("inversion and edits");
     }
+}
+
+/// The golden model written as one file in the original layout and loaded from it, with the
+/// folder's configs (its head counts cannot be told from shapes) and tokenizer.
+fn load_through_single_file(golden: &Golden, init: &SafetensorsFile, device: &Device) -> Models {
+    let model = golden.dir.join("model");
+    let path = std::env::temp_dir().join(format!(
+        "tav-golden-{}-{}.safetensors",
+        golden.name(),
+        std::process::id()
+    ));
+    tav_tests::write_single_file(&model, &path);
+    let read = |relative: &str| std::fs::read_to_string(model.join(relative)).unwrap();
+    let configs = configs_from_json(
+        &read("unet/config.json"),
+        &read("vae/config.json"),
+        &read("text_encoder/config.json"),
+        &read("scheduler/scheduler_config.json"),
+    )
+    .unwrap();
+    let single = SingleFile::new(SafetensorsFile::open(&path).unwrap(), &configs, device)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        single.unmapped.is_empty(),
+        "unmapped: {:?}",
+        single.unmapped
+    );
+    let tokenizer = load_tokenizer(&Folder(model), configs.clip.max_position_embeddings).unwrap();
+    let models = Models::load_single_file(
+        &single,
+        &configs,
+        tokenizer,
+        Some(init),
+        &LoadOptions::default(),
+        device,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let _ = std::fs::remove_file(&path);
+    println!("  model: a single-file checkpoint in the original layout");
+    models
 }
 
 fn tokenizer_cases(golden: &Golden, models: &Models, run: &mut Run) {

@@ -113,3 +113,73 @@ pub fn rel_error(out: &[f32], reference: &[f32]) -> f64 {
     let norm: f64 = reference.iter().map(|b| (*b as f64).powi(2)).sum();
     (diff / norm.max(1e-30)).sqrt()
 }
+
+/// One tensor as a file stores it: dtype, shape, raw little-endian bytes.
+pub type RawTensor = (safetensors::Dtype, Vec<usize>, Vec<u8>);
+
+/// Every tensor of a safetensors file, raw.
+pub fn read_raw(path: &Path) -> std::collections::BTreeMap<String, RawTensor> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(k, v)| (k, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
+        .collect()
+}
+
+/// Writes raw tensors as a safetensors file.
+pub fn write_raw(path: &Path, tensors: &std::collections::BTreeMap<String, RawTensor>) {
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(k, (dtype, shape, data))| {
+            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap();
+            (k.clone(), view)
+        })
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+/// The diffusers folder `model` as one file in the original (CompVis/A1111) layout, through
+/// tav's key mapping, as those tools write it: the VAE's attention projections as 1×1
+/// convolutions, the DDPM schedule buffers beside the weights. Bytes are copied as stored,
+/// so every tensor is bit-identical. Returns the raw tensors written.
+pub fn write_single_file(
+    model: &Path,
+    out: &Path,
+) -> std::collections::BTreeMap<String, RawTensor> {
+    use tav_core::config::{UNetConfig, VaeConfig, parse_json};
+    use tav_core::single_file::{
+        UnetLayout, clip_key, is_vae_attention_projection, unet_key, vae_key,
+    };
+    let config = |relative: &str| std::fs::read_to_string(model.join(relative)).unwrap();
+    let unet_cfg: UNetConfig = parse_json("unet", &config("unet/config.json")).unwrap();
+    let vae_cfg: VaeConfig = parse_json("vae", &config("vae/config.json")).unwrap();
+    let layout = UnetLayout::of(&unet_cfg);
+    let blocks = vae_cfg.block_out_channels.len();
+    let mut written = std::collections::BTreeMap::new();
+    for (key, tensor) in read_raw(&model.join("unet/diffusion_pytorch_model.safetensors")) {
+        let original = unet_key(&key, &layout).unwrap_or_else(|| panic!("unmapped UNet key {key}"));
+        written.insert(original, tensor);
+    }
+    for (key, mut tensor) in read_raw(&model.join("vae/diffusion_pytorch_model.safetensors")) {
+        let original = vae_key(&key, blocks).unwrap_or_else(|| panic!("unmapped VAE key {key}"));
+        if is_vae_attention_projection(&key) {
+            tensor.1.extend([1, 1]);
+        }
+        written.insert(original, tensor);
+    }
+    for (key, tensor) in read_raw(&model.join("text_encoder/model.safetensors")) {
+        written.insert(clip_key(&key), tensor);
+    }
+    let betas: Vec<u8> = (0..1000)
+        .flat_map(|i| (0.00085f32 + i as f32 * 1e-5).to_le_bytes())
+        .collect();
+    for buffer in ["betas", "alphas_cumprod"] {
+        written.insert(
+            buffer.to_string(),
+            (safetensors::Dtype::F32, vec![1000], betas.clone()),
+        );
+    }
+    write_raw(out, &written);
+    written
+}
