@@ -329,6 +329,10 @@ fn bad_inputs_get_clear_errors() {
     // Missing model folder.
     let mut cmd = tav();
     cmd.args(["check", "--model", "/nonexistent/model", "--quiet"]);
+    expect_error(&mut cmd, "/nonexistent/model");
+    // A folder that is not a diffusers checkpoint.
+    let mut cmd = tav();
+    cmd.args(["check", "--quiet", "--model"]).arg(&out);
     expect_error(&mut cmd, "model_index.json");
     // No such adapter.
     let mut cmd = tav();
@@ -958,4 +962,131 @@ fn pretrain_writes_a_model_every_command_loads() {
         tav().arg("pretrain").arg(&out).args(["--size", "100"]),
         "multiple of 64",
     );
+}
+
+/// A single-file checkpoint (written from the tiny folder through the key mapping) and a
+/// LoRA run through `check` and `pack-web`; other files are refused by name; a refused
+/// input leaves no output folder behind.
+#[test]
+fn single_file_checkpoints_and_loras_through_the_cli() {
+    let dir = scratch("single-file");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let single = dir.join("tiny-a.safetensors");
+    tav_tests::write_single_file(&tiny_model(), &single);
+    // A text-encoder LoRA in kohya's format.
+    let q = tav_tests::read_raw(&tiny_model().join("text_encoder/model.safetensors"))
+        ["text_model.encoder.layers.0.self_attn.q_proj.weight"]
+        .1
+        .clone();
+    let factor = |shape: Vec<usize>| {
+        let n: usize = shape.iter().product();
+        let bytes = (0..n)
+            .flat_map(|i| (0.05 * ((i % 7) as f32 - 3.0)).to_le_bytes())
+            .collect();
+        (safetensors::Dtype::F32, shape, bytes)
+    };
+    let stem = "lora_te_text_model_encoder_layers_0_self_attn_q_proj";
+    let lora = dir.join("style.safetensors");
+    tav_tests::write_raw(
+        &lora,
+        &[
+            (format!("{stem}.lora_down.weight"), factor(vec![2, q[1]])),
+            (format!("{stem}.lora_up.weight"), factor(vec![q[0], 2])),
+        ]
+        .into_iter()
+        .collect(),
+    );
+    let lora_arg = format!("{}:0.5", lora.display());
+    let out = run(tav()
+        .args([
+            "check", "--device", "flex", "--frames", "2", "--size", "64", "--model",
+        ])
+        .arg(&single)
+        .arg("--model-config")
+        .arg(tiny_model())
+        .args(["--lora", &lora_arg]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("single-file checkpoint") && stdout.contains("merged at scale 0.5"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("all components ran"), "{stdout}");
+    // Without the folder's configs, the tiny text encoder's heads cannot be told from shapes.
+    let mut cmd = tav();
+    cmd.args(["check", "--device", "flex", "--model"])
+        .arg(&single);
+    expect_error(&mut cmd, "--model-config");
+    // Pickles are never opened.
+    let ckpt = dir.join("model.ckpt");
+    std::fs::write(&ckpt, b"not opened").unwrap();
+    let mut cmd = tav();
+    cmd.args(["check", "--device", "flex", "--model"])
+        .arg(&ckpt);
+    expect_error(&mut cmd, "never unpickles");
+
+    // pack-web bakes the LoRA into the shards; the fingerprint stays the base model's.
+    let pack = |name: &str, model: &Path, extra: &[&str]| {
+        let target = dir.join(name);
+        let out = run(tav().arg("pack-web").arg(model).arg(&target).args(extra));
+        assert!(out.status.success(), "{}", stderr(&out));
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(target.join("manifest.json")).unwrap()).unwrap();
+        manifest
+    };
+    let config = tiny_model().display().to_string();
+    let folder = pack("folder", &tiny_model(), &[]);
+    let plain = pack("single", &single, &["--model-config", &config]);
+    let styled = pack(
+        "styled",
+        &single,
+        &["--model-config", &config, "--lora", &lora_arg],
+    );
+    let text_shards = |m: &serde_json::Value| -> Vec<String> {
+        m["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["component"] == "text_encoder")
+            .map(|s| s["sha256"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(folder["unet_fingerprint"], plain["unet_fingerprint"]);
+    assert_eq!(plain["unet_fingerprint"], styled["unet_fingerprint"]);
+    assert_ne!(
+        text_shards(&plain),
+        text_shards(&styled),
+        "the LoRA is baked in"
+    );
+
+    // A refused input leaves no output folder (and no log) behind.
+    let refused = dir.join("refused-run");
+    let mut cmd = tav();
+    cmd.args([
+        "tune",
+        "--device",
+        "flex",
+        "--prompt",
+        "x",
+        "--video",
+        "/nonexistent/clip.mp4",
+        "--model",
+    ])
+    .arg(&single)
+    .arg("--model-config")
+    .arg(tiny_model())
+    .arg("--out")
+    .arg(&refused);
+    small(&mut cmd);
+    expect_error(&mut cmd, "/nonexistent/clip.mp4");
+    let mut cmd = tav();
+    cmd.args(["tune", "--prompt", "x", "--video"])
+        .arg(car_turn())
+        .arg("--model")
+        .arg(&ckpt)
+        .arg("--out")
+        .arg(&refused);
+    expect_error(&mut cmd, "never unpickles");
+    assert!(!refused.exists(), "nothing written for a refused input");
 }

@@ -1,12 +1,12 @@
 //! Component configs, parsed from a diffusers checkpoint's JSON files, with constructors
 //! for Stable Diffusion v1.5. Nothing in the models assumes a size that is not here.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TavError};
 
 /// A value that diffusers lets be one number or one per block.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum PerBlock {
     One(usize),
@@ -23,7 +23,7 @@ impl PerBlock {
 }
 
 /// `unet/config.json` (UNet2DConditionModel), inflated to 3D by tav.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct UNetConfig {
     #[serde(default = "default_4")]
     pub in_channels: usize,
@@ -73,7 +73,7 @@ pub struct UNetConfig {
 }
 
 /// `vae/config.json` (AutoencoderKL).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct VaeConfig {
     #[serde(default = "default_3")]
     pub in_channels: usize,
@@ -93,7 +93,7 @@ pub struct VaeConfig {
 }
 
 /// `text_encoder/config.json` (CLIPTextModel).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct ClipConfig {
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -109,7 +109,7 @@ pub struct ClipConfig {
 }
 
 /// `scheduler/scheduler_config.json`: the DDPM training schedule and DDIM's options.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct SchedulerConfig {
     #[serde(default = "default_1000")]
     pub num_train_timesteps: usize,

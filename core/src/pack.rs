@@ -84,7 +84,7 @@ impl ShardWriter<'_, '_> {
 fn pack_component(
     write: &mut WriteFile,
     component: &str,
-    sources: &[&SafetensorsFile],
+    sources: &[&dyn TensorSource],
     limit: u64,
 ) -> Result<Vec<Shard>> {
     let mut writer = ShardWriter {
@@ -107,6 +107,12 @@ fn pack_component(
                 path: source.origin(),
                 tensor: key.clone(),
             })?;
+            if tensor.data.iter().any(|v| !v.is_finite()) {
+                return Err(TavError::NonFiniteWeights {
+                    path: source.origin(),
+                    tensor: key,
+                });
+            }
             writer.push(&key, tensor.shape, &tensor.data)?;
         }
     }
@@ -125,12 +131,26 @@ fn json_config(files: &dyn CheckpointFiles, relative: &str) -> Result<serde_json
     })
 }
 
+/// A model's parts as the packer takes them, however they were stored.
+pub struct PackParts<'a> {
+    /// Component configs as the manifest carries them: `unet`, `vae`, `text_encoder`,
+    /// `scheduler`.
+    pub configs: BTreeMap<String, serde_json::Value>,
+    pub text_encoder: &'a dyn TensorSource,
+    pub vae: &'a dyn TensorSource,
+    pub unet: &'a dyn TensorSource,
+    /// The UNet's 2D weights before any LoRA (what tuned weights are tied to).
+    pub unet_base: &'a dyn TensorSource,
+    /// Where `tokenizer/` files come from.
+    pub tokenizer: &'a dyn CheckpointFiles,
+}
+
 /// Packs the checkpoint `files`; returns the manifest, written last (its presence means the
 /// pack is complete).
 pub fn pack(
     files: &dyn CheckpointFiles,
     options: &PackOptions,
-    mut write: WriteFile,
+    write: WriteFile,
 ) -> Result<Manifest> {
     let mut configs = BTreeMap::new();
     for (name, relative) in [
@@ -141,20 +161,43 @@ pub fn pack(
     ] {
         configs.insert(name.to_string(), json_config(files, relative)?);
     }
+    let text = weights_file(files, "text_encoder", "model", options.variant)?;
+    let vae = weights_file(files, "vae", "diffusion_pytorch_model", options.variant)?;
+    let unet = weights_file(files, "unet", "diffusion_pytorch_model", options.variant)?;
+    let parts = PackParts {
+        configs,
+        text_encoder: &text,
+        vae: &vae,
+        unet: &unet,
+        unet_base: &unet,
+        tokenizer: files,
+    };
+    pack_parts(&parts, options, write)
+}
+
+/// Packs a model's parts (a folder's, or a single file's with LoRAs merged).
+pub fn pack_parts(
+    parts: &PackParts,
+    options: &PackOptions,
+    mut write: WriteFile,
+) -> Result<Manifest> {
     let limit = options.shard_bytes;
     let mut shards = Vec::new();
-    let text = weights_file(files, "text_encoder", "model", options.variant)?;
-    shards.extend(pack_component(&mut write, "text_encoder", &[&text], limit)?);
-    let vae = weights_file(files, "vae", "diffusion_pytorch_model", options.variant)?;
-    shards.extend(pack_component(&mut write, "vae", &[&vae], limit)?);
-    let unet = weights_file(files, "unet", "diffusion_pytorch_model", options.variant)?;
-    let mut unet_sources = vec![&unet];
+    shards.extend(pack_component(
+        &mut write,
+        "text_encoder",
+        &[parts.text_encoder],
+        limit,
+    )?);
+    shards.extend(pack_component(&mut write, "vae", &[parts.vae], limit)?);
+    let mut unet_sources = vec![parts.unet];
     if let Some(t) = options.temporal {
         unet_sources.insert(0, t);
     }
     shards.extend(pack_component(&mut write, "unet", &unet_sources, limit)?);
 
     // The tokenizer: vocab + merges where the folder has them (smaller), else tokenizer.json.
+    let files = parts.tokenizer;
     let wanted: &[&str] = if files.read("tokenizer/vocab.json")?.is_some() {
         &["tokenizer/vocab.json", "tokenizer/merges.txt"]
     } else {
@@ -176,8 +219,8 @@ pub fn pack(
     let manifest = Manifest {
         format: FORMAT.to_string(),
         name: options.name.clone(),
-        configs,
-        unet_fingerprint: fingerprint(&unet),
+        configs: parts.configs.clone(),
+        unet_fingerprint: fingerprint(parts.unet_base),
         files: packed_files,
         shards,
     };

@@ -220,10 +220,10 @@ enum Command {
         #[arg(long, default_value_t = 128)]
         size: usize,
     },
-    /// Convert a diffusers folder into the layout the browser loads: f16 weights in shards
+    /// Convert a model (diffusers folder or single-file checkpoint, LoRAs merged) into the layout the browser loads: f16 weights in shards
     /// under WebGPU's binding limits, a manifest with configs and SHA-256s, the tokenizer.
     PackWeb {
-        /// The Stable Diffusion v1.x checkpoint folder (diffusers layout).
+        /// The Stable Diffusion v1.x model: a diffusers folder or a single-file checkpoint.
         model: PathBuf,
         /// The output folder (serve it over HTTP; the web engine loads its manifest.json).
         out: PathBuf,
@@ -237,6 +237,13 @@ enum Command {
         /// without it the browser initialises them as the reference does.
         #[arg(long)]
         temporal: Option<PathBuf>,
+        /// A LoRA merged into the packed weights, `FILE[:SCALE]`; repeat for several.
+        #[arg(long = "lora", value_name = "FILE[:SCALE]")]
+        loras: Vec<models::LoraSpec>,
+        /// For a single-file checkpoint: a diffusers folder whose configs (and tokenizer) to
+        /// use instead of inferring them.
+        #[arg(long)]
+        model_config: Option<PathBuf>,
     },
     /// Train the toy world's model from a seed (VAE, then text encoder and UNet) on generated
     /// frames and write it as a diffusers folder in f16, loadable with --model.
@@ -614,14 +621,18 @@ fn dispatch(cli: Cli) -> Result<()> {
             variant,
             shard_mib,
             temporal,
+            loras,
+            model_config,
         } => {
-            let manifest = pack::pack_web(
-                &model,
-                &out,
-                variant.as_deref(),
-                shard_mib.max(1) << 20,
-                temporal.as_deref(),
-            )?;
+            let manifest = pack::pack_web(&pack::PackSpec {
+                model: &model,
+                out: &out,
+                variant: variant.as_deref(),
+                shard_bytes: shard_mib.max(1) << 20,
+                temporal: temporal.as_deref(),
+                model_config: model_config.as_deref(),
+                loras: &loras,
+            })?;
             println!(
                 "packed {} into {}: {} shards, {:.1} MB in f16",
                 model.display(),

@@ -1,38 +1,165 @@
-//! `tav pack-web MODEL_DIR OUT_DIR`: the checkpoint folder packed for the browser
+//! `tav pack-web MODEL OUT_DIR`: a checkpoint (folder or single file, LoRAs merged) packed for the browser
 //! (see `tav_core::pack`), written atomically file by file.
 
 use std::path::Path;
 
-use tav_core::Result;
-use tav_core::checkpoint::Folder;
-use tav_core::pack::{PackOptions, pack};
+use std::collections::BTreeMap;
+
+use burn::tensor::Device;
+use tav_core::checkpoint::{
+    CheckpointFiles, Folder, read_configs, read_scheduler_config, weights_file,
+};
+use tav_core::clip::ClipTextEncoder;
+use tav_core::lora::{Lora, Patched, Patches, Target};
+use tav_core::pack::{PackOptions, PackParts, pack, pack_parts};
+use tav_core::params::unet_param_entries;
+use tav_core::single_file::{Component, Configs, UnetLayout};
 use tav_core::stream::Manifest;
 use tav_core::weights::SafetensorsFile;
+use tav_core::weights::{ParamBuilder, TensorSource};
+use tav_core::{Result, TavError};
 
 use crate::job::write_atomic;
+use crate::models::{LoraSpec, open_single_file, read_loras};
 
-/// Packs `model` into `out`.
-pub fn pack_web(
-    model: &Path,
-    out: &Path,
-    variant: Option<&str>,
-    shard_bytes: u64,
-    temporal: Option<&Path>,
-) -> Result<Manifest> {
-    let temporal = temporal.map(SafetensorsFile::open).transpose()?;
-    let name = std::fs::canonicalize(model)
+/// What `tav pack-web` packs: the model (a folder or a single file) and its LoRAs.
+pub struct PackSpec<'a> {
+    pub model: &'a Path,
+    pub out: &'a Path,
+    pub variant: Option<&'a str>,
+    pub shard_bytes: u64,
+    pub temporal: Option<&'a Path>,
+    pub model_config: Option<&'a Path>,
+    pub loras: &'a [LoraSpec],
+}
+
+/// Packs the model into `out`, LoRAs merged into the shards.
+pub fn pack_web(spec: &PackSpec) -> Result<Manifest> {
+    let temporal = spec.temporal.map(SafetensorsFile::open).transpose()?;
+    let name = std::fs::canonicalize(spec.model)
         .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .and_then(|p| p.file_stem().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "model".into());
     let options = PackOptions {
         name,
-        variant,
-        shard_bytes,
+        variant: spec.variant,
+        shard_bytes: spec.shard_bytes,
         temporal: temporal.as_ref(),
     };
-    pack(
-        &Folder(model.to_path_buf()),
-        &options,
-        &mut |relative, bytes| write_atomic(&out.join(relative), bytes),
-    )
+    let out = spec.out;
+    let mut write = |relative: &str, bytes: &[u8]| write_atomic(&out.join(relative), bytes);
+    if spec.model.is_dir() && spec.loras.is_empty() {
+        return pack(&Folder(spec.model.to_path_buf()), &options, &mut write);
+    }
+    // Shapes only: nothing is allocated on it.
+    let device = Device::flex();
+    let loras = read_loras(spec.loras)?;
+    let loras: Vec<&Lora> = loras.iter().map(|l| l.as_ref()).collect();
+    if spec.model.is_dir() {
+        let files = Folder(spec.model.to_path_buf());
+        let (unet_cfg, vae_cfg, clip_cfg) = read_configs(&files)?;
+        let configs = Configs {
+            unet: unet_cfg,
+            vae: vae_cfg,
+            clip: clip_cfg,
+            scheduler: read_scheduler_config(&files)?,
+        };
+        let text = weights_file(&files, "text_encoder", "model", spec.variant)?;
+        let vae = weights_file(&files, "vae", "diffusion_pytorch_model", spec.variant)?;
+        let unet = weights_file(&files, "unet", "diffusion_pytorch_model", spec.variant)?;
+        let merged = Merged::new(&loras, &configs, &device)?;
+        let parts = merged.parts(&configs, &text, &vae, &unet, &files)?;
+        return pack_parts(&parts.as_parts(), &options, &mut write);
+    }
+    let opened = open_single_file(spec.model, spec.model_config, &device)?;
+    let text = opened.single.source(Component::TextEncoder);
+    let vae = opened.single.source(Component::Vae);
+    let unet = opened.single.source(Component::Unet);
+    let merged = Merged::new(&loras, &opened.configs, &device)?;
+    let parts = merged.parts(
+        &opened.configs,
+        &text,
+        &vae,
+        &unet,
+        opened.tokenizer_files.as_ref(),
+    )?;
+    pack_parts(&parts.as_parts(), &options, &mut write)
+}
+
+/// The LoRA patches of the UNet and the text encoder.
+struct Merged {
+    unet: Patches,
+    text: Patches,
+}
+
+/// The parts as patched sources: they borrow the patches, so they live in here.
+struct PatchedParts<'a> {
+    configs: BTreeMap<String, serde_json::Value>,
+    text: Patched<'a>,
+    vae: &'a dyn TensorSource,
+    unet: Patched<'a>,
+    unet_base: &'a dyn TensorSource,
+    tokenizer: &'a dyn CheckpointFiles,
+}
+
+impl PatchedParts<'_> {
+    fn as_parts(&self) -> PackParts<'_> {
+        PackParts {
+            configs: self.configs.clone(),
+            text_encoder: &self.text,
+            vae: self.vae,
+            unet: &self.unet,
+            unet_base: self.unet_base,
+            tokenizer: self.tokenizer,
+        }
+    }
+}
+
+impl Merged {
+    fn new(loras: &[&Lora], configs: &Configs, device: &Device) -> Result<Self> {
+        let unet_entries = unet_param_entries(&configs.unet, device)?;
+        let p = ParamBuilder::shapes_only(device);
+        ClipTextEncoder::load(&p, &configs.clip)?;
+        let layout = UnetLayout::of(&configs.unet);
+        Ok(Self {
+            unet: Patches::resolve(loras, Target::Unet, &unet_entries, Some(&layout))?,
+            text: Patches::resolve(loras, Target::TextEncoder, &p.entries(), None)?,
+        })
+    }
+
+    fn parts<'a>(
+        &'a self,
+        configs: &Configs,
+        text: &'a dyn TensorSource,
+        vae: &'a dyn TensorSource,
+        unet: &'a dyn TensorSource,
+        tokenizer: &'a dyn CheckpointFiles,
+    ) -> Result<PatchedParts<'a>> {
+        let json = |v: serde_json::Result<serde_json::Value>| {
+            v.map_err(|e| TavError::InvalidInput(format!("config does not serialise: {e}")))
+        };
+        let configs: BTreeMap<String, serde_json::Value> = [
+            ("text_encoder", json(serde_json::to_value(&configs.clip))?),
+            ("vae", json(serde_json::to_value(&configs.vae))?),
+            ("unet", json(serde_json::to_value(&configs.unet))?),
+            ("scheduler", json(serde_json::to_value(&configs.scheduler))?),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        Ok(PatchedParts {
+            configs,
+            text: Patched {
+                base: text,
+                patches: &self.text,
+            },
+            vae,
+            unet: Patched {
+                base: unet,
+                patches: &self.unet,
+            },
+            unet_base: unet,
+            tokenizer,
+        })
+    }
 }
