@@ -684,3 +684,103 @@ fn non_finite_weights_are_refused_at_load() {
         "{message}"
     );
 }
+
+/// The variants users have: fp16 and bf16 files, EMA-only files (the UNet only as
+/// `model_ema.*`), and full ones holding both (the regular weights are used; EMA noted).
+#[test]
+fn fp16_bf16_and_ema_variants_load() {
+    let model = golden_dirs()[0].join("model");
+    let dir = scratch("variants");
+    let path = dir.join("model.safetensors");
+    let tensors = write_single_file(&model, &path);
+    let configs = folder_configs(&model);
+    let device = cpu();
+    let folder_unet =
+        SafetensorsFile::open(&model.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
+    let probe = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight";
+    let expected = values(&folder_unet, probe);
+    let open = |tensors: &BTreeMap<String, RawTensor>| {
+        write_raw(&path, tensors);
+        SingleFile::new(SafetensorsFile::open(&path).unwrap(), &configs, &device).unwrap()
+    };
+    for (dtype, tolerance) in [(Dtype::F16, 1e-3), (Dtype::BF16, 1e-2)] {
+        let converted: BTreeMap<String, RawTensor> = tensors
+            .iter()
+            .map(|(k, (d, shape, bytes))| {
+                assert_eq!(*d, Dtype::F32);
+                let halves = bytes.chunks_exact(4).flat_map(|b| {
+                    let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    if dtype == Dtype::F16 {
+                        half::f16::from_f32(v).to_le_bytes()
+                    } else {
+                        half::bf16::from_f32(v).to_le_bytes()
+                    }
+                });
+                (k.clone(), (dtype, shape.clone(), halves.collect()))
+            })
+            .collect();
+        let single = open(&converted);
+        let got = values(
+            &single.source(tav_core::single_file::Component::Unet),
+            probe,
+        );
+        let worst = got
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(worst < tolerance, "{dtype:?}: off by {worst}");
+    }
+    // EMA-only: the UNet's weights only under `model_ema.` + the key without dots.
+    let ema_only: BTreeMap<String, RawTensor> = tensors
+        .iter()
+        .map(|(k, t)| match k.strip_prefix("model.") {
+            Some(rest) if k.starts_with("model.diffusion_model.") => {
+                (format!("model_ema.{}", rest.replace('.', "")), t.clone())
+            }
+            _ => (k.clone(), t.clone()),
+        })
+        .collect();
+    let single = open(&ema_only);
+    assert!(
+        single
+            .notes
+            .iter()
+            .any(|n| n.contains("EMA weights (model_ema.*) are used")),
+        "{:?}",
+        single.notes
+    );
+    assert_eq!(
+        values(
+            &single.source(tav_core::single_file::Component::Unet),
+            probe
+        ),
+        expected
+    );
+    assert!(single.unmapped.is_empty(), "{:?}", single.unmapped);
+    // Both: the regular ones are used, the EMA copy is noted, nothing is reported unmapped.
+    let mut both = tensors.clone();
+    both.extend(
+        ema_only
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("model_ema.")),
+    );
+    both.insert(
+        "model_ema.num_updates".into(),
+        (Dtype::F32, vec![], 0f32.to_le_bytes().to_vec()),
+    );
+    let single = open(&both);
+    assert!(
+        single.notes.iter().any(|n| n.contains("are not used")),
+        "{:?}",
+        single.notes
+    );
+    assert!(single.unmapped.is_empty(), "{:?}", single.unmapped);
+    assert_eq!(
+        values(
+            &single.source(tav_core::single_file::Component::Unet),
+            probe
+        ),
+        expected
+    );
+}

@@ -6,8 +6,9 @@
 //!   `.alpha`, and `lora_te_<module>` for the text encoder, where `<module>` is the module
 //!   path with `_` for `.`, in diffusers' names or the original (CompVis) ones;
 //! - diffusers / PEFT: `unet.<module>.lora_A.weight` / `.lora_B.weight` (also
-//!   `text_encoder.`, `base_model.model.`, the older `.lora.down` / `.lora.up` and the
-//!   attention-processor `processor.to_q_lora.down` names); alpha, when absent, is the rank.
+//!   `text_encoder.`, `base_model.model.`, the older `.lora.down` / `.lora.up`,
+//!   `.lora_linear_layer.down` / `.up` and attention-processor `processor.to_q_lora.down`
+//!   names); alpha, when absent, is the rank.
 //!
 //! Linear layers and 1×1 / 3×3 convolutions of the UNet and the text encoder are patched.
 //! Because the patch is merged before tuning starts, tuning's trainable layers (the query
@@ -67,11 +68,13 @@ struct LoraModule {
 
 /// What the file calls A, B and alpha of a module: (stem, part).
 fn split_key(key: &str) -> Option<(&str, &'static str)> {
-    const PARTS: [(&str, &str); 9] = [
+    const PARTS: [(&str, &str); 11] = [
         (".lora_down.weight", "down"),
         (".lora_up.weight", "up"),
         (".lora_A.weight", "down"),
         (".lora_B.weight", "up"),
+        (".lora_linear_layer.down.weight", "down"),
+        (".lora_linear_layer.up.weight", "up"),
         (".lora.down.weight", "down"),
         (".lora.up.weight", "up"),
         ("_lora.down.weight", "down"),
@@ -101,11 +104,13 @@ fn locate(stem: &str, path: &str) -> Result<(Target, String, bool)> {
     for prefix in ["base_model.model.", "lora_unet.", "unet."] {
         dotted = dotted.strip_prefix(prefix).unwrap_or(dotted);
     }
-    // The attention-processor format: `attn1.processor.to_q_lora` is `attn1.to_q`.
-    let dotted = dotted
-        .replace(".processor.to_out_lora", ".to_out.0")
-        .replace(".processor.to_", ".to_");
-    let dotted = dotted.strip_suffix("_lora").unwrap_or(&dotted).to_string();
+    // The attention-processor format: `attn1.processor.to_q_lora` is `attn1.to_q`, and
+    // `to_out_lora` is `to_out.0` (the `_lora` is gone with the suffix).
+    let dotted = dotted.replace(".processor.", ".");
+    let dotted = match dotted.strip_suffix(".to_out") {
+        Some(module) => format!("{module}.to_out.0"),
+        None => dotted,
+    };
     if let Some(rest) = dotted.strip_prefix("text_encoder.") {
         return Ok((Target::TextEncoder, rest.to_string(), false));
     }
@@ -372,4 +377,92 @@ pub fn parse_spec(spec: &str) -> std::result::Result<(String, f64), String> {
         return Ok((path.to_string(), scale));
     }
     Ok((spec.to_string(), 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Module stems as the tools write them → where they point.
+    #[test]
+    fn stems_locate_their_module() {
+        let cases = [
+            (
+                "lora_unet_down_blocks_0_attentions_0_proj_in",
+                Target::Unet,
+                "down_blocks_0_attentions_0_proj_in",
+                true,
+            ),
+            (
+                "lora_te_text_model_encoder_layers_0_mlp_fc1",
+                Target::TextEncoder,
+                "text_model_encoder_layers_0_mlp_fc1",
+                true,
+            ),
+            (
+                "unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k",
+                Target::Unet,
+                "mid_block.attentions.0.transformer_blocks.0.attn2.to_k",
+                false,
+            ),
+            (
+                "text_encoder.text_model.encoder.layers.3.self_attn.v_proj",
+                Target::TextEncoder,
+                "text_model.encoder.layers.3.self_attn.v_proj",
+                false,
+            ),
+            (
+                "base_model.model.up_blocks.1.attentions.2.proj_out",
+                Target::Unet,
+                "up_blocks.1.attentions.2.proj_out",
+                false,
+            ),
+            (
+                "down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q",
+                Target::Unet,
+                "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
+                false,
+            ),
+            (
+                "down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_out",
+                Target::Unet,
+                "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0",
+                false,
+            ),
+        ];
+        for (stem, target, path, flat) in cases {
+            assert_eq!(
+                locate(stem, "x").unwrap(),
+                (target, path.to_string(), flat),
+                "{stem}"
+            );
+        }
+        let key =
+            "up_blocks.1.attentions.0.transformer_blocks.0.attn1.processor.to_out_lora.up.weight";
+        assert_eq!(
+            split_key(key),
+            Some((
+                "up_blocks.1.attentions.0.transformer_blocks.0.attn1.processor.to_out",
+                "up"
+            ))
+        );
+        assert!(locate("lora_te2_text_model_encoder_layers_0_mlp_fc1", "x").is_err());
+    }
+
+    #[test]
+    fn scale_follows_the_last_colon() {
+        assert_eq!(
+            parse_spec("style.safetensors:0.8").unwrap(),
+            ("style.safetensors".into(), 0.8)
+        );
+        assert_eq!(
+            parse_spec("style.safetensors").unwrap(),
+            ("style.safetensors".into(), 1.0)
+        );
+        assert_eq!(
+            parse_spec("C:/loras/a.safetensors").unwrap(),
+            ("C:/loras/a.safetensors".into(), 1.0)
+        );
+        assert!(parse_spec("a.safetensors:inf").is_err());
+    }
 }

@@ -672,3 +672,30 @@ pub fn check_fits(
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn used(file: &str, fingerprint: &str, scale: f64) -> LoraUse {
+        LoraUse {
+            file: file.into(),
+            fingerprint: fingerprint.into(),
+            scale,
+        }
+    }
+
+    /// `tav edit` warns when the LoRAs differ from those tuning saw, by file or scale.
+    #[test]
+    fn lora_differences_are_named() {
+        let style = used("style.safetensors", "aa", 0.8);
+        assert_eq!(lora_difference(&[style.clone()], &[style.clone()]), None);
+        assert_eq!(lora_difference(&[], &[]), None);
+        let warning = lora_difference(&[style.clone()], &[]).unwrap();
+        assert!(warning.contains("[style.safetensors:0.8]") && warning.contains("[none]"));
+        let rescaled = used("style.safetensors", "aa", 0.5);
+        assert!(lora_difference(&[style.clone()], &[rescaled]).is_some());
+        let other_file = used("style.safetensors", "bb", 0.8);
+        assert!(lora_difference(&[style], &[other_file]).is_some());
+    }
+}
