@@ -689,12 +689,13 @@ mod tests {
     #[test]
     fn lora_differences_are_named() {
         let style = used("style.safetensors", "aa", 0.8);
-        assert_eq!(lora_difference(&[style.clone()], &[style.clone()]), None);
+        let tuned_with = std::slice::from_ref(&style);
+        assert_eq!(lora_difference(tuned_with, tuned_with), None);
         assert_eq!(lora_difference(&[], &[]), None);
-        let warning = lora_difference(&[style.clone()], &[]).unwrap();
+        let warning = lora_difference(tuned_with, &[]).unwrap();
         assert!(warning.contains("[style.safetensors:0.8]") && warning.contains("[none]"));
         let rescaled = used("style.safetensors", "aa", 0.5);
-        assert!(lora_difference(&[style.clone()], &[rescaled]).is_some());
+        assert!(lora_difference(tuned_with, &[rescaled]).is_some());
         let other_file = used("style.safetensors", "bb", 0.8);
         assert!(lora_difference(&[style], &[other_file]).is_some());
     }
