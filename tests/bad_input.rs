@@ -7,32 +7,17 @@ use std::path::{Path, PathBuf};
 use safetensors::Dtype;
 use tav_core::TavError;
 use tav_core::checkpoint::{Folder, LoadOptions, load_text_encoder, load_unet, load_vae};
-use tav_tests::{device, golden_dirs, to_vec};
+use tav_tests::{RawTensor, device, golden_dirs, read_raw, to_vec, write_raw};
 
-/// One tensor as stored: dtype, shape, raw little-endian bytes.
-type Stored = BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>;
+/// Every tensor of a file as stored: dtype, shape, raw little-endian bytes.
+type Stored = BTreeMap<String, RawTensor>;
 
 fn read_stored(path: &Path) -> Stored {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(k, v)| (k, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
-        .collect()
+    read_raw(path)
 }
 
 fn write_stored(path: &Path, tensors: &Stored) {
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(k, (dtype, shape, data))| {
-            (
-                k.clone(),
-                safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap(),
-            )
-        })
-        .collect();
-    let bytes = safetensors::serialize(views, None).unwrap();
-    std::fs::write(path, bytes).unwrap();
+    write_raw(path, tensors)
 }
 
 /// A scratch copy of the first golden set's model folder.
@@ -372,4 +357,20 @@ fn tuned_weights_with_wrong_shapes_or_keys_are_refused() {
         message.contains("not a parameter of this UNet"),
         "{message}"
     );
+}
+
+/// A file that is not tuned weights, handed to `--tuned`, is named as such (not "bad config").
+#[test]
+fn not_tuned_weights_errors_say_tuned_weights() {
+    let path = golden_dirs()[0].join("model/vae/diffusion_pytorch_model.safetensors");
+    let file = tav_core::weights::SafetensorsFile::open(&path).unwrap();
+    let message = match tav_core::delta::TunedWeights::from_file(&file) {
+        Ok(_) => panic!("a VAE is not tuned weights"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        message.starts_with("tuned weights ") && message.contains("not a tav tuned-weights file"),
+        "{message}"
+    );
+    assert!(!message.contains("bad config"), "{message}");
 }

@@ -376,9 +376,14 @@ enum Command {
         /// A model size: sd15 (Stable Diffusion v1.5) or tiny (the demo model).
         #[arg(long, value_enum, conflicts_with = "model")]
         config: Option<plan::ModelSize>,
-        /// A checkpoint folder (diffusers layout): its configs are read, not its weights.
+        /// A checkpoint folder (diffusers layout) or single-file checkpoint: its configs are
+        /// read (or inferred from its shapes), not its weights.
         #[arg(long)]
         model: Option<PathBuf>,
+        /// A diffusers folder whose configs to plan with (for a single file whose shapes
+        /// cannot tell them).
+        #[arg(long, conflicts_with = "config")]
+        model_config: Option<PathBuf>,
         #[arg(long, default_value_t = 24)]
         frames: usize,
         /// Width in pixels, a multiple of 64.
@@ -753,6 +758,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Plan {
             config,
             model,
+            model_config,
             frames,
             width,
             height,
@@ -762,7 +768,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             max_buffer_mib,
             json,
         } => {
-            let configs = plan::configs(config, model.as_ref())?;
+            let configs = plan::configs(config, model_config.as_ref().or(model.as_ref()))?;
             let limits = tav_core::limits::DeviceLimits {
                 max_buffer_bytes: max_buffer_mib << 20,
                 memory_bytes: None,

@@ -27,7 +27,16 @@ pub fn configs(
     model: Option<&PathBuf>,
 ) -> Result<(UNetConfig, VaeConfig, ClipConfig)> {
     match (size, model) {
-        (_, Some(dir)) => read_configs(&Folder(dir.clone())),
+        (_, Some(dir)) if dir.is_dir() => read_configs(&Folder(dir.clone())),
+        // A single-file checkpoint: configs from its tensors' shapes (header only).
+        (_, Some(file)) => {
+            let shown = file.display().to_string();
+            tav_core::single_file::refuse_pickle(&shown)?;
+            let shapes = tav_core::weights::SafetensorsFile::open(file)?.shapes();
+            tav_core::single_file::identify(&shapes, &shown)?;
+            let c = tav_core::single_file::infer_configs(&shapes, &shown)?;
+            Ok((c.unet, c.vae, c.clip))
+        }
         (Some(ModelSize::Tiny), None) => Ok(crate::demo::tiny_configs()),
         (Some(ModelSize::Sd15) | None, None) => Ok((
             UNetConfig::sd_v1_5(),
