@@ -16,7 +16,7 @@ use std::sync::Arc;
 use burn::tensor::Device;
 
 use crate::clip::ClipTextEncoder;
-use crate::config::{ClipConfig, PerBlock, SchedulerConfig, UNetConfig, VaeConfig};
+use crate::config::{ClipConfig, SchedulerConfig, UNetConfig, VaeConfig};
 use crate::error::{Result, TavError};
 use crate::vae::Vae;
 use crate::weights::{HostTensor, ParamBuilder, SafetensorsFile, TensorSource};
@@ -708,12 +708,4 @@ pub fn configs_from_json(unet: &str, vae: &str, clip: &str, scheduler: &str) -> 
         clip: parse_json("text_encoder/config.json", clip)?,
         scheduler: parse_json("scheduler/scheduler_config.json", scheduler)?,
     })
-}
-
-/// The number of heads of a UNet config's first attention, as a user would check it.
-pub fn unet_heads(cfg: &UNetConfig) -> usize {
-    match &cfg.attention_head_dim {
-        PerBlock::One(h) => *h,
-        PerBlock::Each(v) => v.first().copied().unwrap_or(0),
-    }
 }
