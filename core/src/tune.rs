@@ -20,6 +20,13 @@ use crate::weights::HostTensor;
 /// Optimiser settings; the defaults are the reference's.
 pub type TuneSettings = AdamWSettings;
 
+/// The reference's tuning run (Tune-A-Video's configs): this many steps of AdamW at
+/// `TuneSettings::default()`'s learning rate (3e-5) …
+pub const REFERENCE_STEPS: usize = 500;
+/// … with every random draw from this seed. The command line, job files and the browser
+/// take their defaults from here.
+pub const REFERENCE_SEED: u64 = 33;
+
 /// The random draws of one tuning step.
 #[derive(Debug, Clone)]
 pub struct StepDraws {

@@ -59,9 +59,9 @@ impl TuneSpec {
     pub fn reference(prompt: String) -> Self {
         Self {
             prompt,
-            steps: 500,
-            learning_rate: 3e-5,
-            seed: 33,
+            steps: tav_core::tune::REFERENCE_STEPS,
+            learning_rate: TuneSettings::default().learning_rate,
+            seed: tav_core::tune::REFERENCE_SEED,
             checkpoint_every: 100,
             restart: false,
         }

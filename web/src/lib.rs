@@ -519,11 +519,16 @@ impl Inner {
     ) -> JsResult<Vec<f32>> {
         let pixels = frames_to_pixels(frames, size, &self.device)?;
         let models = self.models()?;
-        let steps = options.count("steps", 500)?;
-        let seed = options.number("seed")?.unwrap_or(33.0) as u64;
+        let steps = options.count("steps", tav_core::tune::REFERENCE_STEPS)?;
+        let seed = options
+            .number("seed")?
+            .map_or(tav_core::tune::REFERENCE_SEED, |s| s as u64);
+        let defaults = TuneSettings::default();
         let settings = TuneSettings {
-            learning_rate: options.number("learningRate")?.unwrap_or(3e-5),
-            ..TuneSettings::default()
+            learning_rate: options
+                .number("learningRate")?
+                .unwrap_or(defaults.learning_rate),
+            ..defaults
         };
         let injected = injected_draws(&options, steps)?;
         let on_progress = options.function("onProgress");
