@@ -29,6 +29,10 @@ pub fn configs(
     match (size, model) {
         (_, Some(dir)) if dir.is_dir() => read_configs(&Folder(dir.clone())),
         // A single-file checkpoint: configs from its tensors' shapes (header only).
+        (_, Some(file)) if !file.exists() => Err(tav_core::TavError::MissingFile {
+            path: file.display().to_string(),
+            what: "the model: a diffusers folder or a .safetensors checkpoint".into(),
+        }),
         (_, Some(file)) => {
             let shown = file.display().to_string();
             tav_core::single_file::refuse_pickle(&shown)?;
