@@ -275,13 +275,7 @@ fn text_encoder_from(
     options: &LoadOptions,
     device: &Device,
 ) -> Result<(ClipTextEncoder, ComponentReport)> {
-    let patches = lora_patches(
-        options,
-        Target::TextEncoder,
-        device,
-        |p| ClipTextEncoder::load(p, cfg).map(|_| ()),
-        None,
-    )?;
+    let patches = text_encoder_patches(options, cfg, device)?;
     let patched = Patched {
         base: source,
         patches: &patches,
@@ -290,6 +284,32 @@ fn text_encoder_from(
     let model = ClipTextEncoder::load(&p, cfg)?;
     let fingerprint = crate::delta::fingerprint(source);
     Ok((model, report("text_encoder", source, fingerprint, &p)))
+}
+
+/// The patches `options`' LoRAs make to the text encoder of `cfg` (none without LoRAs).
+pub fn text_encoder_patches(
+    options: &LoadOptions,
+    cfg: &ClipConfig,
+    device: &Device,
+) -> Result<Patches> {
+    lora_patches(
+        options,
+        Target::TextEncoder,
+        device,
+        |p| ClipTextEncoder::load(p, cfg).map(|_| ()),
+        None,
+    )
+}
+
+/// The patches `options`' LoRAs make to the 2D UNet of `cfg` (none without LoRAs).
+pub fn unet_patches(options: &LoadOptions, cfg: &UNetConfig, device: &Device) -> Result<Patches> {
+    lora_patches(
+        options,
+        Target::Unet,
+        device,
+        |p| UNet3D::load(p, cfg).map(|_| ()),
+        Some(&UnetLayout::of(cfg)),
+    )
 }
 
 /// The patches `options`' LoRAs make to `target`, whose parameters `shapes` lists.
@@ -393,14 +413,7 @@ fn unet_from(
     options: &LoadOptions,
     device: &Device,
 ) -> Result<(UNet3D, ComponentReport)> {
-    let layout = UnetLayout::of(cfg);
-    let patches = lora_patches(
-        options,
-        Target::Unet,
-        device,
-        |p| UNet3D::load(p, cfg).map(|_| ()),
-        Some(&layout),
-    )?;
+    let patches = unet_patches(options, cfg, device)?;
     let patched = Patched {
         base: source,
         patches: &patches,

@@ -7,16 +7,15 @@ use std::collections::BTreeMap;
 
 use burn::tensor::Device;
 use tav_core::checkpoint::{
-    CheckpointFiles, Folder, read_configs, read_scheduler_config, weights_file,
+    CheckpointFiles, Folder, LoadOptions, read_configs, read_scheduler_config,
+    text_encoder_patches, unet_patches, weights_file,
 };
-use tav_core::clip::ClipTextEncoder;
-use tav_core::lora::{Lora, Patched, Patches, Target};
+use tav_core::lora::{Lora, Patched, Patches};
 use tav_core::pack::{PackOptions, PackParts, pack, pack_parts};
-use tav_core::params::unet_param_entries;
-use tav_core::single_file::{Component, Configs, UnetLayout};
+use tav_core::single_file::{Component, Configs};
 use tav_core::stream::Manifest;
 use tav_core::weights::SafetensorsFile;
-use tav_core::weights::{ParamBuilder, TensorSource};
+use tav_core::weights::TensorSource;
 use tav_core::{Result, TavError};
 
 use crate::job::write_atomic;
@@ -54,7 +53,6 @@ pub fn pack_web(spec: &PackSpec) -> Result<Manifest> {
     // Shapes only: nothing is allocated on it.
     let device = Device::flex();
     let loras = read_loras(spec.loras)?;
-    let loras: Vec<&Lora> = loras.iter().map(|l| l.as_ref()).collect();
     if spec.model.is_dir() {
         let files = Folder(spec.model.to_path_buf());
         let (unet_cfg, vae_cfg, clip_cfg) = read_configs(&files)?;
@@ -67,7 +65,7 @@ pub fn pack_web(spec: &PackSpec) -> Result<Manifest> {
         let text = weights_file(&files, "text_encoder", "model", spec.variant)?;
         let vae = weights_file(&files, "vae", "diffusion_pytorch_model", spec.variant)?;
         let unet = weights_file(&files, "unet", "diffusion_pytorch_model", spec.variant)?;
-        let merged = Merged::new(&loras, &configs, &device)?;
+        let merged = Merged::new(loras, &configs, &device)?;
         let parts = merged.parts(&configs, &text, &vae, &unet, &files)?;
         return pack_parts(&parts.as_parts(), &options, &mut write);
     }
@@ -75,7 +73,7 @@ pub fn pack_web(spec: &PackSpec) -> Result<Manifest> {
     let text = opened.single.source(Component::TextEncoder);
     let vae = opened.single.source(Component::Vae);
     let unet = opened.single.source(Component::Unet);
-    let merged = Merged::new(&loras, &opened.configs, &device)?;
+    let merged = Merged::new(loras, &opened.configs, &device)?;
     let parts = merged.parts(
         &opened.configs,
         &text,
@@ -116,14 +114,14 @@ impl PatchedParts<'_> {
 }
 
 impl Merged {
-    fn new(loras: &[&Lora], configs: &Configs, device: &Device) -> Result<Self> {
-        let unet_entries = unet_param_entries(&configs.unet, device)?;
-        let p = ParamBuilder::shapes_only(device);
-        ClipTextEncoder::load(&p, &configs.clip)?;
-        let layout = UnetLayout::of(&configs.unet);
+    fn new(loras: Vec<std::sync::Arc<Lora>>, configs: &Configs, device: &Device) -> Result<Self> {
+        let options = LoadOptions {
+            loras,
+            ..Default::default()
+        };
         Ok(Self {
-            unet: Patches::resolve(loras, Target::Unet, &unet_entries, Some(&layout))?,
-            text: Patches::resolve(loras, Target::TextEncoder, &p.entries(), None)?,
+            unet: unet_patches(&options, &configs.unet, device)?,
+            text: text_encoder_patches(&options, &configs.clip, device)?,
         })
     }
 
