@@ -142,7 +142,7 @@ pub fn ensure_demo_model() -> Result<PathBuf> {
     let vae = shapes(&|p| Vae::load(p, &parse::<VaeConfig>(&vcfg)).map(drop))?;
     let text = shapes(&|p| ClipTextEncoder::load(p, &parse::<ClipConfig>(&ccfg)).map(drop))?;
     let json = |v: &serde_json::Value| serde_json::to_vec_pretty(v).expect("json");
-    let files: Vec<(&str, Vec<u8>)> = vec![
+    let mut files: Vec<(String, Vec<u8>)> = vec![
         ("unet/config.json", json(&ucfg)),
         (
             "unet/diffusion_pytorch_model.safetensors",
@@ -156,15 +156,11 @@ pub fn ensure_demo_model() -> Result<PathBuf> {
         ("text_encoder/config.json", json(&ccfg)),
         ("text_encoder/model.safetensors", safetensors_bytes(&text)?),
         ("scheduler/scheduler_config.json", json(&scheduler_config())),
-        (
-            "tokenizer/vocab.json",
-            include_bytes!("../../assets/clip-tokenizer/vocab.json").to_vec(),
-        ),
-        (
-            "tokenizer/merges.txt",
-            include_bytes!("../../assets/clip-tokenizer/merges.txt").to_vec(),
-        ),
-    ];
+    ]
+    .into_iter()
+    .map(|(relative, bytes)| (relative.to_string(), bytes))
+    .collect();
+    files.extend(crate::models::bundled_tokenizer().files);
     for (relative, bytes) in files {
         write_atomic(&dir.join(relative), &bytes)?;
     }
