@@ -608,7 +608,7 @@ fn bench_reports_time_and_memory_per_step() {
     );
     expect_error(
         tav().args(["bench", "--config", "sd99"]),
-        "unknown --config",
+        "invalid value 'sd99' for '--config",
     );
 }
 
@@ -767,7 +767,7 @@ fn score_edits_and_scores_every_method() {
             .arg("--model")
             .arg(tiny_model())
             .args(["--methods", "full,magic"]),
-        "unknown method `magic`",
+        "invalid value 'magic' for '--methods",
     );
     expect_error(
         tav()

@@ -8,8 +8,9 @@ use std::collections::BTreeSet;
 
 use burn::tensor::{Device, Tensor};
 use tav_core::checkpoint::{Folder, LoadOptions, Models, load_tokenizer, load_unet};
-use tav_core::edit::{decode_video, invert, sample};
+use tav_core::edit::{Denoiser, decode_video};
 use tav_core::progress::silent;
+use tav_core::schedule::Ddim;
 use tav_core::single_file::{SingleFile, configs_from_json};
 use tav_core::transformer::VideoAttentionOptions;
 use tav_core::tune::{StepDraws, TuneBatch, TuneSettings, Tuner, clip_latents};
@@ -537,7 +538,7 @@ fn schedule_cases(golden: &Golden, models: &Models, device: &Device, run: &mut R
     let x: Tensor<5> = golden.tensor("ddim.x", device);
     let eps: Tensor<5> = golden.tensor("ddim.eps", device);
     let t = golden.ints("ddim.t")[0] as usize;
-    let prev = schedule.ddim_step(eps, t, x, steps);
+    let prev = Ddim::new(schedule, steps).unwrap().step(eps, t, x);
     run.check(
         "ddim.prev",
         &to_vec(prev),
@@ -876,15 +877,13 @@ fn e2e_cases(golden: &Golden, models: &Models, unet: UNet3D, device: &Device, ru
     let empty = models.tokenizer.encode("").unwrap();
     let uncond = models.text_encoder.forward(&[empty], device).unwrap();
     let inv_steps = json["e2e.inv.steps"].as_u64().unwrap() as usize;
-    let trajectory = invert(
-        &unet,
-        &models.schedule,
-        latents,
-        uncond.clone(),
-        inv_steps,
+    let inversion = Ddim::new(&models.schedule, inv_steps).unwrap();
+    let trajectory = Denoiser {
+        unet: &unet,
+        ddim: &inversion,
         options,
-        &mut silent,
-    )
+    }
+    .invert(latents, uncond.clone(), &mut silent)
     .unwrap();
     let stacked: Vec<f32> = trajectory.iter().flat_map(|t| to_vec(t.clone())).collect();
     run.check(
@@ -898,21 +897,18 @@ fn e2e_cases(golden: &Golden, models: &Models, unet: UNet3D, device: &Device, ru
     let steps = json["e2e.edit.steps"].as_u64().unwrap() as usize;
     let prompts = json["e2e.edit.prompts"].as_array().unwrap();
     let start = trajectory.last().unwrap().clone();
+    let sampling = Ddim::new(&models.schedule, steps).unwrap();
+    let denoiser = Denoiser {
+        unet: &unet,
+        ddim: &sampling,
+        options,
+    };
     for (i, prompt) in prompts.iter().enumerate() {
         let ids = models.tokenizer.encode(prompt.as_str().unwrap()).unwrap();
         let cond = models.text_encoder.forward(&[ids], device).unwrap();
-        let edited = sample(
-            &unet,
-            &models.schedule,
-            start.clone(),
-            cond,
-            uncond.clone(),
-            guidance,
-            steps,
-            options,
-            &mut silent,
-        )
-        .unwrap();
+        let edited = denoiser
+            .sample(start.clone(), cond, uncond.clone(), guidance, &mut silent)
+            .unwrap();
         let video = decode_video(
             &models.vae,
             edited,

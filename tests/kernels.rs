@@ -8,8 +8,8 @@ use tav_core::attention::{
 };
 use tav_core::draws::SeededRng;
 use tav_core::weights::HostTensor;
-use tav_shaders::AttentionMode;
-use tav_shaders::runner::{KernelRunner, Shape};
+use tav_shaders::runner::{KernelRunner, Qkv, Shape};
+use tav_shaders::{AttentionMode, Capabilities, Kernel};
 use tav_tests::{device, rel_error, to_vec};
 
 struct Plain {
@@ -84,9 +84,14 @@ fn check(runner: &mut KernelRunner, shape: Shape, f16: bool, tol: f64, device: &
     };
     let (q, k, v, d_out) = (round(&q), round(&k), round(&v), round(&d_out));
     let reference = plain(&shape, &q, &k, &v, &d_out, device);
-    let forward = runner.forward(&shape, &q, &k, &v, f16).unwrap();
+    let inputs = Qkv {
+        q: &q,
+        k: &k,
+        v: &v,
+    };
+    let forward = runner.forward(&shape, inputs, f16).unwrap();
     let backward = runner
-        .backward(&shape, &q, &k, &v, &forward, &d_out, f16)
+        .backward(&shape, inputs, &forward, &d_out, f16)
         .unwrap();
     let errors = [
         ("out", rel_error(&forward.out, &reference.out)),
@@ -152,6 +157,65 @@ fn kernels_match_plain_path_f16_storage() {
     }
 }
 
+/// With subgroups, the tiled kernels split a row's head over 2 or 4 invocations that sum
+/// their partial scores with subgroup shuffles; without, one invocation holds it all. Both
+/// against the plain path, at heads split as far as they divide (`lane_vecs` lowered, so
+/// small heads split too): heads not a multiple of 4, 1 and 5 frames (frame 0's key
+/// gradients in chunks), 2 videos, tokens not a multiple of the tile, f32 and f16 storage.
+#[test]
+fn tiled_kernels_split_over_subgroup_lanes_match_plain_path() {
+    let device = device();
+    let mut runner = KernelRunner::new().unwrap();
+    let adapter = runner.capabilities;
+    let Some(subgroup) = adapter.subgroup_size else {
+        assert!(
+            !runner.adapter.starts_with("llvmpipe"),
+            "lavapipe has subgroups: the device should have been opened with them"
+        );
+        println!(
+            "{} has no subgroups: only the fallback runs here",
+            runner.adapter
+        );
+        return;
+    };
+    let split = Capabilities {
+        lane_vecs: 1,
+        ..adapter
+    };
+    let fallback = Capabilities {
+        subgroup_size: None,
+        ..adapter
+    };
+    let mut lanes_seen = Vec::new();
+    for (videos, frames, tokens, head_dim) in [
+        (2, 5, 37, 8),
+        (1, 1, 70, 16),
+        (1, 2, 65, 6),
+        (1, 3, 33, 40),
+        (1, 2, 20, 80),
+    ] {
+        let shape = Shape {
+            videos,
+            frames,
+            tokens,
+            heads: 2,
+            head_dim,
+            mode: AttentionMode::SparseCausal,
+        };
+        for capabilities in [split, fallback] {
+            runner.capabilities = capabilities;
+            let lanes = capabilities.lanes(Kernel::TiledForward, head_dim);
+            println!("head {head_dim}: {lanes} lanes (subgroups of {subgroup})");
+            lanes_seen.push(lanes);
+            check(&mut runner, shape, false, 1e-4, &device);
+            if runner.has_f16() {
+                check(&mut runner, shape, true, 1e-2, &device);
+            }
+        }
+    }
+    assert!(lanes_seen.contains(&2) && lanes_seen.contains(&4) && lanes_seen.contains(&1));
+}
+
 #[test]
 fn a_wrong_mode_is_caught_by_the_comparison() {
     // The check above can fail: temporal kernels do not match the sparse-causal reference.
@@ -178,7 +242,12 @@ fn a_wrong_mode_is_caught_by_the_comparison() {
         ..shape
     };
     let reference = plain(&sparse, &q, &k, &v, &d, &device);
-    let forward = runner.forward(&shape, &q, &k, &v, false).unwrap();
+    let inputs = Qkv {
+        q: &q,
+        k: &k,
+        v: &v,
+    };
+    let forward = runner.forward(&shape, inputs, false).unwrap();
     assert!(rel_error(&forward.out, &reference.out) > 0.1);
 }
 
@@ -463,7 +532,15 @@ fn long_rows_match_a_naive_reference() {
     use tav_shaders::Tiling;
     let device = device();
     let mut runner = KernelRunner::new().unwrap();
-    let adapter_budget = runner.budget;
+    let adapter = runner.capabilities;
+    let no_subgroups = Capabilities {
+        subgroup_size: None,
+        ..adapter
+    };
+    let low_budget = Capabilities {
+        loop_budget: Some(2000),
+        ..adapter
+    };
     for (frames, tokens, head_dim) in [(1, 240, 160), (4, 60, 160), (2, 512, 40), (3, 300, 64)] {
         let shape = Shape {
             videos: 1,
@@ -485,17 +562,25 @@ fn long_rows_match_a_naive_reference() {
         let as_f32 = |x: Vec<f64>| -> Vec<f32> { x.into_iter().map(|v| v as f32).collect() };
         let (dk, dv) = (as_f32(dk), as_f32(dv));
         let reference = plain(&shape, &q, &k, &v, &d, &device);
-        for (tiling, budget) in [
-            (Tiling::Tiled, adapter_budget),
-            (Tiling::Tiled, Some(2000)),
-            (Tiling::PerRow, adapter_budget),
+        for (tiling, capabilities) in [
+            (Tiling::Tiled, adapter),
+            (Tiling::Tiled, no_subgroups),
+            (Tiling::Tiled, low_budget),
+            (Tiling::PerRow, adapter),
         ] {
             runner.tiling = tiling;
-            runner.budget = budget;
+            runner.capabilities = capabilities;
+            let budget = capabilities.loop_budget;
             let passes = shape_info_passes(&shape, budget);
-            let forward = runner.forward(&shape, &q, &k, &v, false).unwrap();
+            let lanes = capabilities.lanes(tav_shaders::Kernel::TiledForward, head_dim);
+            let inputs = Qkv {
+                q: &q,
+                k: &k,
+                v: &v,
+            };
+            let forward = runner.forward(&shape, inputs, false).unwrap();
             let back = runner
-                .backward(&shape, &q, &k, &v, &forward, &d, false)
+                .backward(&shape, inputs, &forward, &d, false)
                 .unwrap();
             let errors = [
                 ("out", rel_error(&forward.out, &reference.out)),
@@ -505,12 +590,12 @@ fn long_rows_match_a_naive_reference() {
             ];
             println!(
                 "{frames} frames × {tokens} tokens, head {head_dim}, {tiling:?}, budget {budget:?} \
-                 (tiled forward: {passes} passes at this budget): {errors:?}"
+                 (tiled forward: {passes} passes at this budget, {lanes} lanes): {errors:?}"
             );
             for (name, err) in errors {
                 assert!(
                     err < 1e-5,
-                    "{name} {err:.2e} at {shape:?} {tiling:?} {budget:?}"
+                    "{name} {err:.2e} at {shape:?} {tiling:?} {capabilities:?}"
                 );
             }
         }

@@ -225,8 +225,9 @@ fn streamed_f16_model_runs_the_golden_job() {
 /// Tune with the golden draws, invert, edit; checks the losses and each edit against the
 /// reference within `edit_bound`, and writes the f32-arithmetic edits to `out_dir` when given.
 fn golden_job(edit_bound: f64, out_dir: Option<std::path::PathBuf>) {
-    use tav_core::edit::{decode_video, invert, sample};
+    use tav_core::edit::{Denoiser, decode_video};
     use tav_core::progress::silent;
+    use tav_core::schedule::Ddim;
     use tav_core::tune::{StepDraws, TuneBatch, TuneSettings, Tuner, clip_latents};
 
     let dir = &golden_dirs()[0];
@@ -348,30 +349,31 @@ fn golden_job(edit_bound: f64, out_dir: Option<std::path::PathBuf>) {
         let uncond = embed("");
         let latents = clip_latents(batch.posterior.mean.clone(), models.vae.scaling_factor);
         let inv_steps = json["e2e.inv.steps"].as_u64().unwrap() as usize;
-        let trajectory = invert(
-            &unet,
+        let inversion = Ddim::new(&models.schedule, inv_steps).unwrap();
+        let sampling = Ddim::new(
             &models.schedule,
-            latents,
-            uncond.clone(),
-            inv_steps,
-            options,
-            &mut silent,
+            json["e2e.edit.steps"].as_u64().unwrap() as usize,
         )
         .unwrap();
+        let denoiser = |ddim| Denoiser {
+            unet: &unet,
+            ddim,
+            options,
+        };
+        let trajectory = denoiser(&inversion)
+            .invert(latents, uncond.clone(), &mut silent)
+            .unwrap();
         let prompts = json["e2e.edit.prompts"].as_array().unwrap();
         for (i, prompt) in prompts.iter().enumerate() {
-            let edited = sample(
-                &unet,
-                &models.schedule,
-                trajectory.last().unwrap().clone(),
-                embed(prompt.as_str().unwrap()),
-                uncond.clone(),
-                json["e2e.edit.guidance_scale"].as_f64().unwrap(),
-                json["e2e.edit.steps"].as_u64().unwrap() as usize,
-                options,
-                &mut silent,
-            )
-            .unwrap();
+            let edited = denoiser(&sampling)
+                .sample(
+                    trajectory.last().unwrap().clone(),
+                    embed(prompt.as_str().unwrap()),
+                    uncond.clone(),
+                    json["e2e.edit.guidance_scale"].as_f64().unwrap(),
+                    &mut silent,
+                )
+                .unwrap();
             let video = to_vec(
                 decode_video(
                     &models.vae,

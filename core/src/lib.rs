@@ -2,40 +2,25 @@
 //!
 //! Data flows one way: frames → VAE latents → (tuned) 3D UNet → DDIM → frames. This crate
 //! does no I/O a browser lacks, except the optional folder reader for native builds.
+//!
+//! The modules are grouped by concern (`model`, `method`, `weights`, `gpu`, `web`, `toy`);
+//! each is also re-exported at the top, so `tav_core::unet` names the same module as
+//! `tav_core::model::unet`.
 
-pub mod adamw;
-pub mod attention;
-pub mod checkpoint;
-pub mod clip;
-pub mod config;
-pub mod delta;
-pub mod draws;
-pub mod edit;
 pub mod error;
-pub mod flops;
-pub mod footprint;
-pub mod kernels;
-pub mod layers;
-pub mod limits;
-pub mod lora;
-pub mod pack;
-pub mod params;
-pub mod plan;
-pub mod precision;
-pub mod pretrain;
-pub mod progress;
-pub mod recompute;
-pub mod resnet;
-pub mod schedule;
-pub mod score;
-pub mod single_file;
-pub mod stream;
-pub mod tokenizer;
-pub mod toyworld;
-pub mod transformer;
-pub mod tune;
-pub mod unet;
-pub mod vae;
+pub mod gpu;
+pub mod method;
+pub mod model;
+pub mod toy;
+pub mod web;
 pub mod weights;
 
 pub use error::{Result, TavError};
+pub use gpu::{flops, footprint, kernels, limits, plan};
+pub use method::{adamw, draws, edit, progress, schedule, tune};
+pub use model::{
+    attention, clip, config, layers, recompute, resnet, tokenizer, transformer, unet, vae,
+};
+pub use toy::{pretrain, score, toyworld};
+pub use web::{pack, stream};
+pub use weights::{checkpoint, delta, lora, params, precision, single_file};

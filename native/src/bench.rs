@@ -10,10 +10,11 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
 use tav_core::config::{SchedulerConfig, UNetConfig};
-use tav_core::edit::sample;
+use tav_core::edit::Denoiser;
 use tav_core::limits::DeviceLimits;
 use tav_core::plan::{JobShape, PlanInput, plan};
 use tav_core::progress::silent;
+use tav_core::schedule::Ddim;
 use tav_core::schedule::Schedule;
 use tav_core::transformer::VideoAttentionOptions;
 use tav_core::tune::{StepDraws, TuneBatch, TuneSettings, Tuner};
@@ -22,11 +23,13 @@ use tav_core::vae::Posterior;
 use tav_core::weights::RandomInit;
 use tav_core::{Result, TavError};
 
+use crate::plan::ModelSize;
+
 /// What to benchmark.
 #[derive(Debug, Clone)]
 pub struct BenchSpec {
-    /// `sd15` (SD v1.5's UNet) or `tiny` (the demo model's UNet).
-    pub config: String,
+    /// SD v1.5's UNet or the demo model's.
+    pub config: ModelSize,
     pub frames: usize,
     /// Frame side in pixels (a multiple of 64); latents are 1/8 of it.
     pub size: usize,
@@ -37,20 +40,60 @@ pub struct BenchSpec {
     /// Timed runs per step (after one warm-up run); 0 measures the peak memory only, from
     /// the first run.
     pub runs: usize,
-    /// Which steps: any of `forward`, `tune`, `sample`.
-    pub steps: Vec<String>,
+    /// Which steps.
+    pub steps: Vec<BenchStep>,
 }
 
-/// The steps `tav bench` knows.
-pub const STEPS: [&str; 3] = ["forward", "tune", "sample"];
+/// A step `tav bench` times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum BenchStep {
+    /// A UNet forward.
+    Forward,
+    /// A tuning step: forward, backward into the tuned layers, AdamW.
+    Tune,
+    /// A sampling step with classifier-free guidance (a batch of 2).
+    Sample,
+}
 
-fn unet_config(name: &str) -> Result<UNetConfig> {
-    match name {
-        "sd15" => Ok(UNetConfig::sd_v1_5()),
-        "tiny" => Ok(crate::demo::tiny_unet_config()),
-        other => Err(TavError::InvalidInput(format!(
-            "unknown --config `{other}`: use sd15 or tiny"
-        ))),
+impl BenchStep {
+    /// The name in the JSON lines (and on the command line).
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchStep::Forward => "forward",
+            BenchStep::Tune => "tune",
+            BenchStep::Sample => "sample",
+        }
+    }
+
+    /// The step of `tav plan` it is planned as.
+    fn planned_as(self) -> &'static str {
+        match self {
+            BenchStep::Forward => "forward",
+            BenchStep::Tune => "tuning",
+            BenchStep::Sample => "sampling",
+        }
+    }
+}
+
+/// The kernel families `tav bench --kernel` times alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelFamily {
+    /// tav's sparse-causal and temporal attention kernels.
+    Attention,
+}
+
+fn unet_config(size: ModelSize) -> UNetConfig {
+    match size {
+        ModelSize::Sd15 => UNetConfig::sd_v1_5(),
+        ModelSize::Tiny => crate::demo::tiny_unet_config(),
+    }
+}
+
+/// The model size's name in the JSON lines.
+fn config_name(size: ModelSize) -> &'static str {
+    match size {
+        ModelSize::Sd15 => "sd15",
+        ModelSize::Tiny => "tiny",
     }
 }
 
@@ -64,12 +107,6 @@ impl BenchSpec {
         }
         if self.frames == 0 {
             return Err(TavError::InvalidInput("--frames must be at least 1".into()));
-        }
-        if let Some(bad) = self.steps.iter().find(|s| !STEPS.contains(&s.as_str())) {
-            return Err(TavError::InvalidInput(format!(
-                "unknown step `{bad}`: use {}",
-                STEPS.join(", ")
-            )));
         }
         Ok(())
     }
@@ -89,7 +126,7 @@ pub fn run(
     limits: &DeviceLimits,
 ) -> Result<()> {
     spec.validate()?;
-    let cfg = unet_config(&spec.config)?;
+    let cfg = unet_config(spec.config);
     let recompute =
         crate::resolve_recompute(spec.recompute, &planned_steps(spec, &cfg, limits, false)?);
     let planned = planned_peaks(spec, &cfg, limits, recompute)?;
@@ -111,7 +148,7 @@ pub fn run(
         .map(|e| e.shape.iter().product::<usize>())
         .sum();
     let header = serde_json::json!({
-        "bench": "setup", "device": device_name, "config": spec.config,
+        "bench": "setup", "device": device_name, "config": config_name(spec.config),
         "parameters": parameters, "frames": spec.frames, "size": spec.size,
         "latent": spec.size / 8, "f16_weights": spec.f16,
         "compute": if spec.f16 { "f16 (tune: mixed precision)" } else { "f32" },
@@ -133,21 +170,21 @@ pub fn run(
         },
     };
     let latent = spec.size / 8;
-    for step in &spec.steps {
-        let measured = match step.as_str() {
-            "forward" => bench.forward(&unet)?,
-            "tune" => bench.tune(&unet)?,
-            _ => bench.sample(&unet)?,
+    for &step in &spec.steps {
+        let measured = match step {
+            BenchStep::Forward => bench.forward(&unet)?,
+            BenchStep::Tune => bench.tune(&unet)?,
+            BenchStep::Sample => bench.sample(&unet)?,
         };
         let forward_flop = tav_core::flops::unet_forward(&cfg, spec.frames, latent, latent);
-        let flop = match step.as_str() {
-            "forward" => forward_flop,
-            "tune" => tav_core::flops::tuning_step(forward_flop, recompute),
-            _ => tav_core::flops::sampling_step(forward_flop),
+        let flop = match step {
+            BenchStep::Forward => forward_flop,
+            BenchStep::Tune => tav_core::flops::tuning_step(forward_flop, recompute),
+            BenchStep::Sample => tav_core::flops::sampling_step(forward_flop),
         };
         let median_ms = median(&measured.times_ms);
         let line = serde_json::json!({
-            "bench": step, "device": device_name, "config": spec.config,
+            "bench": step.name(), "device": device_name, "config": config_name(spec.config),
             "flop": flop, "flop_per_s": median_ms.map(|ms| flop / (ms / 1e3)),
             "frames": spec.frames, "size": spec.size, "f16_weights": spec.f16,
             "f16_compute": spec.f16, "kernels": spec.kernels,
@@ -156,8 +193,8 @@ pub fn run(
             "runs": measured.times_ms.len(),
             "peak_bytes": measured.peak_bytes,
             "peak_gib": measured.peak_bytes.map(|b| b as f64 / (1u64 << 30) as f64),
-            "planned_peak_bytes": planned.get(step.as_str()),
-            "plan_ratio": measured.peak_bytes.zip(planned.get(step.as_str()))
+            "planned_peak_bytes": planned.get(&step),
+            "plan_ratio": measured.peak_bytes.zip(planned.get(&step))
                 .map(|(m, p)| *p as f64 / m as f64),
         });
         println!("{line}");
@@ -172,12 +209,9 @@ fn planned_peaks(
     cfg: &UNetConfig,
     limits: &DeviceLimits,
     recompute: bool,
-) -> Result<std::collections::HashMap<&'static str, u64>> {
-    let by_name = [
-        ("forward", "forward"),
-        ("tuning", "tune"),
-        ("sampling", "sample"),
-    ];
+) -> Result<std::collections::HashMap<BenchStep, u64>> {
+    let by_name = [BenchStep::Forward, BenchStep::Tune, BenchStep::Sample]
+        .map(|step| (step.planned_as(), step));
     Ok(planned_steps(spec, cfg, limits, recompute)?
         .into_iter()
         .filter_map(|p| {
@@ -224,6 +258,9 @@ pub struct KernelBenchSpec {
     pub runs: usize,
     /// Which sparse-causal kernels: the tiled ones tav runs, or the per-row ones.
     pub tiling: tav_core::kernels::Tiling,
+    /// Whether the tiled kernels may split a row over a subgroup's invocations (where the
+    /// device has subgroups), or take one invocation per row as without them.
+    pub subgroups: bool,
 }
 
 /// Times the attention kernels alone, sparse-causal and temporal, forward and backward (dq,
@@ -263,6 +300,10 @@ pub fn run_attention_kernels(
             "the attention kernels' tiling was already chosen in this process".into(),
         ));
     }
+    if !spec.subgroups {
+        tav_core::kernels::use_subgroups(&device, None);
+    }
+    let lanes = tav_core::kernels::sparse_causal_lanes(&device, spec.head_dim);
     let dims = [spec.frames, spec.tokens, spec.heads * spec.head_dim];
     let dtype = if spec.f16 {
         burn::tensor::DType::F16
@@ -337,6 +378,8 @@ pub fn run_attention_kernels(
                     (false, tav_core::kernels::Tiling::Tiled) => "tiled",
                     _ => "per-row",
                 },
+                // Invocations per row of the tiled kernels (several: subgroup shuffles).
+                "lanes": if temporal || tiling != tav_core::kernels::Tiling::Tiled { 1 } else { lanes },
                 "dtype": if spec.f16 { "f16" } else { "f32" },
                 "median_ms": median_ms,
                 "min_ms": times.iter().cloned().reduce(f64::min),
@@ -439,15 +482,17 @@ impl Bench<'_> {
     /// One sampling step with classifier-free guidance (a batch of 2).
     fn sample(&self, unet: &UNet3D) -> Result<Measured> {
         self.measure(|| {
-            let out = sample(
+            let ddim = Ddim::new(&self.schedule, 1)?;
+            let denoiser = Denoiser {
                 unet,
-                &self.schedule,
+                ddim: &ddim,
+                options: self.attention,
+            };
+            let out = denoiser.sample(
                 self.normal(self.latent_shape(1)),
                 self.context(1),
                 self.context(1),
                 12.5,
-                1,
-                self.attention,
                 &mut silent,
             )?;
             drop(out);

@@ -67,6 +67,9 @@ pub fn open(choice: &str) -> Result<Opened, String> {
             "; a Vulkan driver on the CPU: with --attention plain, --device flex is several times faster",
         );
     }
+    // cubecl opens the device with every feature the adapter has, subgroups included.
+    let subgroups = setup.device.features().contains(wgpu::Features::SUBGROUP);
+    tav_core::kernels::use_subgroups(&device, subgroups.then_some(info.subgroup_min_size));
     let granted = setup.device.limits();
     let limits = DeviceLimits::from_wgpu(
         granted.max_buffer_size,

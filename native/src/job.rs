@@ -7,13 +7,16 @@ use burn::tensor::{Device, Tensor};
 use tav_core::checkpoint::{LoadOptions, Models};
 use tav_core::config::UNetConfig;
 use tav_core::delta::{LoraUse, TuneMeta, TunedWeights, apply_tuned};
-use tav_core::edit::{Guidance, decode_video, invert, sample};
+use tav_core::edit::{Denoiser, Guidance, decode_video};
 use tav_core::footprint::{VideoShape, largest_attention_bytes};
 use tav_core::limits::DeviceLimits;
 use tav_core::plan::{JobShape, check_fits as check_fits_plan};
 use tav_core::progress::{Event, Phase};
+use tav_core::schedule::Ddim;
 use tav_core::transformer::VideoAttentionOptions;
-use tav_core::tune::{TuneBatch, TuneSettings, Tuner, clip_latents, seeded_draws};
+use tav_core::tune::{
+    Flow, StepReport, TuneBatch, TuneSettings, Tuner, TuningRun, clip_latents, seeded,
+};
 use tav_core::unet::UNet3D;
 use tav_core::vae::Posterior;
 use tav_core::weights::{HostTensor, SafetensorsFile};
@@ -106,20 +109,9 @@ pub fn video_error(e: video::VideoError) -> TavError {
     TavError::InvalidInput(e.to_string())
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename: never half a file.
+/// Writes `bytes` to `path` atomically ([`crate::atomic`]): never half a file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let partial = dir.join(format!(".{name}.partial"));
-    std::fs::write(&partial, bytes).map_err(|e| io_error(&partial, e))?;
-    std::fs::rename(&partial, path).map_err(|e| io_error(path, e))
+    crate::atomic::write_bytes(path, bytes, io_error)
 }
 
 impl ClipSpec {
@@ -425,49 +417,41 @@ pub fn tune(
         }
     }
 
-    let [frames, c, h, w] = batch.posterior.mean.dims();
-    let timesteps = models.schedule.num_train_timesteps();
-    let mut unet = tuner.train_mode(unet);
-    while tuner.steps_done() < spec.steps {
-        let step = tuner.steps_done();
-        let draws = seeded_draws(
-            spec.seed,
-            step,
-            [frames, c, h, w],
-            timesteps,
-            &session.device,
-        );
-        let (next, outcome) = match tuner.step(unet, &batch, draws, &models.schedule, false) {
-            Ok(r) => r,
-            Err(TavError::NonFinite(reason)) => {
-                return Err(TavError::NonFinite(format!(
-                    "{reason}. The last good checkpoint is kept at {}",
-                    checkpoint_path.display()
-                )));
-            }
-            Err(e) => return Err(e),
-        };
-        unet = next;
-        meta.losses.push(outcome.loss);
+    let draws = seeded(spec.seed, &batch, &models.schedule, &session.device);
+    let run = TuningRun {
+        batch: &batch,
+        schedule: &models.schedule,
+        steps: spec.steps,
+        draws: &draws,
+    };
+    let mut after_step = |step: StepReport| -> Result<Flow> {
+        meta.losses.push(step.outcome.loss);
         ui.event(Event {
             phase: Phase::Tune,
-            step: tuner.steps_done(),
-            total: spec.steps,
-            loss: Some(outcome.loss),
+            step: step.steps_done,
+            total: step.total,
+            loss: Some(step.outcome.loss),
         });
         let due =
-            spec.checkpoint_every > 0 && tuner.steps_done().is_multiple_of(spec.checkpoint_every);
-        if due || tuner.steps_done() == spec.steps {
-            meta.steps_done = tuner.steps_done();
+            spec.checkpoint_every > 0 && step.steps_done.is_multiple_of(spec.checkpoint_every);
+        if due || step.steps_done == step.total {
+            meta.steps_done = step.steps_done;
             let weights = TunedWeights {
                 meta: meta.clone(),
-                tensors: tuner.trainable_values(&unet),
-                moments: tuner.export_moments(),
+                tensors: step.tuner.trainable_values(step.unet),
+                moments: step.tuner.export_moments(),
             };
             write_atomic(&checkpoint_path, &weights.to_bytes()?)?;
         }
-    }
-    let unet = Tuner::eval_mode(unet);
+        Ok(Flow::Continue)
+    };
+    let unet = match tuner.run(unet, &run, &mut after_step) {
+        Err(TavError::NonFinite(reason)) => Err(TavError::NonFinite(format!(
+            "{reason}. The last good checkpoint is kept at {}",
+            checkpoint_path.display()
+        ))),
+        other => other,
+    }?;
     meta.steps_done = tuner.steps_done();
     let tuned = TunedWeights {
         meta: meta.clone(),
@@ -596,30 +580,25 @@ pub fn edited_clips(
     let models = &session.models;
     let uncond = session.embed("")?;
     let mut progress = |e: Event| ui.event(e);
-    let trajectory = invert(
+    let inversion = Ddim::new(&models.schedule, spec.inversion_steps)?;
+    let sampling = Ddim::new(&models.schedule, spec.steps)?;
+    let denoiser = |ddim| Denoiser {
         unet,
-        &models.schedule,
-        latents,
-        uncond.clone(),
-        spec.inversion_steps,
+        ddim,
         options,
-        &mut progress,
-    )?;
+    };
+    let trajectory = denoiser(&inversion).invert(latents, uncond.clone(), &mut progress)?;
     let start = trajectory.last().expect("trajectory has the input").clone();
     let mut edits = Vec::new();
     for (i, prompt) in spec.prompts.iter().enumerate() {
         ui.say(&format!("edit {}: {prompt}", i + 1));
         let cond = session.embed(prompt)?;
         let mut progress = |e: Event| ui.event(e);
-        let edited = sample(
-            unet,
-            &models.schedule,
+        let edited = denoiser(&sampling).sample(
             start.clone(),
             cond,
             uncond.clone(),
             spec.guidance,
-            spec.steps,
-            options,
             &mut progress,
         )?;
         let video = decode_video(&models.vae, edited, &session.limits, &mut progress)?;

@@ -1,5 +1,6 @@
 //! `tav`: Tune-A-Video on any GPU. Tune on a clip, invert it, edit it with new prompts.
 
+mod atomic;
 mod bench;
 mod demo;
 mod gpu;
@@ -336,10 +337,11 @@ enum Command {
         /// what the model draws for a prompt without a source clip).
         #[arg(
             long,
+            value_enum,
             default_value = "full,no-tuning,no-temporal,per-frame-attention",
             value_delimiter = ','
         )]
-        methods: Vec<String>,
+        methods: Vec<score::Method>,
     },
     /// Draw a toy-world clip (a coloured shape moving over a textured background) from a
     /// seed and write it as a video; prints its caption. Unnamed attributes come from the seed.
@@ -415,9 +417,9 @@ enum Command {
     /// prints the median time, FLOP count and rate, and peak GPU memory of each as JSON lines
     /// (or, with `--kernel attention`, the attention kernels alone).
     Bench {
-        /// Model size: `sd15` (Stable Diffusion v1.5's UNet) or `tiny` (the demo model's).
-        #[arg(long, default_value = "sd15")]
-        config: String,
+        /// Model size: Stable Diffusion v1.5's UNet or the demo model's.
+        #[arg(long, value_enum, default_value = "sd15")]
+        config: plan::ModelSize,
         /// Frames of the video.
         #[arg(long, default_value_t = 8)]
         frames: usize,
@@ -433,8 +435,8 @@ enum Command {
         #[arg(long, value_enum)]
         attention: Option<gpu::AttentionChoice>,
         /// The old spelling: `on` is `--attention kernels`, `off` is `--attention plain`.
-        #[arg(long, default_value = "auto", value_parser = ["on", "off", "auto"], conflicts_with = "attention")]
-        kernels: String,
+        #[arg(long, value_enum, default_value = "auto", conflicts_with = "attention")]
+        kernels: KernelsFlag,
         /// Tuning: `on` keeps only each block's input for the backward pass and runs the
         /// block again there; `off` keeps every activation; `auto` recomputes when the step
         /// would otherwise be planned over 2 GiB.
@@ -444,13 +446,18 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         runs: usize,
         /// Which steps to time (comma-separated): forward, tune, sample.
-        #[arg(long, default_value = "forward,tune,sample", value_delimiter = ',')]
-        steps: Vec<String>,
+        #[arg(
+            long,
+            value_enum,
+            default_value = "forward,tune,sample",
+            value_delimiter = ','
+        )]
+        steps: Vec<bench::BenchStep>,
         /// Time one kernel family alone instead of the UNet's steps: `attention` (tav's
         /// sparse-causal and temporal attention kernels, forward and backward separately, at
         /// --tokens, --frames, --heads, --head-dim; --config and --size are not used).
-        #[arg(long, value_parser = ["attention"])]
-        kernel: Option<String>,
+        #[arg(long, value_enum)]
+        kernel: Option<bench::KernelFamily>,
         /// Tokens per frame for `--kernel attention` (SD's finest level at 512²: 4096).
         #[arg(long, default_value_t = 4096)]
         tokens: usize,
@@ -462,14 +469,48 @@ enum Command {
         head_dim: usize,
         /// Sparse-causal kernels for `--kernel attention`: `tiled` (what tav runs) or `rows`
         /// (the per-row kernels they replaced, for the ratio between them).
-        #[arg(long, default_value = "tiled", value_parser = ["tiled", "rows"])]
-        tiling: String,
+        #[arg(long, value_enum, default_value = "tiled")]
+        tiling: TilingChoice,
+        /// Subgroups for `--kernel attention`: `auto` (the tiled kernels split large heads
+        /// over several invocations where the device has subgroups) or `off` (one invocation
+        /// per row, as on devices without them).
+        #[arg(long, value_enum, default_value = "auto")]
+        subgroups: SubgroupChoice,
         /// Device: auto (wgpu's default adapter), discrete[:N], integrated[:N], virtual[:N],
         /// cpu (a wgpu CPU adapter such as lavapipe) or flex (burn's CPU backend; no WGSL
         /// kernels; several times faster than lavapipe on a machine without a GPU).
         #[arg(long, default_value = "auto")]
         device: String,
     },
+}
+
+/// `tav bench --kernels`, the old spelling of `--attention`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum KernelsFlag {
+    /// `--attention kernels`.
+    On,
+    /// `--attention plain`.
+    Off,
+    /// As `--attention` (or its default) says.
+    Auto,
+}
+
+/// `tav bench --tiling`: which sparse-causal attention kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TilingChoice {
+    /// The tiled kernels, what tav runs.
+    Tiled,
+    /// The per-row kernels they replaced.
+    Rows,
+}
+
+/// `tav bench --subgroups`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SubgroupChoice {
+    /// Split large heads over a subgroup's invocations where the device has subgroups.
+    Auto,
+    /// One invocation per row, as without subgroups.
+    Off,
 }
 
 fn main() -> ExitCode {
@@ -691,17 +732,6 @@ fn dispatch(cli: Cli) -> Result<()> {
             guidance_rescale,
             methods,
         } => {
-            let methods = methods
-                .iter()
-                .map(|m| {
-                    score::Method::from_name(m).ok_or_else(|| {
-                        TavError::InvalidInput(format!(
-                            "unknown method `{m}`: choose from {}",
-                            score::Method::ALL.map(score::Method::name).join(", ")
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
             let spec = score::ScoreSpec {
                 clips,
                 seed,
@@ -807,6 +837,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             heads,
             head_dim,
             tiling,
+            subgroups,
             device,
         } => {
             let gpu::Opened {
@@ -822,22 +853,25 @@ fn dispatch(cli: Cli) -> Result<()> {
                     head_dim,
                     f16,
                     runs,
-                    tiling: if tiling == "rows" {
-                        tav_core::kernels::Tiling::PerRow
-                    } else {
-                        tav_core::kernels::Tiling::Tiled
+                    tiling: match tiling {
+                        TilingChoice::Rows => tav_core::kernels::Tiling::PerRow,
+                        TilingChoice::Tiled => tav_core::kernels::Tiling::Tiled,
                     },
+                    subgroups: subgroups == SubgroupChoice::Auto,
                 };
                 return bench::run_attention_kernels(&spec, device, &adapter);
             }
-            let choice = match kernels.as_str() {
-                "on" => Some(gpu::AttentionChoice::Kernels),
-                "off" => Some(gpu::AttentionChoice::Plain),
-                _ => attention,
+            let choice = match kernels {
+                KernelsFlag::On => Some(gpu::AttentionChoice::Kernels),
+                KernelsFlag::Off => Some(gpu::AttentionChoice::Plain),
+                KernelsFlag::Auto => attention,
             };
             let kernels = gpu::AttentionChoice::resolve(choice, false, &device)
                 .map_err(TavError::InvalidInput)?;
-            let size = size.unwrap_or(if config == "tiny" { 64 } else { 512 });
+            let size = size.unwrap_or(match config {
+                plan::ModelSize::Tiny => 64,
+                plan::ModelSize::Sd15 => 512,
+            });
             let spec = bench::BenchSpec {
                 config,
                 frames,
@@ -1085,10 +1119,11 @@ fn check(common: &Common, frames: usize, size: usize) -> Result<()> {
         &device,
     );
     let started = Instant::now();
-    let timesteps = models.schedule.ddim_timesteps(50)?;
+    let ddim = tav_core::schedule::Ddim::new(&models.schedule, 50)?;
+    let first = ddim.timesteps()[0];
     let eps = models.unet.forward(
         latents.clone(),
-        &[timesteps[0] as f64],
+        &[first as f64],
         text,
         VideoAttentionOptions {
             kernels,
@@ -1096,7 +1131,7 @@ fn check(common: &Common, frames: usize, size: usize) -> Result<()> {
         },
     )?;
     report("unet 3d", &eps.clone().reshape([-1]))?;
-    let stepped = models.schedule.ddim_step(eps, timesteps[0], latents, 50);
+    let stepped = ddim.step(eps, first, latents);
     report("ddim step", &stepped.reshape([-1]))?;
     println!(
         "unet forward + ddim step: {:.2} s",

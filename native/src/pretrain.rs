@@ -17,8 +17,8 @@ use tav_core::clip::ClipTextEncoder;
 use tav_core::config::SchedulerConfig;
 use tav_core::draws::SeededRng;
 use tav_core::pretrain::{
-    Component, TextToImage, ToyConfigs, caption_ids, frame_batch, image_unet, initial_models,
-    latent_scale, object_weights, pretrain_settings, text_to_image_step, vae_step,
+    Component, TextToImage, TextToImageBatch, ToyConfigs, caption_ids, frame_batch, image_unet,
+    initial_models, latent_scale, object_weights, pretrain_settings, text_to_image_step, vae_step,
 };
 use tav_core::progress::{Event, Phase};
 use tav_core::schedule::Schedule;
@@ -173,25 +173,15 @@ pub fn run(spec: &PretrainSpec, device: &Device, ui: &mut Ui) -> Result<Pretrain
         kl_weight: spec.kl_weight,
         latent,
     };
-    model = steps.run(
+    let mut stage = Stage {
         spec,
-        &mut optimiser,
-        model,
-        &mut rng,
         device,
-        ui,
-        &mut report,
-    )?;
-    let model = train_decoder(
-        spec,
-        &vae_entries,
-        model,
-        latent,
-        &mut rng,
-        device,
-        ui,
-        &mut report,
-    )?;
+        rng: &mut rng,
+        ui: &mut *ui,
+        report: &mut report,
+    };
+    model = steps.run(&mut stage, &mut optimiser, model)?;
+    let model = train_decoder(&mut stage, &vae_entries, model, latent)?;
     report.vae_seconds = started.elapsed().as_secs_f64();
     let mut vae_model = AdamW::eval_mode(model);
     let pixels = frame_batch(&mut rng, 32, spec.size, device).pixels;
@@ -259,14 +249,17 @@ pub fn run(spec: &PretrainSpec, device: &Device, ui: &mut Ui) -> Result<Pretrain
             .map(|_| rng.below(timesteps) as usize)
             .collect();
         let ids = caption_ids(&tokenizer, &batch.captions, spec.empty_captions, &mut rng)?;
+        let batch = TextToImageBatch {
+            latents,
+            noise,
+            timesteps: t,
+            ids,
+            weights,
+        };
         let (next, loss) = block_on(text_to_image_step(
             &mut optimiser,
             model,
-            latents,
-            noise,
-            &t,
-            &ids,
-            weights,
+            batch,
             &schedule,
             device,
         ))?;
@@ -318,19 +311,25 @@ pub fn run(spec: &PretrainSpec, device: &Device, ui: &mut Ui) -> Result<Pretrain
     Ok(report)
 }
 
+/// What the VAE's pretraining stages read and write: the spec and device, the draws, the
+/// console and the report.
+struct Stage<'a> {
+    spec: &'a PretrainSpec,
+    device: &'a Device,
+    rng: &'a mut SeededRng,
+    ui: &'a mut Ui,
+    report: &'a mut PretrainReport,
+}
+
 /// `--decoder-steps` of reconstruction training for the decoder (and `post_quant_conv`)
 /// alone; the losses are appended to the VAE's curve.
-#[allow(clippy::too_many_arguments)]
 fn train_decoder(
-    spec: &PretrainSpec,
+    stage: &mut Stage,
     vae_entries: &[ParamEntry],
     model: Vae,
     latent: usize,
-    rng: &mut SeededRng,
-    device: &Device,
-    ui: &mut Ui,
-    report: &mut PretrainReport,
 ) -> Result<Vae> {
+    let spec = stage.spec;
     if spec.decoder_steps == 0 {
         return Ok(model);
     }
@@ -346,7 +345,7 @@ fn train_decoder(
         kl_weight: 0.0,
         latent,
     };
-    steps.run(spec, &mut optimiser, model, rng, device, ui, report)
+    steps.run(stage, &mut optimiser, model)
 }
 
 /// A run of VAE steps on fresh frame batches (the whole VAE, or what `optimiser` trains),
@@ -359,24 +358,19 @@ struct VaeSteps {
 }
 
 impl VaeSteps {
-    #[allow(clippy::too_many_arguments)]
-    fn run(
-        &self,
-        spec: &PretrainSpec,
-        optimiser: &mut AdamW,
-        mut model: Vae,
-        rng: &mut SeededRng,
-        device: &Device,
-        ui: &mut Ui,
-        report: &mut PretrainReport,
-    ) -> Result<Vae> {
+    fn run(&self, stage: &mut Stage, optimiser: &mut AdamW, mut model: Vae) -> Result<Vae> {
+        let (spec, device) = (stage.spec, stage.device);
         for step in 0..self.count {
-            let pixels = frame_batch(rng, spec.vae_batch, spec.size, device).pixels;
-            let eps = normal(rng, [spec.vae_batch, 4, self.latent, self.latent], device);
+            let pixels = frame_batch(stage.rng, spec.vae_batch, spec.size, device).pixels;
+            let eps = normal(
+                stage.rng,
+                [spec.vae_batch, 4, self.latent, self.latent],
+                device,
+            );
             let (next, loss) = block_on(vae_step(optimiser, model, pixels, eps, self.kl_weight))?;
             model = next;
-            report.vae_losses.push(loss);
-            ui.event(Event {
+            stage.report.vae_losses.push(loss);
+            stage.ui.event(Event {
                 phase: Phase::PretrainVae,
                 step: step + 1,
                 total: self.count,

@@ -7,8 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use tav_core::draws::SeededRng;
-use tav_core::edit::{Guidance, decode_video, sample};
+use tav_core::edit::{Denoiser, Guidance, decode_video};
 use tav_core::progress::Event;
+use tav_core::schedule::Ddim;
 use tav_core::unet::UNet3D;
 use tav_core::weights::HostTensor;
 use tav_core::{Result, TavError};
@@ -80,20 +81,22 @@ pub fn videos(
     )
     .to_device(&session.device);
     let uncond = session.embed("")?;
+    let ddim = Ddim::new(&models.schedule, spec.steps)?;
+    let denoiser = Denoiser {
+        unet,
+        ddim: &ddim,
+        options: session.attention,
+    };
     let mut clips = Vec::new();
     for (i, prompt) in spec.prompts.iter().enumerate() {
         ui.say(&format!("sample {}: {prompt}", i + 1));
         let cond = session.embed(prompt)?;
         let mut progress = |e: Event| ui.event(e);
-        let latents = sample(
-            unet,
-            &models.schedule,
+        let latents = denoiser.sample(
             noise.clone(),
             cond,
             uncond.clone(),
             spec.guidance,
-            spec.steps,
-            session.attention,
             &mut progress,
         )?;
         let video = decode_video(&models.vae, latents, &session.limits, &mut progress)?;

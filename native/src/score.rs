@@ -11,7 +11,7 @@ use tav_core::progress::{Event, Phase};
 use tav_core::score::{Analysis, analyse, background_change, motion_kept};
 use tav_core::toyworld::{Background, ClipSpec, Colour, Shape, caption, render};
 use tav_core::transformer::{SelfAttentionKind, VideoAttentionOptions};
-use tav_core::tune::{TuneBatch, TuneSettings, Tuner, clip_latents, seeded_draws};
+use tav_core::tune::{Flow, TuneBatch, TuneSettings, Tuner, TuningRun, clip_latents, seeded};
 use tav_core::unet::UNet3D;
 use tav_core::{Result, TavError};
 
@@ -20,8 +20,8 @@ use crate::sample::SampleSpec;
 use crate::ui::Ui;
 use crate::video::{self, Clip};
 
-/// The method and its ablations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The method and its ablations (`--methods`; the names are [`Method::name`]'s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Method {
     /// Tune-A-Video: tuned, sparse-causal and temporal attention.
     Full,
@@ -30,6 +30,7 @@ pub enum Method {
     /// Tuned, without the temporal layers.
     NoTemporal,
     /// Tuned, with each frame attending only to itself instead of sparse-causal attention.
+    #[value(name = "per-frame-attention")]
     FullSelfAttention,
     /// Not an edit: the base model samples each edit prompt from seeded noise, with no
     /// source clip. Its attribute success is what the model itself draws for a prompt, the
@@ -38,14 +39,6 @@ pub enum Method {
 }
 
 impl Method {
-    pub const ALL: [Method; 5] = [
-        Method::Full,
-        Method::NoTuning,
-        Method::NoTemporal,
-        Method::FullSelfAttention,
-        Method::TextToVideo,
-    ];
-
     pub fn name(self) -> &'static str {
         match self {
             Method::Full => "full",
@@ -54,10 +47,6 @@ impl Method {
             Method::FullSelfAttention => "per-frame-attention",
             Method::TextToVideo => "text-to-video",
         }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|m| m.name() == name)
     }
 
     fn attention(self, base: VideoAttentionOptions) -> VideoAttentionOptions {
@@ -346,26 +335,22 @@ fn tune(session: &Session, batch: &TuneBatch, spec: &ScoreSpec, ui: &mut Ui) -> 
         ..TuneSettings::default()
     };
     let mut tuner = Tuner::new(&models.unet, settings);
-    let mut unet = tuner.train_mode(models.unet.clone());
-    let [frames, c, h, w] = batch.posterior.mean.dims();
-    for step in 0..spec.tune_steps {
-        let draws = seeded_draws(
-            spec.seed,
-            step,
-            [frames, c, h, w],
-            models.schedule.num_train_timesteps(),
-            &session.device,
-        );
-        let (next, outcome) = tuner.step(unet, batch, draws, &models.schedule, false)?;
-        unet = next;
+    let draws = seeded(spec.seed, batch, &models.schedule, &session.device);
+    let run = TuningRun {
+        batch,
+        schedule: &models.schedule,
+        steps: spec.tune_steps,
+        draws: &draws,
+    };
+    tuner.run(models.unet.clone(), &run, &mut |step| {
         ui.event(Event {
             phase: Phase::Tune,
-            step: step + 1,
-            total: spec.tune_steps,
-            loss: Some(outcome.loss),
+            step: step.steps_done,
+            total: step.total,
+            loss: Some(step.outcome.loss),
         });
-    }
-    Ok(Tuner::eval_mode(unet))
+        Ok(Flow::Continue)
+    })
 }
 
 /// Per method: edits, attribute success (all, and by kind), mean IoU, centroid error and

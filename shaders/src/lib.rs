@@ -78,6 +78,59 @@ pub const KEY_GROUP: usize = 4;
 /// Query frames per job of the tiled key/value kernel for frame 0's keys (which every frame
 /// sees): frame 0's work is split into ⌈F / FRAME_CHUNK⌉ jobs, others take one frame each.
 pub const FRAME_CHUNK: u32 = 4;
+/// Most invocations that share a row of a tiled kernel (with subgroups): 4 × 64 rows is
+/// WebGPU's guaranteed 256 invocations per workgroup.
+pub const MAX_LANES: usize = 4;
+/// Vec4s of the head an invocation of a tiled kernel holds per operand, at most, where
+/// subgroups let a row be split: SD's heads of 80 and 160 (20 and 40 vec4s, two to four
+/// operands each) would otherwise need more registers than a GPU gives an invocation at
+/// full occupancy, and spill.
+pub const LANE_VECS: usize = 8;
+
+/// What an adapter offers the kernels, as their launch plans need it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// llvmpipe's loop budget ([`loop_budget`]); `None`: one pass.
+    pub loop_budget: Option<u32>,
+    /// The adapter's smallest subgroup size, where the device has subgroup operations
+    /// (`None`: no subgroups, one invocation per row).
+    pub subgroup_size: Option<u32>,
+    /// Vec4s of the head an invocation holds at most when subgroups allow splitting a row
+    /// ([`LANE_VECS`]; a test lowers it to split small heads too).
+    pub lane_vecs: usize,
+}
+
+impl Capabilities {
+    /// One invocation per row, one pass: what every adapter runs.
+    pub const PLAIN: Capabilities = Capabilities {
+        loop_budget: None,
+        subgroup_size: None,
+        lane_vecs: LANE_VECS,
+    };
+
+    /// Invocations sharing a row of `kernel` for a head of `head_dim`: 1 without subgroups
+    /// or for the per-row kernels; otherwise the fewest (a power of two dividing the head's
+    /// vec4s, at most [`MAX_LANES`] and the subgroup size) that leave each at most
+    /// `lane_vecs` vec4s.
+    pub fn lanes(&self, kernel: Kernel, head_dim: usize) -> usize {
+        let Some(subgroup) = self.subgroup_size else {
+            return 1;
+        };
+        if !matches!(
+            kernel,
+            Kernel::TiledForward | Kernel::TiledBackwardQuery | Kernel::TiledBackwardKeyValue
+        ) {
+            return 1;
+        }
+        let vecs = head_dim.div_ceil(4);
+        let most = MAX_LANES.min(subgroup as usize);
+        let mut lanes = 1;
+        while vecs / lanes > self.lane_vecs && lanes * 2 <= most && vecs.is_multiple_of(lanes * 2) {
+            lanes *= 2;
+        }
+        lanes
+    }
+}
 
 impl Kernel {
     pub const ALL: [Kernel; 7] = [
@@ -142,32 +195,58 @@ impl Kernel {
     }
 }
 
-/// The constants a pipeline is built with, put before the shared part.
-fn constants(kernel: Kernel, storage: Storage, head_dim: usize) -> String {
+/// The constants a pipeline is built with, put before the shared part, and `lanes_sum`, the
+/// sum of a value over the `lanes` invocations sharing a row (a butterfly of subgroup
+/// shuffles, so every lane gets the same bits; the value itself with one lane).
+fn constants(kernel: Kernel, storage: Storage, head_dim: usize, lanes: usize) -> String {
+    let head_vecs = head_dim.div_ceil(4);
+    let mut sum = String::from("x");
+    let mut step = 1;
+    while step < lanes {
+        sum = format!("lanes_step({sum}, {step}u)");
+        step *= 2;
+    }
+    let shuffle = if lanes > 1 {
+        "fn lanes_step(x: f32, mask: u32) -> f32 {\n    return x + subgroupShuffleXor(x, mask);\n}\n"
+    } else {
+        ""
+    };
     format!(
-        "const HEAD_DIM: u32 = {head_dim}u;\nconst HEAD_VECS: u32 = {}u;\n\
+        "const HEAD_DIM: u32 = {head_dim}u;\nconst HEAD_VECS: u32 = {head_vecs}u;\n\
          const TILE_ROWS: u32 = {WORKGROUP_SIZE}u;\nconst TILE: u32 = {}u;\n\
-         const FRAME_CHUNK: u32 = {FRAME_CHUNK}u;\nconst KEY_GROUP: u32 = {KEY_GROUP}u;\n",
-        head_dim.div_ceil(4),
+         const FRAME_CHUNK: u32 = {FRAME_CHUNK}u;\nconst KEY_GROUP: u32 = {KEY_GROUP}u;\n\
+         const LANES: u32 = {lanes}u;\nconst LANE_VECS: u32 = {}u;\n\
+         const INVOCATIONS: u32 = {}u;\n\
+         {shuffle}fn lanes_sum(x: f32) -> f32 {{\n    return {sum};\n}}\n",
         kernel.staged_rows(head_dim, storage),
+        head_vecs / lanes,
+        WORKGROUP_SIZE * lanes,
     )
 }
 
-/// The WGSL source of `kernel` for `storage` and a head of `head_dim` (fixed per pipeline):
-/// its constants, the shared part, its bindings and their head accessors, then the kernel,
-/// unrolled ([`unroll`]).
-pub fn source(kernel: Kernel, storage: Storage, head_dim: usize) -> String {
+/// The WGSL source of `kernel` for `storage`, a head of `head_dim` (fixed per pipeline) and
+/// `lanes` invocations per row ([`Capabilities::lanes`]; 1 for the per-row kernels): its
+/// constants, the shared part, its bindings and their head accessors, then the kernel,
+/// unrolled ([`unroll`]). With several lanes the kernel uses subgroup shuffles, which the
+/// device must have; browsers want them enabled in the source, naga (native) refuses that.
+pub fn source(kernel: Kernel, storage: Storage, head_dim: usize, lanes: usize) -> String {
     let key_tiles = match kernel {
         Kernel::TiledForward | Kernel::TiledBackwardQuery => KEY_TILES,
         _ => "",
     };
+    let enable = if lanes > 1 && cfg!(target_family = "wasm") {
+        "enable subgroups;\n"
+    } else {
+        ""
+    };
     let text = format!(
-        "{}{COMMON}\n{}\n{key_tiles}\n{}",
-        constants(kernel, storage, head_dim),
+        "{enable}{}{COMMON}\n{}\n{key_tiles}\n{}",
+        constants(kernel, storage, head_dim, lanes),
         bindings(kernel),
         kernel.f32_source()
     );
-    f16_variant_if(&unroll(&text, head_dim.div_ceil(4), KEY_GROUP), storage)
+    let lane_vecs = head_dim.div_ceil(4) / lanes;
+    f16_variant_if(&unroll(&text, lane_vecs, KEY_GROUP, lanes > 1), storage)
 }
 
 /// The buffers of `kernel` declared in the order of [`Kernel::slots`] (so the kernels and the
@@ -203,19 +282,27 @@ const KEY_TILES: &str = include_str!("../wgsl/attention_key_tiles.wgsl");
 const HEAD_ACCESS: &str = include_str!("../wgsl/attention_head_access.wgsl");
 
 /// Unrolls the tiled kernels' per-vec4 and per-key lines: a line holding `$c` is written
-/// once per vec4 of the head (c = 0 … `head_vecs`−1), one holding `$k` once per key of a
-/// group (k = 0 … `key_group`−1), one holding both once per pair (keys outer). So a head's
-/// values are separate variables on every compiler, not an array indexed at run time.
-pub fn unroll(text: &str, head_vecs: usize, key_group: usize) -> String {
+/// once per vec4 of the head an invocation holds (c = 0 … `lane_vecs`−1), one holding `$k`
+/// once per key of a group (k = 0 … `key_group`−1), one holding both once per pair (keys
+/// outer). So a head's values are separate variables on every compiler, not an array
+/// indexed at run time. `$cu` is the vec4's index in the head: `c` itself, or with `lanes`
+/// (several invocations per row) `lane_base + c`, the kernel's offset of its lane's part.
+pub fn unroll(text: &str, lane_vecs: usize, key_group: usize, lanes: bool) -> String {
     let mut out = String::with_capacity(text.len() * 2);
     for line in text.lines() {
         let keys = if line.contains("$k") { key_group } else { 1 };
-        let vecs = if line.contains("$c") { head_vecs } else { 1 };
+        let vecs = if line.contains("$c") { lane_vecs } else { 1 };
         for k in 0..keys {
             for c in 0..vecs {
+                let head_vec = if lanes {
+                    format!("(lane_base + {c}u)")
+                } else {
+                    format!("{c}u")
+                };
                 out.push_str(
                     &line
                         .replace("$k", &k.to_string())
+                        .replace("$cu", &head_vec)
                         .replace("$c", &c.to_string()),
                 );
                 out.push('\n');
@@ -639,9 +726,10 @@ impl Info {
         }
     }
 
-    /// Every launch of the forward or backward pass, with the scratch it needs: what both
-    /// the model's path (`tav-core`) and [`runner`] execute.
-    pub fn plan(&self, backward: bool, tiling: Tiling, budget: Option<u32>) -> Plan {
+    /// Every launch of the forward or backward pass on an adapter with `capabilities`, with
+    /// the scratch it needs: what both the model's path (`tav-core`) and [`runner`] execute.
+    pub fn plan(&self, backward: bool, tiling: Tiling, capabilities: &Capabilities) -> Plan {
+        let budget = capabilities.loop_budget;
         let mut plan = Plan {
             launches: Vec::new(),
             state_elements: 1,
@@ -655,8 +743,12 @@ impl Info {
             if kernel == Kernel::TiledBackwardKeyValue {
                 plan.partial_elements = self.partial_elements();
             }
-            plan.launches
-                .extend(passes.into_iter().map(|info| Launch { kernel, info }));
+            let lanes = capabilities.lanes(kernel, self.head_dim as usize);
+            plan.launches.extend(passes.into_iter().map(|info| Launch {
+                kernel,
+                info,
+                lanes,
+            }));
         }
         plan
     }
@@ -786,6 +878,8 @@ impl Kernel {
 pub struct Launch {
     pub kernel: Kernel,
     pub info: Info,
+    /// Invocations per row ([`Capabilities::lanes`]): part of the pipeline's source.
+    pub lanes: usize,
 }
 
 impl Launch {
@@ -810,17 +904,30 @@ mod tests {
     use super::*;
 
     fn validate(source: &str, name: &str, f16: bool) {
+        validate_with(source, name, f16, false)
+    }
+
+    /// Validates `source`, with subgroup operations allowed (in compute) only if `subgroups`.
+    fn validate_with(source: &str, name: &str, f16: bool, subgroups: bool) {
+        use naga::valid::{Capabilities, ShaderStages, SubgroupOperationSet, Validator};
         let module = naga::front::wgsl::parse_str(source)
             .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
         // `unpack2x16float` is core WGSL (WebGPU has it everywhere); naga gates it behind
         // this capability only for its GL backends.
-        let core = naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
-        let capabilities = if f16 {
-            core | naga::valid::Capabilities::SHADER_FLOAT16
-        } else {
-            core
-        };
-        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
+        let mut capabilities = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+        if f16 {
+            capabilities |= Capabilities::SHADER_FLOAT16;
+        }
+        if subgroups {
+            capabilities |= Capabilities::SUBGROUP;
+        }
+        let mut validator = Validator::new(naga::valid::ValidationFlags::all(), capabilities);
+        if subgroups {
+            validator
+                .subgroup_stages(ShaderStages::COMPUTE)
+                .subgroup_operations(SubgroupOperationSet::all());
+        }
+        validator
             .validate(&module)
             .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
     }
@@ -857,7 +964,7 @@ mod tests {
                 if text == COMMON {
                     vec![format!(
                         "{}{text}",
-                        constants(Kernel::TiledForward, Storage::F32, 40)
+                        constants(Kernel::TiledForward, Storage::F32, 40, 1)
                     )]
                 } else {
                     vec![text]
@@ -867,9 +974,10 @@ mod tests {
             } else if file_name.starts_with("conv2d_") {
                 vec![format!("{CONV2D_COMMON}\n{text}")]
             } else if let Some(kernel) = Kernel::ALL.iter().find(|k| k.file_name() == file_name) {
+                // With subgroups (several lanes per row) too, validated below.
                 HEAD_DIMS
                     .iter()
-                    .map(|&d| source(*kernel, Storage::F32, d))
+                    .map(|&d| source(*kernel, Storage::F32, d, 1))
                     .collect()
             } else {
                 vec![text]
@@ -894,19 +1002,86 @@ mod tests {
         }
     }
 
+    /// The tiled kernels with a row split over 2 or 4 invocations validate (f32 and f16)
+    /// with subgroup operations, and are refused without them: the fallback (one lane) is
+    /// what an adapter without subgroups gets, and needs none.
+    #[test]
+    fn tiled_kernels_split_over_lanes_validate_with_subgroups_only() {
+        let mut split = 0;
+        for kernel in [
+            Kernel::TiledForward,
+            Kernel::TiledBackwardQuery,
+            Kernel::TiledBackwardKeyValue,
+        ] {
+            for d in HEAD_DIMS {
+                let one = source(kernel, Storage::F32, d, 1);
+                assert!(!one.contains("subgroupShuffle"), "{kernel:?} {d}");
+                for lanes in [2, 4] {
+                    if !d.div_ceil(4).is_multiple_of(lanes) {
+                        continue;
+                    }
+                    let name = format!("{kernel:?} head {d}, {lanes} lanes");
+                    let text = source(kernel, Storage::F32, d, lanes);
+                    validate_with(&text, &name, false, true);
+                    let f16 = f16_variant_if(&text, Storage::F16);
+                    validate_with(&f16, &format!("{name} (f16)"), true, true);
+                    let refused = std::panic::catch_unwind(|| validate(&text, &name, false));
+                    assert!(refused.is_err(), "{name} needs subgroups");
+                    split += 1;
+                }
+            }
+        }
+        assert!(split >= 3 * 8, "head sizes split over lanes: {split}");
+    }
+
+    /// Lanes are a power of two dividing the head's vec4s, within the subgroup and
+    /// MAX_LANES, and only for the tiled kernels; without subgroups always one.
+    #[test]
+    fn lanes_split_large_heads_where_subgroups_allow() {
+        let gpu = Capabilities {
+            subgroup_size: Some(32),
+            ..Capabilities::PLAIN
+        };
+        let lanes = |caps: &Capabilities, d| caps.lanes(Kernel::TiledForward, d);
+        // SD's heads: 40 (10 vec4s) in 2 × 5, 80 in 4 × 5, 160 in 4 × 10 (MAX_LANES).
+        assert_eq!([40, 80, 160].map(|d| lanes(&gpu, d)), [2, 4, 4]);
+        // Small heads and heads whose vec4s are odd stay whole.
+        assert_eq!([8, 13, 32, 44].map(|d| lanes(&gpu, d)), [1, 1, 1, 1]);
+        assert_eq!(lanes(&Capabilities::PLAIN, 160), 1);
+        assert_eq!(gpu.lanes(Kernel::AttentionForward, 160), 1);
+        assert_eq!(gpu.lanes(Kernel::FrameZeroReduce, 160), 1);
+        let narrow = Capabilities {
+            subgroup_size: Some(2),
+            ..gpu
+        };
+        assert_eq!(lanes(&narrow, 160), 2);
+        let forced = Capabilities {
+            lane_vecs: 1,
+            ..gpu
+        };
+        assert_eq!([4, 8, 16, 24].map(|d| lanes(&forced, d)), [1, 2, 4, 2]);
+    }
+
     #[test]
     fn unrolling_writes_a_line_per_vec4_and_key() {
         let text = "a\nx$c = y$c;\ns$k += q$c[$ku];\nb\n";
         assert_eq!(
-            unroll(text, 2, 3),
+            unroll(text, 2, 3, false),
             "a\nx0 = y0;\nx1 = y1;\ns0 += q0[0u];\ns0 += q1[0u];\ns1 += q0[1u];\n\
              s1 += q1[1u];\ns2 += q0[2u];\ns2 += q1[2u];\nb\n"
         );
+        // Split over lanes, `$cu` is the vec4's place in the whole head.
+        assert_eq!(
+            unroll("x$c = h[$cu];\n", 2, 3, true),
+            "x0 = h[(lane_base + 0u)];\nx1 = h[(lane_base + 1u)];\n"
+        );
         for kernel in Kernel::ALL {
-            assert!(
-                !source(kernel, Storage::F32, 40).contains('$'),
-                "{kernel:?}"
-            );
+            for lanes in [1, 2] {
+                assert!(
+                    !source(kernel, Storage::F32, 40, lanes).contains('$'),
+                    "{kernel:?}"
+                );
+            }
         }
     }
 
@@ -933,7 +1108,7 @@ mod tests {
 
     #[test]
     fn a_broken_kernel_fails_validation() {
-        let broken = source(Kernel::AttentionForward, Storage::F32, 40).replace(
+        let broken = source(Kernel::AttentionForward, Storage::F32, 40, 1).replace(
             "running_sum = running_sum * rescale + p;",
             "running_sum = q;",
         );

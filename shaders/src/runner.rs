@@ -6,7 +6,10 @@ use std::collections::HashMap;
 
 use wgpu::util::DeviceExt;
 
-use crate::{AttentionMode, Info, Kernel, Launch, MAX_HEAD_DIM, Slot, Storage, Tiling, source};
+use crate::{
+    AttentionMode, Capabilities, Info, Kernel, LANE_VECS, Launch, MAX_HEAD_DIM, Slot, Storage,
+    Tiling, source,
+};
 
 /// The sizes of one attention call.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -45,6 +48,14 @@ impl Shape {
     }
 }
 
+/// The attention inputs, `[(B·F), L, H·D]` each.
+#[derive(Debug, Clone, Copy)]
+pub struct Qkv<'a> {
+    pub q: &'a [f32],
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+}
+
 /// Forward results: the attention output and each row's log-sum-exp.
 pub struct Forward {
     pub out: Vec<f32>,
@@ -61,12 +72,13 @@ pub struct Backward {
 pub struct KernelRunner {
     device: wgpu::Device,
     queue: wgpu::Queue,
-    pipelines: HashMap<(Kernel, bool, usize), wgpu::ComputePipeline>,
+    pipelines: HashMap<(Kernel, bool, usize, usize), wgpu::ComputePipeline>,
     has_f16: bool,
     max_x: u32,
-    /// The adapter's loop budget ([`crate::loop_budget`]); a test may lower it to make the
-    /// kernels run in many passes on any adapter.
-    pub budget: Option<u32>,
+    /// What the adapter offers the plans: its loop budget ([`crate::loop_budget`]) and
+    /// subgroups. A test may lower the budget (many passes on any adapter), drop subgroups
+    /// (the fallback) or lower `lane_vecs` (small heads split over lanes too).
+    pub capabilities: Capabilities,
     pub adapter: String,
     /// Which kernels sparse-causal attention runs (tiled unless set otherwise).
     pub tiling: Tiling,
@@ -82,14 +94,12 @@ impl KernelRunner {
         )
         .map_err(|e| format!("no GPU adapter: {e}"))?;
         let has_f16 = adapter.features().contains(wgpu::Features::SHADER_F16);
+        let subgroups = adapter.features().contains(wgpu::Features::SUBGROUP);
         let limits = adapter.limits();
+        let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
         let descriptor = wgpu::DeviceDescriptor {
             label: Some("tav attention kernels"),
-            required_features: if has_f16 {
-                wgpu::Features::SHADER_F16
-            } else {
-                wgpu::Features::empty()
-            },
+            required_features: adapter.features() & wanted,
             required_limits: limits.clone(),
             ..Default::default()
         };
@@ -102,7 +112,11 @@ impl KernelRunner {
             pipelines: HashMap::new(),
             has_f16,
             max_x: limits.max_compute_workgroups_per_dimension,
-            budget: crate::loop_budget(&info.name),
+            capabilities: Capabilities {
+                loop_budget: crate::loop_budget(&info.name),
+                subgroup_size: subgroups.then_some(info.subgroup_min_size),
+                lane_vecs: LANE_VECS,
+            },
             adapter: format!("{} ({:?})", info.name, info.backend),
             tiling: Tiling::Tiled,
         })
@@ -113,15 +127,18 @@ impl KernelRunner {
         self.has_f16
     }
 
-    fn pipeline(&mut self, kernel: Kernel, f16: bool, head_dim: usize) -> &wgpu::ComputePipeline {
+    fn pipeline(&mut self, launch: &Launch, f16: bool) -> &wgpu::ComputePipeline {
         let device = &self.device;
+        let (kernel, lanes) = (launch.kernel, launch.lanes);
+        let head_dim = launch.info.head_dim as usize;
         self.pipelines
-            .entry((kernel, f16, head_dim))
+            .entry((kernel, f16, head_dim, lanes))
             .or_insert_with(|| {
                 let storage = if f16 { Storage::F16 } else { Storage::F32 };
+                let text = source(kernel, storage, head_dim, lanes);
                 let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(kernel.file_name()),
-                    source: wgpu::ShaderSource::Wgsl(source(kernel, storage, head_dim).into()),
+                    source: wgpu::ShaderSource::Wgsl(text.into()),
                 });
                 device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(kernel.file_name()),
@@ -169,7 +186,7 @@ impl KernelRunner {
         f16: bool,
         buffers: &[(Slot, &wgpu::Buffer)],
     ) {
-        let plan = info.plan(backward, self.tiling, self.budget);
+        let plan = info.plan(backward, self.tiling, &self.capabilities);
         let state = self.output(plan.state_elements, false);
         let partials = self.output(plan.partial_elements, false);
         let mut all = buffers.to_vec();
@@ -198,9 +215,7 @@ impl KernelRunner {
                 contents: &launch.info.to_bytes(),
                 usage: wgpu::BufferUsages::UNIFORM,
             });
-        let pipeline = self
-            .pipeline(launch.kernel, f16, launch.info.head_dim as usize)
-            .clone();
+        let pipeline = self.pipeline(launch, f16).clone();
         let mut entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .enumerate()
@@ -282,15 +297,9 @@ impl KernelRunner {
         Ok(())
     }
 
-    /// Attention output and log-sum-exp for q, k, v (`[(B·F), L, H·D]` each).
-    pub fn forward(
-        &mut self,
-        shape: &Shape,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        f16: bool,
-    ) -> Result<Forward, String> {
+    /// Attention output and log-sum-exp for q, k, v.
+    pub fn forward(&mut self, shape: &Shape, inputs: Qkv, f16: bool) -> Result<Forward, String> {
+        let Qkv { q, k, v } = inputs;
         self.check(shape, f16)?;
         let info = shape.info(self.max_x);
         let n = shape.elements();
@@ -319,18 +328,16 @@ impl KernelRunner {
         })
     }
 
-    /// Gradients of q, k, v given the output's gradient `d_out`.
-    #[allow(clippy::too_many_arguments)]
+    /// Gradients of q, k, v given the forward's results and the output's gradient `d_out`.
     pub fn backward(
         &mut self,
         shape: &Shape,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
+        inputs: Qkv,
         forward: &Forward,
         d_out: &[f32],
         f16: bool,
     ) -> Result<Backward, String> {
+        let Qkv { q, k, v } = inputs;
         self.check(shape, f16)?;
         let info = shape.info(self.max_x);
         let n = shape.elements();

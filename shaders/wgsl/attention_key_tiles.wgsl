@@ -4,11 +4,11 @@ var<workgroup> k_tile: array<vec4<T>, TILE * HEAD_VECS>;
 var<workgroup> v_tile: array<vec4<T>, TILE * HEAD_VECS>;
 
 // Stages keys [start, start + TILE) of `tile`'s query rows, zero past `keys` (or for a tile
-// past the dispatch's end); each invocation `lid` writes every TILE_ROWS-th vec4. The caller
+// past the dispatch's end); each invocation `lid` writes every INVOCATIONS-th vec4. The caller
 // puts a barrier after it.
 fn stage_keys(tile: Tile, start: u32, keys: u32, lid: u32) {
     let width = info.heads * HEAD_DIM;
-    for (var e = lid; e < TILE * HEAD_VECS; e += TILE_ROWS) {
+    for (var e = lid; e < TILE * HEAD_VECS; e += INVOCATIONS) {
         let key = start + e / HEAD_VECS;
         var kv = vec4<f32>();
         var vv = vec4<f32>();

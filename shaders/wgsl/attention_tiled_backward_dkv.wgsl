@@ -18,7 +18,7 @@ var<workgroup> d_o_tile: array<vec4<T>, TILE * HEAD_VECS>;
 var<workgroup> lse_tile: array<f32, TILE>;
 var<workgroup> delta_tile: array<f32, TILE>;
 
-@compute @workgroup_size(TILE_ROWS)
+@compute @workgroup_size(INVOCATIONS)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     // Workgroups run over key tiles, heads, videos, then jobs: frame 0's longer jobs first.
     let index = wg.y * info.rows_per_dispatch_x + wg.x;
@@ -35,7 +35,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     // The job's queries, (frame − f_start)·L + token; none for the last frame's keys.
     let items = select(0u, (f_end - f_start) * info.tokens, valid && f_end > f_start);
 
-    let j = (index % key_tiles) * TILE_ROWS + lid;
+    let j = (index % key_tiles) * TILE_ROWS + lid / LANES;
+    let lane_base = lid % LANES * LANE_VECS;
     let in_range = valid && j < info.tokens;
     let width = info.heads * HEAD_DIM;
     let k_at = ((b * info.frames + g) * info.tokens + j) * width + h * HEAD_DIM;
@@ -61,7 +62,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         let t0 = start % info.tokens;
         let count = min(min(TILE, info.tokens - t0), end - start);
         let qn = b * info.frames + f;
-        for (var e = lid; e < TILE * HEAD_VECS; e += TILE_ROWS) {
+        for (var e = lid; e < TILE * HEAD_VECS; e += INVOCATIONS) {
             let t = e / HEAD_VECS;
             var qv = vec4<f32>();
             var dv = vec4<f32>();
@@ -73,7 +74,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             q_tile[e] = vec4<T>(qv);
             d_o_tile[e] = vec4<T>(dv);
         }
-        for (var t = lid; t < TILE; t += TILE_ROWS) {
+        for (var t = lid; t < TILE; t += INVOCATIONS) {
             let q_row = (qn * info.heads + h) * info.tokens + t0 + t;
             lse_tile[t] = select(0.0, lse[q_row], t < count);
             delta_tile[t] = select(0.0, delta[q_row], t < count);
@@ -85,6 +86,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             var dp$k = 0.0;
             s$k += dot(key$c, vec4<f32>(q_tile[(t + $ku) * HEAD_VECS + $cu]));
             dp$k += dot(value$c, vec4<f32>(d_o_tile[(t + $ku) * HEAD_VECS + $cu]));
+            s$k = lanes_sum(s$k);
+            dp$k = lanes_sum(dp$k);
             let p$k = select(0.0, times * exp(s$k - lse_tile[t + $ku]), t + $ku < count);
             let ds$k = p$k * (dp$k - delta_tile[t + $ku]);
             acc_v$c += p$k * vec4<f32>(d_o_tile[(t + $ku) * HEAD_VECS + $cu]);

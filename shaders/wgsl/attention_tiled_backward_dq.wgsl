@@ -1,6 +1,6 @@
 // Sparse-causal attention, backward for the queries, tiled as attention_tiled_forward.wgsl
-// (and unrolled at load the same way: `$c` over the head's vec4s, `$k` over a group of
-// keys): one workgroup per tile of TILE_ROWS query rows, K and V staged TILE keys at a time
+// (and unrolled at load the same way: `$c` over the invocation's vec4s of the head, `$k`
+// over a group of keys; LANES invocations per row with subgroups): one workgroup per tile of TILE_ROWS query rows, K and V staged TILE keys at a time
 // in workgroup memory; each invocation holds its query (pre-scaled), its output gradient and
 // its dq accumulators in registers. Scores are recomputed from the saved log-sum-exp; the
 // first pass also writes delta = rowsum(dO ∘ O), which the key/value kernel needs.
@@ -8,10 +8,11 @@
 
 // `state`, per row between passes: 4·HEAD_VECS accumulators of dq.
 
-@compute @workgroup_size(TILE_ROWS)
+@compute @workgroup_size(INVOCATIONS)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let tile = row_tile(info, wg.y * info.rows_per_dispatch_x + wg.x);
-    let i = tile.first_token + lid;
+    let i = tile.first_token + lid / LANES;
+    let lane_base = lid % LANES * LANE_VECS;
     let in_range = tile.valid && i < info.tokens;
     let width = info.heads * HEAD_DIM;
     let n = tile.b * info.frames + tile.f;
@@ -29,7 +30,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var row_delta = 0.0;
     if (info.first_pass == 1u) {
         row_delta += dot(grad_out$c, o_vec(q_read, $cu));
-        if (in_range) {
+        row_delta = lanes_sum(row_delta);
+        if (in_range && lane_base == 0u) {
             delta[row] = row_delta;
         }
     } else {
@@ -48,6 +50,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             var dp$k = 0.0;
             s$k += dot(query$c, vec4<f32>(k_tile[(j + $ku) * HEAD_VECS + $cu]));
             dp$k += dot(grad_out$c, vec4<f32>(v_tile[(j + $ku) * HEAD_VECS + $cu]));
+            s$k = lanes_sum(s$k);
+            dp$k = lanes_sum(dp$k);
             let ds$k = select(0.0, exp(s$k - row_lse) * (dp$k - row_delta), start + j + $ku < keys);
             acc$c += ds$k * vec4<f32>(k_tile[(j + $ku) * HEAD_VECS + $cu]);
         }

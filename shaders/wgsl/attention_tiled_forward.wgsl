@@ -6,18 +6,22 @@
 // KEY_GROUP keys. lse holds each row's log-sum-exp for the backward pass. Passes and row
 // numbering as in attention_forward.wgsl.
 //
-// Unrolled at load: a line with `$c` is written once per vec4 of the head (c = 0 … HEAD_VECS−1;
-// the head is padded with zeros to a multiple of 4), a line with `$k` once per key of a
-// group (k = 0 … KEY_GROUP−1), a line with both once per pair. So q and the accumulators are
-// plain variables, never an indexed array, on every compiler.
+// Unrolled at load: a line with `$c` is written once per vec4 of the head that the invocation
+// holds (c = 0 … LANE_VECS−1, the head's vec4 `$cu` = lane_base + c; the head is padded with
+// zeros to a multiple of 4), a line with `$k` once per key of a group (k = 0 … KEY_GROUP−1),
+// a line with both once per pair. So q and the accumulators are plain variables, never an
+// indexed array, on every compiler. With subgroups, LANES invocations (adjacent in a
+// subgroup) share a row, each holding LANE_VECS of its vec4s, and sum their partial scores
+// with `lanes_sum`; without, LANES is 1 and an invocation holds the whole head.
 // Buffers are declared at load, in the order of `tav_shaders::Kernel::slots`.
 
 // `state`, per row between passes: 4·HEAD_VECS accumulators, the running max and the running sum.
 
-@compute @workgroup_size(TILE_ROWS)
+@compute @workgroup_size(INVOCATIONS)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let tile = row_tile(info, wg.y * info.rows_per_dispatch_x + wg.x);
-    let i = tile.first_token + lid;
+    let i = tile.first_token + lid / LANES;
+    let lane_base = lid % LANES * LANE_VECS;
     let in_range = tile.valid && i < info.tokens;
     let width = info.heads * HEAD_DIM;
     let n = tile.b * info.frames + tile.f;
@@ -45,6 +49,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         for (var j = 0u; j < TILE; j += KEY_GROUP) {
             var s$k = 0.0;
             s$k += dot(query$c, vec4<f32>(k_tile[(j + $ku) * HEAD_VECS + $cu]));
+            s$k = lanes_sum(s$k);
             s$k = select(-3.0e38, s$k, start + j + $ku < keys);
             var group_max = running_max;
             group_max = max(group_max, s$k);
@@ -64,10 +69,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
     if (info.last_pass == 0u) {
         state_store(state_at, $cu, acc$c);
-        state[state_at + 4u * HEAD_VECS] = running_max;
-        state[state_at + 4u * HEAD_VECS + 1u] = running_sum;
+        if (lane_base == 0u) {
+            state[state_at + 4u * HEAD_VECS] = running_max;
+            state[state_at + 4u * HEAD_VECS + 1u] = running_sum;
+        }
         return;
     }
     o_store(q_at, $cu, acc$c / running_sum);
-    lse[row] = running_max + log(running_sum);
+    if (lane_base == 0u) {
+        lse[row] = running_max + log(running_sum);
+    }
 }

@@ -14,18 +14,20 @@ use js_sys::{Float32Array, Object, Uint8Array};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
+use tav_core::TavError;
 use tav_core::checkpoint::{MemoryFiles, Models};
 use tav_core::delta::{TuneMeta, TunedWeights, apply_tuned};
-use tav_core::edit::{
-    decode_video, guidance_context, inversion_step, inversion_timesteps, sampling_step,
-};
+use tav_core::edit::{Denoiser, decode_video, guidance_context};
 use tav_core::limits::DeviceLimits;
 use tav_core::progress::silent;
+use tav_core::schedule::Ddim;
 use tav_core::stream::{
     Manifest, ShardStream, StreamedWeights, build_models, sha256_hex, wait_for_gpu,
 };
 use tav_core::transformer::VideoAttentionOptions;
-use tav_core::tune::{StepDraws, TuneBatch, TuneSettings, Tuner, clip_latents, seeded_draws};
+use tav_core::tune::{
+    Flow, StepDraws, StepReport, TuneBatch, TuneSettings, Tuner, TuningRun, clip_latents, seeded,
+};
 use tav_core::unet::UNet3D;
 use tav_core::vae::Posterior;
 use tav_core::weights::SafetensorsFile;
@@ -112,6 +114,12 @@ impl Gpu {
                 ))
             })?;
         let info = setup.adapter.get_info();
+        // cubecl opens the device with every feature the adapter has, subgroups included.
+        let subgroups = setup
+            .device
+            .features()
+            .contains(burn::tensor::wgpu::wgpu::Features::SUBGROUP);
+        tav_core::kernels::use_subgroups(&device, subgroups.then_some(info.subgroup_min_size));
         Ok(Gpu {
             shader_f16: device.supports_dtype(DType::F16),
             device,
@@ -546,32 +554,42 @@ impl Inner {
                 ..self.attention()
             },
         };
-        let [f, c, h, w] = posterior.mean.dims();
+        let latent_frames = posterior.mean.dims();
         let mut tuner = Tuner::new(&models.unet, settings);
-        let mut unet = tuner.train_mode(models.unet.clone());
         let mut losses = Vec::with_capacity(steps);
+        let from_seed = seeded(seed, &batch, &models.schedule, &self.device);
+        let draws = |step: usize| match &injected {
+            Some(list) => list[step].to_device(latent_frames, &self.device),
+            None => from_seed(step),
+        };
+        let run = TuningRun {
+            batch: &batch,
+            schedule: &models.schedule,
+            steps,
+            draws: &draws,
+        };
         report(&on_progress, "tune", 0, steps, None);
-        for step in 0..steps {
-            self.check_cancelled()?;
-            let draws = match &injected {
-                Some(list) => list[step].to_device([f, c, h, w], &self.device)?,
-                None => seeded_draws(
-                    seed,
-                    step,
-                    [f, c, h, w],
-                    models.schedule.num_train_timesteps(),
-                    &self.device,
-                ),
-            };
-            let (next, outcome) = tuner
-                .step_async(unet, &batch, draws, &models.schedule, false)
-                .await
-                .map_err(tav_error)?;
-            unet = next;
-            losses.push(outcome.loss);
-            report(&on_progress, "tune", step + 1, steps, Some(outcome.loss));
-        }
-        let unet = Tuner::eval_mode(unet);
+        self.check_cancelled()?;
+        let mut after_step = |step: StepReport| {
+            losses.push(step.outcome.loss);
+            report(
+                &on_progress,
+                "tune",
+                step.steps_done,
+                step.total,
+                Some(step.outcome.loss),
+            );
+            Ok(if self.cancelled.get() {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            })
+        };
+        let unet = tuner
+            .run_async(models.unet.clone(), &run, &mut after_step)
+            .await
+            .map_err(tav_error)?;
+        self.check_cancelled()?;
         let mut state = self.state.borrow_mut();
         state.unet = Some(unet);
         state.meta = Some(TuneMeta {
@@ -610,19 +628,17 @@ impl Inner {
         };
         let context = self.embed(&models, "")?;
         let mut x = latents;
-        let timesteps = inversion_timesteps(&models.schedule, steps).map_err(tav_error)?;
-        for (i, t) in timesteps.into_iter().enumerate() {
+        let ddim = Ddim::new(&models.schedule, steps).map_err(tav_error)?;
+        let denoiser = Denoiser {
+            unet: &unet,
+            ddim: &ddim,
+            options: self.attention(),
+        };
+        for (i, t) in ddim.inversion_timesteps().into_iter().enumerate() {
             self.check_cancelled()?;
-            x = inversion_step(
-                &unet,
-                &models.schedule,
-                x,
-                t,
-                context.clone(),
-                steps,
-                self.attention(),
-            )
-            .map_err(tav_error)?;
+            x = denoiser
+                .inversion_step(x, t, context.clone())
+                .map_err(tav_error)?;
             self.settle(&x).await?;
             report(&on_progress, "invert", i + 1, steps, None);
         }
@@ -649,20 +665,17 @@ impl Inner {
             guidance,
         );
         let mut x = start;
-        let timesteps = models.schedule.ddim_timesteps(steps).map_err(tav_error)?;
-        for (i, &t) in timesteps.iter().enumerate() {
+        let ddim = Ddim::new(&models.schedule, steps).map_err(tav_error)?;
+        let denoiser = Denoiser {
+            unet: &unet,
+            ddim: &ddim,
+            options: self.attention(),
+        };
+        for (i, &t) in ddim.timesteps().iter().enumerate() {
             self.check_cancelled()?;
-            x = sampling_step(
-                &unet,
-                &models.schedule,
-                x,
-                t,
-                context.clone(),
-                guidance,
-                steps,
-                self.attention(),
-            )
-            .map_err(tav_error)?;
+            x = denoiser
+                .sampling_step(x, t, context.clone(), guidance)
+                .map_err(tav_error)?;
             self.settle(&x).await?;
             report(&on_progress, "sample", i + 1, steps, None);
         }
@@ -742,10 +755,10 @@ struct JsDraws {
 }
 
 impl JsDraws {
-    fn to_device(&self, [f, c, h, w]: [usize; 4], device: &Device) -> JsResult<StepDraws> {
+    fn to_device(&self, [f, c, h, w]: [usize; 4], device: &Device) -> tav_core::Result<StepDraws> {
         let n = f * c * h * w;
         if self.vae_eps.len() != n || self.noise.len() != n {
-            return Err(error(format!(
+            return Err(TavError::InvalidInput(format!(
                 "injected draws must have {n} values each (frames × channels × latent height × width)"
             )));
         }

@@ -6,7 +6,7 @@
 
 use burn::tensor::Tensor;
 
-use crate::config::SchedulerConfig;
+use crate::config::{BetaSchedule, SchedulerConfig};
 use crate::error::{Result, TavError};
 
 #[derive(Debug, Clone)]
@@ -22,7 +22,7 @@ impl Schedule {
     pub fn new(cfg: &SchedulerConfig) -> Result<Self> {
         cfg.validate("scheduler/scheduler_config.json")?;
         let n = cfg.num_train_timesteps;
-        let betas: Vec<f32> = match (&cfg.trained_betas, cfg.beta_schedule.as_str()) {
+        let betas: Vec<f32> = match (&cfg.trained_betas, cfg.beta_schedule) {
             (Some(b), _) => {
                 if b.len() != n {
                     return Err(TavError::Config {
@@ -32,7 +32,7 @@ impl Schedule {
                 }
                 b.iter().map(|&v| v as f32).collect()
             }
-            (None, "scaled_linear") => linspace_f32(
+            (None, BetaSchedule::ScaledLinear) => linspace_f32(
                 (cfg.beta_start as f32).sqrt(),
                 (cfg.beta_end as f32).sqrt(),
                 n,
@@ -40,7 +40,9 @@ impl Schedule {
             .into_iter()
             .map(|b| b * b)
             .collect(),
-            (None, _) => linspace_f32(cfg.beta_start as f32, cfg.beta_end as f32, n),
+            (None, BetaSchedule::Linear) => {
+                linspace_f32(cfg.beta_start as f32, cfg.beta_end as f32, n)
+            }
         };
         let mut alphas_cumprod = Vec::with_capacity(n);
         let mut acc = 1.0f32;
@@ -80,11 +82,6 @@ impl Schedule {
             .collect())
     }
 
-    /// The spacing between DDIM timesteps.
-    pub fn step_ratio(&self, steps: usize) -> usize {
-        self.num_train_timesteps() / steps
-    }
-
     fn alpha_at(&self, t: i64) -> f64 {
         if t >= 0 {
             self.alphas_cumprod[(t as usize).min(self.alphas_cumprod.len() - 1)] as f64
@@ -104,31 +101,6 @@ impl Schedule {
         x0.mul_scalar(a.sqrt()) + noise.mul_scalar((1.0 - a).sqrt())
     }
 
-    /// One DDIM step (eta 0) from `t` to `t − step_ratio`, given the predicted noise.
-    pub fn ddim_step<const D: usize>(
-        &self,
-        eps: Tensor<D>,
-        t: usize,
-        x: Tensor<D>,
-        steps: usize,
-    ) -> Tensor<D> {
-        let prev = t as i64 - self.step_ratio(steps) as i64;
-        self.move_along(eps, x, self.alpha_at(t as i64), self.alpha_at(prev))
-    }
-
-    /// DDIM inversion's step from `t − step_ratio` up to `t` (Tune-A-Video's `next_step`):
-    /// the noise predicted at `t` moves the sample one step towards noise.
-    pub fn ddim_inversion_step<const D: usize>(
-        &self,
-        eps: Tensor<D>,
-        t: usize,
-        x: Tensor<D>,
-        steps: usize,
-    ) -> Tensor<D> {
-        let current = (t as i64 - self.step_ratio(steps) as i64).min(999);
-        self.move_along(eps, x, self.alpha_at(current), self.alpha_at(t as i64))
-    }
-
     /// `√ᾱ_to · x̂0 + √(1−ᾱ_to) · eps` with `x̂0 = (x − √(1−ᾱ_from) · eps) / √ᾱ_from`.
     fn move_along<const D: usize>(
         &self,
@@ -139,6 +111,64 @@ impl Schedule {
     ) -> Tensor<D> {
         let x0 = (x - eps.clone().mul_scalar((1.0 - from).sqrt())).div_scalar(from.sqrt());
         x0.mul_scalar(to.sqrt()) + eps.mul_scalar((1.0 - to).sqrt())
+    }
+}
+
+/// DDIM (eta 0) over `steps` inference steps of a training schedule: its timesteps, and the
+/// step from each to the next, for sampling and for inversion. Built once per step count, so
+/// the steps need not be told it again.
+#[derive(Debug, Clone)]
+pub struct Ddim {
+    schedule: Schedule,
+    /// Descending, the order sampling takes them.
+    timesteps: Vec<usize>,
+    /// The spacing between timesteps.
+    ratio: usize,
+}
+
+impl Ddim {
+    /// DDIM over `steps` steps of `schedule` (between 1 and its training timesteps).
+    pub fn new(schedule: &Schedule, steps: usize) -> Result<Self> {
+        Ok(Self {
+            timesteps: schedule.ddim_timesteps(steps)?,
+            ratio: schedule.num_train_timesteps() / steps,
+            schedule: schedule.clone(),
+        })
+    }
+
+    /// Inference steps.
+    pub fn steps(&self) -> usize {
+        self.timesteps.len()
+    }
+
+    /// The timesteps in the order sampling takes them (descending).
+    pub fn timesteps(&self) -> &[usize] {
+        &self.timesteps
+    }
+
+    /// The timesteps in the order inversion takes them (ascending).
+    pub fn inversion_timesteps(&self) -> Vec<usize> {
+        self.timesteps.iter().rev().copied().collect()
+    }
+
+    /// One sampling step from `t` to the previous timestep, given the predicted noise.
+    pub fn step<const D: usize>(&self, eps: Tensor<D>, t: usize, x: Tensor<D>) -> Tensor<D> {
+        let s = &self.schedule;
+        let prev = t as i64 - self.ratio as i64;
+        s.move_along(eps, x, s.alpha_at(t as i64), s.alpha_at(prev))
+    }
+
+    /// DDIM inversion's step from the previous timestep up to `t` (Tune-A-Video's
+    /// `next_step`): the noise predicted at `t` moves the sample one step towards noise.
+    pub fn inversion_step<const D: usize>(
+        &self,
+        eps: Tensor<D>,
+        t: usize,
+        x: Tensor<D>,
+    ) -> Tensor<D> {
+        let s = &self.schedule;
+        let current = (t as i64 - self.ratio as i64).min(999);
+        s.move_along(eps, x, s.alpha_at(current), s.alpha_at(t as i64))
     }
 }
 
@@ -172,6 +202,10 @@ mod tests {
         assert_eq!(s.ddim_timesteps(50).unwrap()[0], 981);
         assert!(s.ddim_timesteps(0).is_err());
         assert!(s.ddim_timesteps(1001).is_err());
+        let ddim = Ddim::new(&s, 5).unwrap();
+        assert_eq!(ddim.steps(), 5);
+        assert_eq!(ddim.inversion_timesteps(), vec![1, 201, 401, 601, 801]);
+        assert!(Ddim::new(&s, 0).is_err());
     }
 
     #[test]

@@ -263,21 +263,36 @@ pub struct TextToImage {
     pub unet: UNet3D,
 }
 
-/// One text-to-image step: noise prediction on scaled latents `[N, C, h, w]` (one frame
-/// each, temporal layers off) at per-item `timesteps`, conditioned on `ids`; the squared
-/// error is averaged with `weights` `[N, 1, h, w]` (see [`object_weights`]).
-#[allow(clippy::too_many_arguments)]
+/// One batch of text-to-image pretraining.
+pub struct TextToImageBatch {
+    /// Scaled latents `[N, C, h, w]`, one frame each.
+    pub latents: Tensor<4>,
+    /// The noise added to them, which the UNet must predict.
+    pub noise: Tensor<4>,
+    /// One timestep per item.
+    pub timesteps: Vec<usize>,
+    /// The captions' token ids.
+    pub ids: Vec<Vec<u32>>,
+    /// Per-pixel weights of the squared error `[N, 1, h, w]` (see [`object_weights`]).
+    pub weights: Tensor<4>,
+}
+
+/// One text-to-image step: noise prediction on the batch's latents (temporal layers off)
+/// conditioned on its captions; the squared error is averaged with its weights.
 pub async fn text_to_image_step(
     optimiser: &mut AdamW,
     model: TextToImage,
-    latents: Tensor<4>,
-    noise: Tensor<4>,
-    timesteps: &[usize],
-    ids: &[Vec<u32>],
-    weights: Tensor<4>,
+    batch: TextToImageBatch,
     schedule: &Schedule,
     device: &Device,
 ) -> Result<(TextToImage, f32)> {
+    let TextToImageBatch {
+        latents,
+        noise,
+        timesteps,
+        ids,
+        weights,
+    } = batch;
     let [n, c, h, w] = latents.dims();
     let noisy: Vec<Tensor<4>> = timesteps
         .iter()
@@ -291,7 +306,7 @@ pub async fn text_to_image_step(
         })
         .collect();
     let noisy = Tensor::cat(noisy, 0).reshape([n, c, 1, h, w]);
-    let context = model.text_encoder.forward(ids, device)?;
+    let context = model.text_encoder.forward(&ids, device)?;
     let options = VideoAttentionOptions {
         temporal: false,
         ..VideoAttentionOptions::default()

@@ -51,6 +51,51 @@ pub struct TuneBatch {
     pub attention: VideoAttentionOptions,
 }
 
+/// What the tuning loop tells its hook after each step.
+pub struct StepReport<'a> {
+    /// Steps done, this one included.
+    pub steps_done: usize,
+    /// The step count the run goes to.
+    pub total: usize,
+    pub outcome: &'a StepOutcome,
+    /// The UNet after this step, in train mode (for checkpoints, with
+    /// [`Tuner::trainable_values`] and [`Tuner::export_moments`]).
+    pub unet: &'a UNet3D,
+    pub tuner: &'a Tuner,
+}
+
+/// Whether the tuning loop goes on after a step (a hook stops it to cancel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+/// The draws of each step of a run, by step number (counted from the run's first step ever,
+/// so a resumed run draws what an uninterrupted one would).
+pub type DrawsFor<'a> = dyn Fn(usize) -> Result<StepDraws> + 'a;
+
+/// One tuning run: what it learns from, and the draws of each step.
+pub struct TuningRun<'a> {
+    pub batch: &'a TuneBatch,
+    pub schedule: &'a Schedule,
+    /// The step count to reach: the run goes from the tuner's steps done to this.
+    pub steps: usize,
+    pub draws: &'a DrawsFor<'a>,
+}
+
+/// The draws of every step from `seed` ([`seeded_draws`]), shaped for `batch`.
+pub fn seeded<'a>(
+    seed: u64,
+    batch: &TuneBatch,
+    schedule: &Schedule,
+    device: &'a burn::tensor::Device,
+) -> impl Fn(usize) -> Result<StepDraws> + 'a {
+    let latent_frames = batch.posterior.mean.dims();
+    let timesteps = schedule.num_train_timesteps();
+    move |step| Ok(seeded_draws(seed, step, latent_frames, timesteps, device))
+}
+
 /// One step's results.
 #[derive(Debug, Clone)]
 pub struct StepOutcome {
@@ -94,6 +139,47 @@ impl Tuner {
     /// The UNet back on the plain device, for inference.
     pub fn eval_mode(unet: UNet3D) -> UNet3D {
         AdamW::eval_mode(unet)
+    }
+
+    /// The tuning loop: from the tuner's steps done up to `run.steps`, each step with its
+    /// draws, `hook` told after each (progress, losses, checkpoints; it may stop the run).
+    /// Takes the UNet for inference and returns it so, tuned. Blocks on the GPU's readbacks
+    /// (native only; browsers use [`Tuner::run_async`]).
+    pub fn run(
+        &mut self,
+        unet: UNet3D,
+        run: &TuningRun<'_>,
+        hook: &mut dyn FnMut(StepReport<'_>) -> Result<Flow>,
+    ) -> Result<UNet3D> {
+        futures_lite::future::block_on(self.run_async(unet, run, hook))
+    }
+
+    /// [`Tuner::run`], awaiting the GPU's readbacks instead of blocking.
+    pub async fn run_async(
+        &mut self,
+        unet: UNet3D,
+        run: &TuningRun<'_>,
+        hook: &mut dyn FnMut(StepReport<'_>) -> Result<Flow>,
+    ) -> Result<UNet3D> {
+        let mut unet = self.train_mode(unet);
+        while self.steps_done() < run.steps {
+            let draws = (run.draws)(self.steps_done())?;
+            let (next, outcome) = self
+                .step_async(unet, run.batch, draws, run.schedule, false)
+                .await?;
+            unet = next;
+            let report = StepReport {
+                steps_done: self.steps_done(),
+                total: run.steps,
+                outcome: &outcome,
+                unet: &unet,
+                tuner: self,
+            };
+            if hook(report)? == Flow::Stop {
+                break;
+            }
+        }
+        Ok(Self::eval_mode(unet))
     }
 
     /// One tuning step. `unet` must be in [`Tuner::train_mode`]. Blocks on the GPU's

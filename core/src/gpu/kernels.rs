@@ -18,14 +18,15 @@ use burn::backend::{
 use burn::tensor::{DType, Shape, Tensor};
 use burn_cubecl::{kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::ir::attributes::BufferIOAttr;
+use cubecl::ir::features::Plane;
 use cubecl::ir::{UIntKind, metadata::Info as KernelInfo};
 use cubecl::prelude::*;
 use cubecl::server::{KernelArguments, MetadataBindingInfo};
 use cubecl::{CubeKernel, PrecompiledSource};
 pub use tav_shaders::Tiling;
 use tav_shaders::{
-    Access, AttentionMode, ConvInfo, GegluInfo, Info, Kernel, MAX_HEAD_DIM, Slot, Storage,
-    WIDEN_F16, WidenInfo, conv2d_source, geglu_source, source,
+    Access, AttentionMode, Capabilities, ConvInfo, GegluInfo, Info, Kernel, LANE_VECS,
+    MAX_HEAD_DIM, Slot, Storage, WIDEN_F16, WidenInfo, conv2d_source, geglu_source, source,
 };
 
 /// Largest head size the attention kernels take.
@@ -73,8 +74,8 @@ impl CubeKernel for WgslKernel {
 /// A WGSL kernel tav launches, by family and variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Source {
-    /// An attention kernel for a head size.
-    Attention(Kernel, usize),
+    /// An attention kernel for a head size and lanes per row.
+    Attention(Kernel, usize, usize),
     /// GEGLU, forward or backward.
     Geglu { backward: bool },
     /// The convolution, forward or the input's gradient.
@@ -92,7 +93,7 @@ fn kernel_source(kernel: Source, storage: Storage) -> &'static str {
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     sources.entry((kernel, storage)).or_insert_with(|| {
         let text = match kernel {
-            Source::Attention(kernel, head_dim) => source(kernel, storage, head_dim),
+            Source::Attention(kernel, head_dim, lanes) => source(kernel, storage, head_dim, lanes),
             Source::Geglu { backward } => geglu_source(backward, storage),
             Source::Conv2d { backward } => conv2d_source(backward, storage),
         };
@@ -167,8 +168,7 @@ fn empty(like: &CubeTensor, dims: Vec<usize>, dtype: DType) -> CubeTensor {
 /// plan's scratch (between-pass state, frame 0's partial sums).
 fn run_plan(info: &Info, backward: bool, storage: Storage, buffers: &[(Slot, &CubeTensor)]) {
     let like = buffers[0].1;
-    let budget = tav_shaders::loop_budget(&like.client.properties().identity.name);
-    let plan = info.plan(backward, tiling(), budget);
+    let plan = info.plan(backward, tiling(), &capabilities(like));
     let state = empty(like, vec![plan.state_elements], DType::F32);
     let partials = empty(like, vec![plan.partial_elements], DType::F32);
     let mut all = buffers.to_vec();
@@ -192,9 +192,10 @@ fn run_plan(info: &Info, backward: bool, storage: Storage, buffers: &[(Slot, &Cu
                 (tensor, io)
             })
             .collect();
+        let head_dim = info.head_dim as usize;
         launch_wgsl(
             kernel_source(
-                Source::Attention(launch.kernel, info.head_dim as usize),
+                Source::Attention(launch.kernel, head_dim, launch.lanes),
                 storage,
             ),
             &bound,
@@ -202,6 +203,53 @@ fn run_plan(info: &Info, backward: bool, storage: Storage, buffers: &[(Slot, &Cu
             launch.dispatch(),
         );
     }
+}
+
+/// What `like`'s adapter offers the attention plans: llvmpipe's loop budget, and subgroups
+/// where cubecl reports plane operations (GPUs with subgroups) or [`use_subgroups`] said so.
+fn capabilities(like: &CubeTensor) -> Capabilities {
+    let properties = like.client.properties();
+    let registered = subgroup_registry()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .get(&format!("{:?}", like.device))
+        .copied();
+    let from_cubecl = properties
+        .features
+        .plane
+        .contains(Plane::Ops)
+        .then_some(properties.hardware.plane_size_min);
+    Capabilities {
+        loop_budget: tav_shaders::loop_budget(&properties.identity.name),
+        subgroup_size: registered.unwrap_or(from_cubecl),
+        lane_vecs: LANE_VECS,
+    }
+}
+
+/// Subgroup sizes by device, as registered by [`use_subgroups`].
+fn subgroup_registry() -> &'static Mutex<HashMap<String, Option<u32>>> {
+    static SUBGROUPS: OnceLock<Mutex<HashMap<String, Option<u32>>>> = OnceLock::new();
+    SUBGROUPS.get_or_init(Default::default)
+}
+
+/// Says whether `device` was opened with subgroup operations, and its smallest subgroup
+/// (from the adapter, which whoever opened the device has): the tiled attention kernels
+/// then split large heads over several invocations (`None`: they never do). cubecl reports
+/// subgroups itself for GPUs, not for CPU adapters such as llvmpipe, which have them too.
+pub fn use_subgroups(device: &burn::tensor::Device, min_subgroup_size: Option<u32>) {
+    let plain = device.clone().without_autodiff();
+    let probe = cube(Tensor::<1>::zeros([1], &plain));
+    subgroup_registry()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(format!("{:?}", probe.device), min_subgroup_size);
+}
+
+/// Invocations per query row the tiled sparse-causal forward takes on `device` for a head of
+/// `head_dim` (1 without subgroups): for reports.
+pub fn sparse_causal_lanes(device: &burn::tensor::Device, head_dim: usize) -> usize {
+    let probe = cube(Tensor::<1>::zeros([1], &device.clone().without_autodiff()));
+    capabilities(&probe).lanes(Kernel::TiledForward, head_dim)
 }
 
 /// Which kernels sparse-causal attention runs: the tiled ones, unless [`set_tiling`] chose

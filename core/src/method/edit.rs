@@ -7,39 +7,109 @@ use burn::tensor::Tensor;
 use crate::error::Result;
 use crate::limits::DeviceLimits;
 use crate::progress::{Event, Phase, Progress};
-use crate::schedule::Schedule;
+use crate::schedule::Ddim;
 use crate::transformer::VideoAttentionOptions;
 use crate::unet::UNet3D;
 use crate::vae::Vae;
 
-/// DDIM inversion (Tune-A-Video's `ddim_loop`): from clean latents `[1, C, F, h, w]`
-/// towards noise, predicting with `context` (the empty prompt's embedding). Returns the
-/// trajectory, `steps + 1` latents with the input first.
-pub fn invert(
-    unet: &UNet3D,
-    schedule: &Schedule,
-    latents: Tensor<5>,
-    context: Tensor<3>,
-    steps: usize,
-    options: VideoAttentionOptions,
-    progress: Progress,
-) -> Result<Vec<Tensor<5>>> {
-    let mut trajectory = vec![latents.clone()];
-    let mut x = latents;
-    for (i, t) in inversion_timesteps(schedule, steps)?
-        .into_iter()
-        .enumerate()
-    {
-        x = inversion_step(unet, schedule, x, t, context.clone(), steps, options)?;
-        trajectory.push(x.clone());
-        progress(Event {
-            phase: Phase::Invert,
-            step: i + 1,
-            total: steps,
-            loss: None,
-        });
+/// What a denoising step needs besides its latents: the (tuned) UNet, DDIM over the
+/// chosen number of steps, and how attention runs.
+#[derive(Clone, Copy)]
+pub struct Denoiser<'a> {
+    pub unet: &'a UNet3D,
+    pub ddim: &'a Ddim,
+    pub options: VideoAttentionOptions,
+}
+
+impl Denoiser<'_> {
+    /// DDIM inversion (Tune-A-Video's `ddim_loop`): from clean latents `[1, C, F, h, w]`
+    /// towards noise, predicting with `context` (the empty prompt's embedding). Returns the
+    /// trajectory, `steps + 1` latents with the input first.
+    pub fn invert(
+        &self,
+        latents: Tensor<5>,
+        context: Tensor<3>,
+        progress: Progress,
+    ) -> Result<Vec<Tensor<5>>> {
+        let mut trajectory = vec![latents.clone()];
+        let mut x = latents;
+        let steps = self.ddim.steps();
+        for (i, t) in self.ddim.inversion_timesteps().into_iter().enumerate() {
+            x = self.inversion_step(x, t, context.clone())?;
+            trajectory.push(x.clone());
+            progress(Event {
+                phase: Phase::Invert,
+                step: i + 1,
+                total: steps,
+                loss: None,
+            });
+        }
+        Ok(trajectory)
     }
-    Ok(trajectory)
+
+    /// DDIM sampling (eta 0) from `latents` with classifier-free guidance: the unconditional
+    /// and conditional predictions come from one batch of 2. A guidance scale of 1 skips the
+    /// unconditional pass.
+    pub fn sample(
+        &self,
+        latents: Tensor<5>,
+        cond: Tensor<3>,
+        uncond: Tensor<3>,
+        guidance: impl Into<Guidance>,
+        progress: Progress,
+    ) -> Result<Tensor<5>> {
+        let guidance = guidance.into();
+        let context = guidance_context(cond, uncond, guidance.scale);
+        let mut x = latents;
+        let steps = self.ddim.steps();
+        for (i, &t) in self.ddim.timesteps().iter().enumerate() {
+            x = self.sampling_step(x, t, context.clone(), guidance)?;
+            progress(Event {
+                phase: Phase::Sample,
+                step: i + 1,
+                total: steps,
+                loss: None,
+            });
+        }
+        Ok(x)
+    }
+
+    /// One DDIM inversion step at timestep `t`, towards noise.
+    pub fn inversion_step(&self, x: Tensor<5>, t: usize, context: Tensor<3>) -> Result<Tensor<5>> {
+        let eps = self
+            .unet
+            .forward(x.clone(), &[t as f64], context, self.options)?;
+        Ok(self.ddim.inversion_step(eps, t, x))
+    }
+
+    /// One DDIM sampling step (eta 0) at timestep `t` with classifier-free guidance;
+    /// `context` comes from [`guidance_context`].
+    pub fn sampling_step(
+        &self,
+        x: Tensor<5>,
+        t: usize,
+        context: Tensor<3>,
+        guidance: impl Into<Guidance>,
+    ) -> Result<Tensor<5>> {
+        let guidance = guidance.into();
+        let (unet, options) = (self.unet, self.options);
+        let eps = if guidance.scale == 1.0 {
+            unet.forward(x.clone(), &[t as f64], context, options)?
+        } else if fits_as_one_batch(unet, &x, options) {
+            let input = Tensor::cat(vec![x.clone(), x.clone()], 0);
+            let eps = unet.forward(input, &[t as f64], context, options)?;
+            let [e_uncond, e_cond] = eps.chunk(2, 0).try_into().expect("two halves");
+            guidance.combine(e_uncond, e_cond)
+        } else {
+            // The batch of 2 would make a tensor over the device's limit: two passes, same
+            // result.
+            let [c_uncond, c_cond] = context.chunk(2, 0).try_into().expect("two halves");
+            let e_uncond = unet.forward(x.clone(), &[t as f64], c_uncond, options)?;
+            let e_cond = unet.forward(x.clone(), &[t as f64], c_cond, options)?;
+            guidance.combine(e_uncond, e_cond)
+        };
+        Ok(self.ddim.step(eps, t, x))
+    }
 }
 
 /// Classifier-free guidance: the scale, and how far to rescale the guided prediction back to
@@ -88,46 +158,6 @@ fn per_item_std<const D: usize>(x: Tensor<D>) -> Tensor<D> {
         .reshape(shape)
 }
 
-/// DDIM sampling (eta 0) from `latents` with classifier-free guidance: the unconditional
-/// and conditional predictions come from one batch of 2. A guidance scale of 1 skips the
-/// unconditional pass.
-#[allow(clippy::too_many_arguments)]
-pub fn sample(
-    unet: &UNet3D,
-    schedule: &Schedule,
-    latents: Tensor<5>,
-    cond: Tensor<3>,
-    uncond: Tensor<3>,
-    guidance: impl Into<Guidance>,
-    steps: usize,
-    options: VideoAttentionOptions,
-    progress: Progress,
-) -> Result<Tensor<5>> {
-    let guidance = guidance.into();
-    let timesteps = schedule.ddim_timesteps(steps)?;
-    let context = guidance_context(cond, uncond, guidance.scale);
-    let mut x = latents;
-    for (i, &t) in timesteps.iter().enumerate() {
-        x = sampling_step(
-            unet,
-            schedule,
-            x,
-            t,
-            context.clone(),
-            guidance,
-            steps,
-            options,
-        )?;
-        progress(Event {
-            phase: Phase::Sample,
-            step: i + 1,
-            total: steps,
-            loss: None,
-        });
-    }
-    Ok(x)
-}
-
 /// Latents `[B, C, F, h, w]` to a video `[B, 3, F, H, W]` in [0, 1], decoding as many frames
 /// at a time as the device's largest buffer allows (see [`Vae::frames_per_chunk`]).
 pub fn decode_video(
@@ -166,27 +196,6 @@ pub fn decode_video(
         .clamp(0.0, 1.0))
 }
 
-/// The timesteps of a DDIM inversion of `steps` steps, in the order they are taken.
-pub fn inversion_timesteps(schedule: &Schedule, steps: usize) -> Result<Vec<usize>> {
-    let mut timesteps = schedule.ddim_timesteps(steps)?;
-    timesteps.reverse();
-    Ok(timesteps)
-}
-
-/// One DDIM inversion step at timestep `t`, towards noise.
-pub fn inversion_step(
-    unet: &UNet3D,
-    schedule: &Schedule,
-    x: Tensor<5>,
-    t: usize,
-    context: Tensor<3>,
-    steps: usize,
-    options: VideoAttentionOptions,
-) -> Result<Tensor<5>> {
-    let eps = unet.forward(x.clone(), &[t as f64], context, options)?;
-    Ok(schedule.ddim_inversion_step(eps, t, x, steps))
-}
-
 /// The context of a guided sampling step: `[uncond; cond]` (one batch of 2), or `cond`
 /// alone at guidance 1.
 pub fn guidance_context(cond: Tensor<3>, uncond: Tensor<3>, guidance: f64) -> Tensor<3> {
@@ -195,38 +204,6 @@ pub fn guidance_context(cond: Tensor<3>, uncond: Tensor<3>, guidance: f64) -> Te
     } else {
         cond
     }
-}
-
-/// One DDIM sampling step (eta 0) at timestep `t` with classifier-free guidance; `context`
-/// comes from [`guidance_context`].
-#[allow(clippy::too_many_arguments)]
-pub fn sampling_step(
-    unet: &UNet3D,
-    schedule: &Schedule,
-    x: Tensor<5>,
-    t: usize,
-    context: Tensor<3>,
-    guidance: impl Into<Guidance>,
-    steps: usize,
-    options: VideoAttentionOptions,
-) -> Result<Tensor<5>> {
-    let guidance = guidance.into();
-    let guided = guidance.scale != 1.0;
-    let eps = if !guided {
-        unet.forward(x.clone(), &[t as f64], context, options)?
-    } else if fits_as_one_batch(unet, &x, options) {
-        let input = Tensor::cat(vec![x.clone(), x.clone()], 0);
-        let eps = unet.forward(input, &[t as f64], context, options)?;
-        let [e_uncond, e_cond] = eps.chunk(2, 0).try_into().expect("two halves");
-        guidance.combine(e_uncond, e_cond)
-    } else {
-        // The batch of 2 would make a tensor over the device's limit: two passes, same result.
-        let [c_uncond, c_cond] = context.chunk(2, 0).try_into().expect("two halves");
-        let e_uncond = unet.forward(x.clone(), &[t as f64], c_uncond, options)?;
-        let e_cond = unet.forward(x.clone(), &[t as f64], c_cond, options)?;
-        guidance.combine(e_uncond, e_cond)
-    };
-    Ok(schedule.ddim_step(eps, t, x, steps))
 }
 
 /// Whether the guided batch of 2 keeps every activation within the device's largest buffer.

@@ -9,7 +9,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
 
 use crate::error::Result;
-use crate::layers::{Conv2d, GroupNorm, Linear, upsample_nearest_2x};
+use crate::layers::{Conv2d, ConvShape, GroupNorm, Linear, upsample_nearest_2x};
 use crate::weights::ParamBuilder;
 
 #[derive(Module, Debug)]
@@ -44,15 +44,18 @@ impl ResnetBlock {
         } = spec;
         Ok(Self {
             norm1: GroupNorm::load(&p.sub("norm1"), groups, c_in, eps)?,
-            conv1: Conv2d::load(&p.sub("conv1"), c_in, c_out, 3, 1, 1)?,
+            conv1: Conv2d::load(&p.sub("conv1"), ConvShape::same_3x3(c_in, c_out))?,
             time_emb_proj: match temb {
                 Some(t) => Some(Linear::load(&p.sub("time_emb_proj"), t, c_out, true)?),
                 None => None,
             },
             norm2: GroupNorm::load(&p.sub("norm2"), groups, c_out, eps)?,
-            conv2: Conv2d::load(&p.sub("conv2"), c_out, c_out, 3, 1, 1)?,
+            conv2: Conv2d::load(&p.sub("conv2"), ConvShape::same_3x3(c_out, c_out))?,
             conv_shortcut: if c_in != c_out {
-                Some(Conv2d::load(&p.sub("conv_shortcut"), c_in, c_out, 1, 1, 0)?)
+                Some(Conv2d::load(
+                    &p.sub("conv_shortcut"),
+                    ConvShape::pointwise(c_in, c_out),
+                )?)
             } else {
                 None
             },
@@ -93,7 +96,7 @@ pub struct Downsample {
 impl Downsample {
     pub fn load(p: &ParamBuilder, channels: usize, padding: usize) -> Result<Self> {
         Ok(Self {
-            conv: Conv2d::load(&p.sub("conv"), channels, channels, 3, 2, padding)?,
+            conv: Conv2d::load(&p.sub("conv"), ConvShape::downsample(channels, padding))?,
             pad_end: padding == 0,
         })
     }
@@ -116,7 +119,7 @@ pub struct Upsample {
 impl Upsample {
     pub fn load(p: &ParamBuilder, channels: usize) -> Result<Self> {
         Ok(Self {
-            conv: Conv2d::load(&p.sub("conv"), channels, channels, 3, 1, 1)?,
+            conv: Conv2d::load(&p.sub("conv"), ConvShape::same_3x3(channels, channels))?,
         })
     }
 

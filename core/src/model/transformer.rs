@@ -8,7 +8,7 @@ use burn::tensor::activation::gelu;
 
 use crate::attention::Attention;
 use crate::error::Result;
-use crate::layers::{Conv2d, GroupNorm, LayerNorm, Linear};
+use crate::layers::{Conv2d, ConvShape, GroupNorm, LayerNorm, Linear};
 use crate::recompute::recompute;
 use crate::weights::ParamBuilder;
 
@@ -282,7 +282,7 @@ impl Projection {
         Ok(if linear {
             Projection::Linear(Linear::load(p, c_in, c_out, true)?)
         } else {
-            Projection::Conv(Conv2d::load(p, c_in, c_out, 1, 1, 0)?)
+            Projection::Conv(Conv2d::load(p, ConvShape::pointwise(c_in, c_out))?)
         })
     }
 }

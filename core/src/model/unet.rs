@@ -17,7 +17,7 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 use crate::config::UNetConfig;
 use crate::draws::SeededRng;
 use crate::error::{Result, TavError};
-use crate::layers::{Conv2d, GroupNorm, Linear};
+use crate::layers::{Conv2d, ConvShape, GroupNorm, Linear};
 use crate::recompute::recompute;
 use crate::resnet::{Downsample, ResnetBlock, ResnetSpec, Upsample};
 use crate::transformer::{Transformer3D, VideoAttentionOptions};
@@ -264,7 +264,10 @@ impl UNet3D {
             });
         }
 
-        let conv_in = Conv2d::load(&p.sub("conv_in"), cfg.in_channels, ch[0], 3, 1, 1)?;
+        let conv_in = Conv2d::load(
+            &p.sub("conv_in"),
+            ConvShape::same_3x3(cfg.in_channels, ch[0]),
+        )?;
         let time_embedding = TimestepEmbedding {
             linear_1: Linear::load(&p.sub("time_embedding.linear_1"), ch[0], temb, true)?,
             linear_2: Linear::load(&p.sub("time_embedding.linear_2"), temb, temb, true)?,
@@ -275,7 +278,10 @@ impl UNet3D {
             ch[0],
             cfg.norm_eps,
         )?;
-        let conv_out = Conv2d::load(&p.sub("conv_out"), ch[0], cfg.out_channels, 3, 1, 1)?;
+        let conv_out = Conv2d::load(
+            &p.sub("conv_out"),
+            ConvShape::same_3x3(ch[0], cfg.out_channels),
+        )?;
         Ok(Self {
             conv_in,
             time_embedding,

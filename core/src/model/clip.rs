@@ -88,7 +88,7 @@ impl ClipTextEncoder {
                 .collect::<Result<_>>()?,
             final_layer_norm: LayerNorm::load(&t.sub("final_layer_norm"), d, cfg.layer_norm_eps)?,
             heads: cfg.num_attention_heads,
-            quick_gelu: cfg.hidden_act == "quick_gelu",
+            quick_gelu: cfg.hidden_act == crate::config::TextActivation::QuickGelu,
         })
     }
 

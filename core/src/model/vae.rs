@@ -8,7 +8,7 @@ use burn::tensor::activation::silu;
 use crate::attention::multi_head;
 use crate::config::VaeConfig;
 use crate::error::{Result, TavError};
-use crate::layers::{Conv2d, GroupNorm, Linear};
+use crate::layers::{Conv2d, ConvShape, GroupNorm, Linear};
 use crate::limits::DeviceLimits;
 use crate::progress::{Event, Phase, Progress};
 use crate::resnet::{Downsample, ResnetBlock, ResnetSpec, Upsample};
@@ -190,11 +190,14 @@ impl Vae {
         }
         let top = ch[blocks - 1];
         let encoder = Encoder {
-            conv_in: Conv2d::load(&ep.sub("conv_in"), cfg.in_channels, ch[0], 3, 1, 1)?,
+            conv_in: Conv2d::load(
+                &ep.sub("conv_in"),
+                ConvShape::same_3x3(cfg.in_channels, ch[0]),
+            )?,
             down_blocks,
             mid_block: VaeMidBlock::load(&ep.sub("mid_block"), top, groups)?,
             conv_norm_out: GroupNorm::load(&ep.sub("conv_norm_out"), groups, top, VAE_EPS)?,
-            conv_out: Conv2d::load(&ep.sub("conv_out"), top, 2 * latent, 3, 1, 1)?,
+            conv_out: Conv2d::load(&ep.sub("conv_out"), ConvShape::same_3x3(top, 2 * latent))?,
         };
 
         let dp = p.sub("decoder");
@@ -222,17 +225,26 @@ impl Vae {
             up_blocks.push(DecoderBlock { resnets, upsampler });
         }
         let decoder = Decoder {
-            conv_in: Conv2d::load(&dp.sub("conv_in"), latent, top, 3, 1, 1)?,
+            conv_in: Conv2d::load(&dp.sub("conv_in"), ConvShape::same_3x3(latent, top))?,
             mid_block: VaeMidBlock::load(&dp.sub("mid_block"), top, groups)?,
             up_blocks,
             conv_norm_out: GroupNorm::load(&dp.sub("conv_norm_out"), groups, ch[0], VAE_EPS)?,
-            conv_out: Conv2d::load(&dp.sub("conv_out"), ch[0], cfg.out_channels, 3, 1, 1)?,
+            conv_out: Conv2d::load(
+                &dp.sub("conv_out"),
+                ConvShape::same_3x3(ch[0], cfg.out_channels),
+            )?,
         };
 
         Ok(Self {
             encoder,
-            quant_conv: Conv2d::load(&p.sub("quant_conv"), 2 * latent, 2 * latent, 1, 1, 0)?,
-            post_quant_conv: Conv2d::load(&p.sub("post_quant_conv"), latent, latent, 1, 1, 0)?,
+            quant_conv: Conv2d::load(
+                &p.sub("quant_conv"),
+                ConvShape::pointwise(2 * latent, 2 * latent),
+            )?,
+            post_quant_conv: Conv2d::load(
+                &p.sub("post_quant_conv"),
+                ConvShape::pointwise(latent, latent),
+            )?,
             decoder,
             latent_channels: latent,
             in_channels: cfg.in_channels,

@@ -50,8 +50,8 @@ pub struct UNetConfig {
     pub use_linear_projection: bool,
     #[serde(default = "default_1")]
     pub downsample_padding: usize,
-    #[serde(default = "default_silu")]
-    pub act_fn: String,
+    #[serde(default)]
+    pub act_fn: Activation,
     #[serde(default)]
     pub only_cross_attention: serde_json::Value,
     #[serde(default)]
@@ -60,8 +60,8 @@ pub struct UNetConfig {
     pub class_embed_type: Option<String>,
     #[serde(default)]
     pub num_class_embeds: Option<usize>,
-    #[serde(default = "default_resnet_shift")]
-    pub resnet_time_scale_shift: String,
+    #[serde(default)]
+    pub resnet_time_scale_shift: TimeScaleShift,
     #[serde(default)]
     pub upcast_attention: bool,
     #[serde(default = "default_mid_scale")]
@@ -88,8 +88,8 @@ pub struct VaeConfig {
     pub norm_num_groups: usize,
     #[serde(default = "default_scaling")]
     pub scaling_factor: f64,
-    #[serde(default = "default_silu")]
-    pub act_fn: String,
+    #[serde(default)]
+    pub act_fn: Activation,
 }
 
 /// `text_encoder/config.json` (CLIPTextModel).
@@ -104,8 +104,55 @@ pub struct ClipConfig {
     pub max_position_embeddings: usize,
     #[serde(default = "default_eps5")]
     pub layer_norm_eps: f64,
-    #[serde(default = "default_quick_gelu")]
-    pub hidden_act: String,
+    #[serde(default)]
+    pub hidden_act: TextActivation,
+}
+
+/// The UNet's and VAE's activation (`act_fn`): SD v1.x uses SiLU only, so anything else fails
+/// while its config is read, with the file named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    #[default]
+    Silu,
+}
+
+/// How the UNet's ResNets take the timestep (`resnet_time_scale_shift`): added
+/// (`default`), as in SD v1.x; `scale_shift` models are refused while their config is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeScaleShift {
+    #[default]
+    Default,
+}
+
+/// The text encoder's feed-forward activation (`hidden_act`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TextActivation {
+    /// `x · σ(1.702 x)`, CLIP ViT-L/14's.
+    #[default]
+    QuickGelu,
+    Gelu,
+}
+
+/// The training schedule's betas (`beta_schedule`; diffusers' default is `linear`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BetaSchedule {
+    /// Linear in √β, Stable Diffusion's.
+    ScaledLinear,
+    #[default]
+    Linear,
+}
+
+/// What the UNet predicts (`prediction_type`): SD v1.x predicts the noise; v-prediction
+/// models are refused while their config is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PredictionType {
+    #[default]
+    Epsilon,
 }
 
 /// `scheduler/scheduler_config.json`: the DDPM training schedule and DDIM's options.
@@ -117,16 +164,16 @@ pub struct SchedulerConfig {
     pub beta_start: f64,
     #[serde(default = "default_beta_end")]
     pub beta_end: f64,
-    #[serde(default = "default_scaled_linear")]
-    pub beta_schedule: String,
+    #[serde(default)]
+    pub beta_schedule: BetaSchedule,
     #[serde(default)]
     pub set_alpha_to_one: bool,
     #[serde(default)]
     pub steps_offset: usize,
     #[serde(default)]
     pub trained_betas: Option<Vec<f64>>,
-    #[serde(default = "default_epsilon")]
-    pub prediction_type: String,
+    #[serde(default)]
+    pub prediction_type: PredictionType,
 }
 
 fn default_1() -> usize {
@@ -159,15 +206,6 @@ fn default_eps5() -> f64 {
 fn default_true() -> bool {
     true
 }
-fn default_silu() -> String {
-    "silu".into()
-}
-fn default_quick_gelu() -> String {
-    "quick_gelu".into()
-}
-fn default_resnet_shift() -> String {
-    "default".into()
-}
 fn default_mid_scale() -> f64 {
     1.0
 }
@@ -179,12 +217,6 @@ fn default_beta_start() -> f64 {
 }
 fn default_beta_end() -> f64 {
     0.02
-}
-fn default_scaled_linear() -> String {
-    "linear".into()
-}
-fn default_epsilon() -> String {
-    "epsilon".into()
 }
 
 fn bad(path: &str, reason: impl Into<String>) -> TavError {
@@ -227,12 +259,12 @@ impl UNetConfig {
             ],
             use_linear_projection: false,
             downsample_padding: 1,
-            act_fn: "silu".into(),
+            act_fn: Activation::Silu,
             only_cross_attention: serde_json::Value::Bool(false),
             center_input_sample: false,
             class_embed_type: None,
             num_class_embeds: None,
-            resnet_time_scale_shift: "default".into(),
+            resnet_time_scale_shift: TimeScaleShift::Default,
             upcast_attention: false,
             mid_block_scale_factor: 1.0,
             sample_size: Some(64),
@@ -297,20 +329,8 @@ impl UNetConfig {
                 return Err(bad(path, format!("unsupported block type {t}")));
             }
         }
-        if self.act_fn != "silu" {
-            return Err(bad(
-                path,
-                format!("unsupported act_fn {} (only silu)", self.act_fn),
-            ));
-        }
         if self.class_embed_type.is_some() || self.num_class_embeds.is_some() {
             return Err(bad(path, "class embeddings are not supported"));
-        }
-        if self.resnet_time_scale_shift != "default" {
-            return Err(bad(
-                path,
-                "only resnet_time_scale_shift = \"default\" is supported",
-            ));
         }
         if self.only_cross_attention.as_bool().unwrap_or(false)
             || self.only_cross_attention.is_array()
@@ -336,19 +356,13 @@ impl VaeConfig {
             latent_channels: 4,
             norm_num_groups: 32,
             scaling_factor: 0.18215,
-            act_fn: "silu".into(),
+            act_fn: Activation::Silu,
         }
     }
 
     pub fn validate(&self, path: &str) -> Result<()> {
         if self.block_out_channels.is_empty() {
             return Err(bad(path, "block_out_channels is empty"));
-        }
-        if self.act_fn != "silu" {
-            return Err(bad(
-                path,
-                format!("unsupported act_fn {} (only silu)", self.act_fn),
-            ));
         }
         for (i, &c) in self.block_out_channels.iter().enumerate() {
             if c % self.norm_num_groups != 0 {
@@ -381,7 +395,7 @@ impl ClipConfig {
             num_attention_heads: 12,
             max_position_embeddings: 77,
             layer_norm_eps: 1e-5,
-            hidden_act: "quick_gelu".into(),
+            hidden_act: TextActivation::QuickGelu,
         }
     }
 
@@ -390,12 +404,6 @@ impl ClipConfig {
             return Err(bad(
                 path,
                 "hidden_size is not divisible by num_attention_heads",
-            ));
-        }
-        if !matches!(self.hidden_act.as_str(), "quick_gelu" | "gelu") {
-            return Err(bad(
-                path,
-                format!("unsupported hidden_act {}", self.hidden_act),
             ));
         }
         Ok(())
@@ -409,35 +417,69 @@ impl SchedulerConfig {
             num_train_timesteps: 1000,
             beta_start: 0.00085,
             beta_end: 0.012,
-            beta_schedule: "scaled_linear".into(),
+            beta_schedule: BetaSchedule::ScaledLinear,
             set_alpha_to_one: false,
             steps_offset: 1,
             trained_betas: None,
-            prediction_type: "epsilon".into(),
+            prediction_type: PredictionType::Epsilon,
         }
     }
 
     pub fn validate(&self, path: &str) -> Result<()> {
-        if !matches!(self.beta_schedule.as_str(), "scaled_linear" | "linear")
-            && self.trained_betas.is_none()
-        {
-            return Err(bad(
-                path,
-                format!("unsupported beta_schedule {}", self.beta_schedule),
-            ));
-        }
-        if self.prediction_type != "epsilon" {
-            return Err(bad(
-                path,
-                format!(
-                    "unsupported prediction_type {} (only epsilon)",
-                    self.prediction_type
-                ),
-            ));
-        }
         if self.num_train_timesteps < 2 {
             return Err(bad(path, "num_train_timesteps must be at least 2"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Closed sets of values are enums: a value tav cannot run fails while the config is
+    /// read, naming the file, the field's value and what is accepted; supported values
+    /// round-trip as diffusers writes them.
+    #[test]
+    fn unsupported_config_values_fail_while_parsing_with_the_file_named() {
+        let scheduler = |extra: &str| {
+            parse_json::<SchedulerConfig>(
+                "scheduler/scheduler_config.json",
+                &format!("{{{extra}}}"),
+            )
+        };
+        let sd =
+            scheduler(r#""beta_schedule": "scaled_linear", "prediction_type": "epsilon""#).unwrap();
+        assert_eq!(sd.beta_schedule, BetaSchedule::ScaledLinear);
+        assert_eq!(scheduler("").unwrap().beta_schedule, BetaSchedule::Linear);
+        for (extra, value) in [
+            (r#""prediction_type": "v_prediction""#, "v_prediction"),
+            (
+                r#""beta_schedule": "squaredcos_cap_v2""#,
+                "squaredcos_cap_v2",
+            ),
+        ] {
+            let message = scheduler(extra).unwrap_err().to_string();
+            assert!(
+                message.contains("scheduler/scheduler_config.json") && message.contains(value),
+                "{message}"
+            );
+        }
+        let vae = serde_json::to_value(VaeConfig::sd_v1_5()).unwrap();
+        assert_eq!(vae["act_fn"], "silu");
+        let mut gelu = vae.clone();
+        gelu["act_fn"] = "gelu".into();
+        let message = parse_json::<VaeConfig>("vae/config.json", &gelu.to_string())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("vae/config.json") && message.contains("gelu"),
+            "{message}"
+        );
+        let clip = serde_json::to_value(ClipConfig::sd_v1_5()).unwrap();
+        assert_eq!(clip["hidden_act"], "quick_gelu");
+        let mut unet = serde_json::to_value(UNetConfig::sd_v1_5()).unwrap();
+        unet["resnet_time_scale_shift"] = "scale_shift".into();
+        assert!(parse_json::<UNetConfig>("unet/config.json", &unet.to_string()).is_err());
     }
 }

@@ -341,7 +341,7 @@ pub fn plan(input: &PlanInput, limits: &DeviceLimits) -> Vec<StepPlan> {
         if guided.largest <= limits.max_buffer_bytes {
             step("sampling", &guided, 0, ", guidance batch of 2")
         } else {
-            // `edit::sampling_step` runs the two halves of the guided batch one after the
+            // `edit::Denoiser::sampling_step` runs the two halves of the guided batch one after the
             // other when the batch of 2 would cross the device's largest buffer.
             step("sampling", &single, 0, ", guidance in two passes")
         },

@@ -89,15 +89,62 @@ pub struct Conv2d {
     pub padding: usize,
 }
 
+/// A square convolution's channels, kernel, stride and (equal) padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvShape {
+    pub c_in: usize,
+    pub c_out: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl ConvShape {
+    /// 3×3, stride 1, padding 1: the size-keeping convolution of ResNets and the UNet's and
+    /// VAE's ends.
+    pub fn same_3x3(c_in: usize, c_out: usize) -> Self {
+        Self {
+            c_in,
+            c_out,
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+        }
+    }
+
+    /// 1×1: a per-pixel linear map (shortcuts, projections, the VAE's quant convs).
+    pub fn pointwise(c_in: usize, c_out: usize) -> Self {
+        Self {
+            c_in,
+            c_out,
+            kernel: 1,
+            stride: 1,
+            padding: 0,
+        }
+    }
+
+    /// 3×3 at stride 2: halves each side (the UNet's padding 1; the VAE encoder's 0, with
+    /// its own asymmetric padding).
+    pub fn downsample(channels: usize, padding: usize) -> Self {
+        Self {
+            c_in: channels,
+            c_out: channels,
+            kernel: 3,
+            stride: 2,
+            padding,
+        }
+    }
+}
+
 impl Conv2d {
-    pub fn load(
-        p: &ParamBuilder,
-        c_in: usize,
-        c_out: usize,
-        kernel: usize,
-        stride: usize,
-        padding: usize,
-    ) -> Result<Self> {
+    pub fn load(p: &ParamBuilder, shape: ConvShape) -> Result<Self> {
+        let ConvShape {
+            c_in,
+            c_out,
+            kernel,
+            stride,
+            padding,
+        } = shape;
         Ok(Self {
             weight: p.param("weight", [c_out, c_in, kernel, kernel], Layout::Same)?,
             bias: p.param("bias", [c_out], Layout::Same)?,

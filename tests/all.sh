@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Every test of the project, in one command (the README's test command; CI's `.ci/run` installs
+# lavapipe, Chromium and node, then runs this):
+#   1. cargo's tests: unit, kernels, golden parity, memory, CLI end to end, streamed models…;
+#   2. the browser tests (builds the wasm package and wasm-bindgen-cli if missing);
+#   3. the main command (`tav run` on the toy world, fewer steps than the job file) and the
+#      benchmark's smoke check.
+# Needs a Vulkan driver (lavapipe without a GPU), chromium and node/npm.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# lavapipe's window-system probe wants a runtime dir; headless machines have none.
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/xdg-runtime-$(id -u)}"
+mkdir -p -m 700 "$XDG_RUNTIME_DIR"
+
+start=$(date +%s)
+# The streamed-model test also writes the native edits the browser must reproduce, so the
+# browser tests need not run it again.
+reference="$PWD/target/web-reference"
+rm -rf "$reference"
+TAV_WEB_REFERENCE_OUT="$reference" cargo test --workspace --locked -- --show-output
+echo "tests: build and cargo tests took $(( $(date +%s) - start )) s"
+
+browser_start=$(date +%s)
+TAV_WEB_REFERENCE="$reference" bash tests/browser/run.sh
+echo "tests: browser tests (wasm build included) took $(( $(date +%s) - browser_start )) s"
+
+# The main command: the whole job on the toy world's model and clip, on burn's CPU backend
+# (no GPU needed). The workspace's `tav`, already built by the tests (`cargo run -p
+# tav-native` would resolve other features and build every dependency again).
+cargo build --workspace --locked --bins
+toy_start=$(date +%s)
+# Fewer steps than the job file's 300/25/25 (5 min of 2 cores): the same job end to end.
+target/debug/tav run jobs/toy.toml --device flex --quiet --steps 100 --inversion-steps 10 \
+  --inference-steps 10
+test -s outputs/toy/grid.gif
+echo "tests: the main command took $(( $(date +%s) - toy_start )) s"
+# Benchmark smoke check: the tiny config, one timed run per step, JSON lines with figures.
+target/debug/tav bench --config tiny --frames 2 --runs 1 | tee outputs/bench.jsonl
+test "$(grep -c '"median_ms"' outputs/bench.jsonl)" -eq 3
+echo "tests: everything took $(( $(date +%s) - start )) s"
