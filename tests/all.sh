@@ -14,11 +14,15 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/xdg-runtime-$(id -u)}"
 mkdir -p -m 700 "$XDG_RUNTIME_DIR"
 
 start=$(date +%s)
+# --no-default-features: without burn's autotune (tav-native's default), which benchmarks
+# every new matmul and convolution shape on first use: on lavapipe that made the kernel
+# tests 5-7x slower. Everything else is the same build users get; run the suites with the
+# default features to test autotune too.
 # The streamed-model test also writes the native edits the browser must reproduce, so the
 # browser tests need not run it again.
 reference="$PWD/target/web-reference"
 rm -rf "$reference"
-TAV_WEB_REFERENCE_OUT="$reference" cargo test --workspace --locked -- --show-output
+TAV_WEB_REFERENCE_OUT="$reference" cargo test --workspace --locked --no-default-features -- --show-output
 echo "tests: build and cargo tests took $(( $(date +%s) - start )) s"
 
 browser_start=$(date +%s)
@@ -28,7 +32,7 @@ echo "tests: browser tests (wasm build included) took $(( $(date +%s) - browser_
 # The main command: the whole job on the toy world's model and clip, on burn's CPU backend
 # (no GPU needed). The workspace's `tav`, already built by the tests (`cargo run -p
 # tav-native` would resolve other features and build every dependency again).
-cargo build --workspace --locked --bins
+cargo build --workspace --locked --no-default-features --bins
 toy_start=$(date +%s)
 # Fewer steps than the job file's 300/25/25 (5 min of 2 cores): the same job end to end.
 target/debug/tav run jobs/toy.toml --device flex --quiet --steps 100 --inversion-steps 10 \

@@ -34,6 +34,9 @@ pub struct Opened {
     pub device: Device,
     pub description: String,
     pub limits: DeviceLimits,
+    /// The device's smallest subgroup, where it has subgroup operations (even where tav does
+    /// not split attention rows over them: CPU adapters).
+    pub subgroup_size: Option<u32>,
 }
 
 /// Opens the device for `--device` and describes it (name, type, graphics API). `flex` is
@@ -45,6 +48,7 @@ pub fn open(choice: &str) -> Result<Opened, String> {
         return Ok(Opened {
             device,
             description,
+            subgroup_size: None,
             limits: DeviceLimits {
                 memory_bytes: free_host_memory(),
                 ..DeviceLimits::UNLIMITED
@@ -67,9 +71,17 @@ pub fn open(choice: &str) -> Result<Opened, String> {
             "; a Vulkan driver on the CPU: with --attention plain, --device flex is several times faster",
         );
     }
-    // cubecl opens the device with every feature the adapter has, subgroups included.
-    let subgroups = setup.device.features().contains(wgpu::Features::SUBGROUP);
-    tav_core::kernels::use_subgroups(&device, subgroups.then_some(info.subgroup_min_size));
+    // cubecl opens the device with every feature the adapter has, subgroups included. A CPU
+    // adapter (llvmpipe) has them too, but its invocations are SIMD lanes with no register
+    // pressure to relieve: splitting rows there measured 0–10% slower (BENCHMARKS.md), so
+    // only GPUs split them.
+    let subgroup_size = setup
+        .device
+        .features()
+        .contains(wgpu::Features::SUBGROUP)
+        .then_some(info.subgroup_min_size);
+    let on_gpu = info.device_type != wgpu::DeviceType::Cpu;
+    tav_core::kernels::use_subgroups(&device, subgroup_size.filter(|_| on_gpu));
     let granted = setup.device.limits();
     let limits = DeviceLimits::from_wgpu(
         granted.max_buffer_size,
@@ -79,6 +91,7 @@ pub fn open(choice: &str) -> Result<Opened, String> {
         device,
         description,
         limits,
+        subgroup_size,
     })
 }
 

@@ -196,7 +196,10 @@ pub fn tensor_to_clip(video: Tensor<5>, fps: f32) -> Clip {
 
 /// What a user should know of a model that is not Stable Diffusion, if it is not.
 pub fn small_model_note(folder: &Path, models: &Models) -> Option<&'static str> {
-    if folder.join(crate::pretrain::REPORT_FILE).is_file() {
+    if folder
+        .join(crate::commands::pretrain::REPORT_FILE)
+        .is_file()
+    {
         Some(
             "note: a toy-world model (tav pretrain): it draws coloured shapes moving on road, \
              beach, snow or grass; edits of other videos need SD v1.x weights (--model)",
@@ -314,15 +317,15 @@ impl Session {
             m.vae_config.clone(),
             m.clip_config.clone(),
         );
-        self.attention.recompute = crate::resolve_recompute(
+        self.attention.recompute = crate::commands::resolve_recompute(
             self.recompute,
-            &crate::plan::plan_for(&configs, keeping_everything, &self.limits)?,
+            &crate::commands::plan::plan_for(&configs, keeping_everything, &self.limits)?,
         );
         let job = JobShape {
             recompute: self.attention.recompute,
             ..keeping_everything
         };
-        let plans = crate::plan::plan_for(&configs, job, &self.limits)?;
+        let plans = crate::commands::plan::plan_for(&configs, job, &self.limits)?;
         check_fits_plan(&plans, steps, &self.limits, &job)
     }
 

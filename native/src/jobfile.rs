@@ -9,9 +9,9 @@ use tav_core::delta::TuneMeta;
 use tav_core::edit::Guidance;
 use tav_core::{Result, TavError};
 
+use crate::cli::{ClipArgs, Common, EditArgs, TuneArgs};
 use crate::job::{ClipSpec, EditSpec, TuneSpec};
 use crate::models::LoraSpec;
-use crate::{ClipArgs, Common, EditArgs, TuneArgs};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -20,7 +20,7 @@ cp -r web/pkg "$site/pkg"
 # on a tiny model.
 # The workspace's own `tav` (built by the README's test command: `cargo run -p tav-native`
 # would resolve other features and build every dependency a second time).
-cargo build --workspace --locked -q --bins
+cargo build --workspace --locked --no-default-features -q --bins
 "$root/target/debug/tav" pack-web "$golden/model" "$site/model" \
   --temporal "$golden/temporal_init.safetensors" --shard-mib 1
 # A model whose tensors (4 GiB of f16 each) are over every adapter's binding limit.
@@ -40,7 +40,8 @@ if [ -n "${TAV_WEB_REFERENCE:-}" ] && [ -f "$TAV_WEB_REFERENCE/edit0.f32" ] &&
   cp "$TAV_WEB_REFERENCE"/edit*.f32 "$TAV_WEB_REFERENCE/tuned.safetensors" "$site/native/"
 else
   TAV_GOLDEN_DIRS="$golden" TAV_WEB_REFERENCE_OUT="$site/native" \
-    cargo test --workspace --locked -q --test stream -- streamed_f16_model_runs_the_golden_job
+    cargo test --workspace --locked --no-default-features -q --test stream -- \
+      streamed_f16_model_runs_the_golden_job
 fi
 
 (cd tests/browser && npm ci --no-audit --no-fund --silent)

@@ -1,6 +1,8 @@
 //! `tav pack-web MODEL OUT_DIR`: a checkpoint (folder or single file, LoRAs merged) packed for the browser
 //! (see `tav_core::pack`), written atomically file by file.
 
+use super::prelude::*;
+
 use std::path::Path;
 
 use std::collections::BTreeMap;
@@ -160,4 +162,60 @@ impl Merged {
             tokenizer,
         })
     }
+}
+
+/// The arguments of `tav pack-web`.
+#[derive(Args)]
+pub struct PackWebCommand {
+    /// The Stable Diffusion v1.x model: a diffusers folder or a single-file checkpoint.
+    pub model: PathBuf,
+    /// The output folder (serve it over HTTP; the web engine loads its manifest.json).
+    pub out: PathBuf,
+    /// Weights variant to read, e.g. `fp16`.
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// Largest shard in MiB (a larger single tensor gets a shard of its own).
+    #[arg(long, default_value_t = 64)]
+    pub shard_mib: u64,
+    /// Temporal layer weights to ship with the UNet (safetensors keyed by module path);
+    /// without it the browser initialises them as the reference does.
+    #[arg(long)]
+    pub temporal: Option<PathBuf>,
+    /// A LoRA merged into the packed weights, `FILE[:SCALE]`; repeat for several.
+    #[arg(long = "lora", value_name = "FILE[:SCALE]")]
+    pub loras: Vec<models::LoraSpec>,
+    /// For a single-file checkpoint: a diffusers folder whose configs (and tokenizer) to
+    /// use instead of inferring them.
+    #[arg(long)]
+    pub model_config: Option<PathBuf>,
+}
+
+/// Runs `tav pack-web`.
+pub fn command(args: PackWebCommand) -> Result<()> {
+    let PackWebCommand {
+        model,
+        out,
+        variant,
+        shard_mib,
+        temporal,
+        loras,
+        model_config,
+    } = args;
+    let manifest = pack::pack_web(&pack::PackSpec {
+        model: &model,
+        out: &out,
+        variant: variant.as_deref(),
+        shard_bytes: shard_mib.max(1) << 20,
+        temporal: temporal.as_deref(),
+        model_config: model_config.as_deref(),
+        loras: &loras,
+    })?;
+    println!(
+        "packed {} into {}: {} shards, {:.1} MB in f16",
+        model.display(),
+        out.display(),
+        manifest.shards.len(),
+        manifest.total_bytes() as f64 / 1e6
+    );
+    Ok(())
 }

@@ -4,6 +4,8 @@
 //! the paper's sampling without inversion; without them it shows what the base model knows
 //! (for the toy model: whether it draws the colour, shape and background it is asked for).
 
+use super::prelude::*;
+
 use std::path::{Path, PathBuf};
 
 use tav_core::draws::SeededRng;
@@ -121,4 +123,89 @@ pub fn write(out: &Path, prompts: &[String], clips: &[Clip], ui: &mut Ui) -> Res
         ui.record(serde_json::json!({"event": "written", "file": path.display().to_string()}));
     }
     Ok(written)
+}
+
+/// The arguments of `tav sample`.
+#[derive(Args)]
+pub struct SampleCommand {
+    #[command(flatten)]
+    pub common: Common,
+    /// A prompt; repeat for several videos.
+    #[arg(long = "prompt", required = true)]
+    pub prompts: Vec<String>,
+    /// Tuned weights from `tav tune` to sample with instead of the base model.
+    #[arg(long)]
+    pub tuned: Option<PathBuf>,
+    #[arg(long, default_value_t = 8)]
+    pub frames: usize,
+    /// Width and height in pixels, a multiple of 64 [default: the model's trained size,
+    /// 512 for SD v1.x, 64 for the toy model].
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// DDIM sampling steps.
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// Classifier-free guidance scale.
+    #[arg(long, default_value_t = 7.5)]
+    pub guidance: f64,
+    /// Rescale of the guided prediction toward the conditional one's scale, 0–1.
+    #[arg(long, default_value_t = 0.0)]
+    pub guidance_rescale: f64,
+    /// Seed of the initial noise (shared by every prompt).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Runs `tav sample`.
+pub fn command(args: SampleCommand) -> Result<()> {
+    let SampleCommand {
+        common,
+        prompts,
+        tuned,
+        frames,
+        size,
+        steps,
+        guidance,
+        guidance_rescale,
+        seed,
+    } = args;
+    let spec = sample::SampleSpec {
+        prompts,
+        frames,
+        size,
+        steps,
+        guidance: Guidance {
+            scale: guidance,
+            rescale: guidance_rescale,
+        },
+        seed,
+        fps: video::DEFAULT_FPS,
+    };
+    sample_videos(&common, &spec, tuned.as_deref())
+}
+
+pub(crate) fn sample_videos(
+    common: &Common,
+    spec: &sample::SampleSpec,
+    tuned: Option<&std::path::Path>,
+) -> Result<()> {
+    let mut ui = ui_for(common);
+    let session = open_session(common, &mut ui)?;
+    let unet = match tuned {
+        Some(path) => job::load_tuned(&session, path, &mut ui)?.0,
+        None => session.models.unet.clone(),
+    };
+    let clips = sample::videos(&session, &unet, spec, &mut ui)?;
+    let out = common
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("outputs/sample"));
+    let written = sample::write(&out, &spec.prompts, &clips, &mut ui)?;
+    ui.finish();
+    ui.say(&format!(
+        "wrote {} files to {}",
+        written.len(),
+        out.display()
+    ));
+    Ok(())
 }

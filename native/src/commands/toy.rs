@@ -1,5 +1,7 @@
 //! `tav toy-clip`: a generated toy-world clip written as a video, with its caption.
 
+use super::prelude::*;
+
 use std::path::Path;
 
 use tav_core::toyworld::{Background, ClipSpec, Colour, Path as Motion, Shape, ToyClip, render};
@@ -104,4 +106,65 @@ pub fn write(spec: &ClipSpec, out: &Path) -> Result<()> {
         _ => write_png_frames(out, &clip),
     };
     written.map_err(crate::job::video_error)
+}
+
+/// The arguments of `tav toy-clip`.
+#[derive(Args)]
+pub struct ToyClipCommand {
+    /// Where to write it: `.gif`, `.mp4`, or a folder of PNG frames.
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 8)]
+    pub frames: usize,
+    /// Width and height in pixels (a multiple of 64).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// circle, square or triangle.
+    #[arg(long)]
+    pub shape: Option<String>,
+    /// red, orange, yellow, blue, purple or pink.
+    #[arg(long)]
+    pub colour: Option<String>,
+    /// road, beach, snow or grass.
+    #[arg(long)]
+    pub background: Option<String>,
+    /// left-to-right, right-to-left, top-to-bottom, diagonal, arc or bounce.
+    #[arg(long)]
+    pub path: Option<String>,
+    /// Camera pan: the background slides left by this share of the frame over the clip.
+    #[arg(long, default_value_t = 0.0)]
+    pub pan: f32,
+}
+
+/// Runs `tav toy-clip`.
+pub fn command(args: ToyClipCommand) -> Result<()> {
+    let ToyClipCommand {
+        out,
+        seed,
+        frames,
+        size,
+        shape,
+        colour,
+        background,
+        path,
+        pan,
+    } = args;
+    let choices = toy::Choices {
+        shape,
+        colour,
+        background,
+        path,
+        pan,
+    };
+    let spec = toy::spec(seed, frames, size, &choices)?;
+    toy::write(&spec, &out)?;
+    println!("{}", spec.caption());
+    eprintln!(
+        "wrote {} ({} frames of {size}×{size}, path {})",
+        out.display(),
+        frames,
+        spec.path.name()
+    );
+    Ok(())
 }

@@ -3,6 +3,8 @@
 //! step) from the configs alone, before anything is allocated. `tav tune/edit/run` check
 //! the same plan against the opened device and refuse a job that cannot fit.
 
+use super::prelude::*;
+
 use std::path::PathBuf;
 
 use burn::tensor::Device;
@@ -112,4 +114,86 @@ pub fn print(plans: &[StepPlan], job: &JobShape, limits: &DeviceLimits, json: bo
             p.dominant
         );
     }
+}
+
+/// The arguments of `tav plan`.
+#[derive(Args)]
+pub struct PlanCommand {
+    /// A model size: sd15 (Stable Diffusion v1.5) or tiny (the demo model).
+    #[arg(long, value_enum, conflicts_with = "model")]
+    pub config: Option<plan::ModelSize>,
+    /// A checkpoint folder (diffusers layout) or single-file checkpoint: its configs are
+    /// read (or inferred from its shapes), not its weights.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// A diffusers folder whose configs to plan with (for a single file whose shapes
+    /// cannot tell them).
+    #[arg(long, conflicts_with = "config")]
+    pub model_config: Option<PathBuf>,
+    #[arg(long, default_value_t = 24)]
+    pub frames: usize,
+    /// Width in pixels, a multiple of 64.
+    #[arg(long, default_value_t = 512)]
+    pub width: usize,
+    /// Height in pixels, a multiple of 64.
+    #[arg(long, default_value_t = 512)]
+    pub height: usize,
+    /// Weights and inference in f16; tuning in mixed precision (blocks' inputs kept in f16).
+    #[arg(long)]
+    pub f16: bool,
+    /// Attention: kernels (the default) or plain.
+    #[arg(long, value_enum, default_value = "kernels")]
+    pub attention: gpu::AttentionChoice,
+    /// Tuning: `on` keeps only each block's input for the backward pass and runs the
+    /// block again there; `off` keeps every activation; `auto` recomputes when the step
+    /// would otherwise be planned over 2 GiB.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub recompute: gpu::RecomputeChoice,
+    /// The device's largest buffer in MiB, which sizes the chunked work (2048: NVIDIA
+    /// and AMD Vulkan drivers; lavapipe and WebGPU's default: 128).
+    #[arg(long, default_value_t = 2048)]
+    pub max_buffer_mib: u64,
+    /// JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `tav plan`.
+pub fn command(args: PlanCommand) -> Result<()> {
+    let PlanCommand {
+        config,
+        model,
+        model_config,
+        frames,
+        width,
+        height,
+        f16,
+        attention,
+        recompute,
+        max_buffer_mib,
+        json,
+    } = args;
+    let configs = plan::configs(config, model_config.as_ref().or(model.as_ref()))?;
+    let limits = tav_core::limits::DeviceLimits {
+        max_buffer_bytes: max_buffer_mib << 20,
+        memory_bytes: None,
+    };
+    let keeping_everything = tav_core::plan::JobShape {
+        frames,
+        height,
+        width,
+        f16,
+        kernels: attention == gpu::AttentionChoice::Kernels,
+        recompute: false,
+    };
+    let job = tav_core::plan::JobShape {
+        recompute: resolve_recompute(
+            recompute,
+            &plan::plan_for(&configs, keeping_everything, &limits)?,
+        ),
+        ..keeping_everything
+    };
+    let plans = plan::plan_for(&configs, job, &limits)?;
+    plan::print(&plans, &job, &limits, json);
+    Ok(())
 }

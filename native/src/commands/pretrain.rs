@@ -2,6 +2,8 @@
 //! encoder and UNet together) and writes it as a diffusers folder, in f16, that every other
 //! command loads as it loads Stable Diffusion.
 
+use super::prelude::*;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
@@ -32,8 +34,8 @@ use tav_core::{Result, TavError};
 use crate::job::write_atomic;
 use crate::ui::Ui;
 
-const VOCAB: &[u8] = include_bytes!("../../assets/clip-tokenizer/vocab.json");
-const MERGES: &[u8] = include_bytes!("../../assets/clip-tokenizer/merges.txt");
+const VOCAB: &[u8] = include_bytes!("../../../assets/clip-tokenizer/vocab.json");
+const MERGES: &[u8] = include_bytes!("../../../assets/clip-tokenizer/merges.txt");
 
 /// How to pretrain (the `tav pretrain` flags).
 #[derive(Debug, Clone, serde::Serialize, clap::Args)]
@@ -549,4 +551,54 @@ mod tests {
         assert!((cosine.learning_rate_at(10) - 1e-4).abs() < 1e-12);
         assert!(cosine.learning_rate_at(3) > cosine.learning_rate_at(4));
     }
+}
+
+/// The arguments of `tav pretrain`.
+#[derive(Args)]
+pub struct PretrainCommand {
+    #[command(flatten)]
+    pub spec: pretrain::PretrainSpec,
+    /// Device: auto (wgpu's default adapter), discrete[:N], integrated[:N], virtual[:N],
+    /// cpu (a wgpu CPU adapter such as lavapipe) or flex (burn's CPU backend; no WGSL
+    /// kernels; several times faster than lavapipe on a machine without a GPU).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// No progress bars or messages.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Progress as JSON lines on stdout (one per step, with its loss) instead of bars.
+    #[arg(long, conflicts_with = "quiet")]
+    pub json: bool,
+}
+
+/// Runs `tav pretrain`.
+pub fn command(args: PretrainCommand) -> Result<()> {
+    let PretrainCommand {
+        spec,
+        device,
+        quiet,
+        json,
+    } = args;
+    let gpu::Opened {
+        device,
+        description: adapter,
+        ..
+    } = gpu::open(&device).map_err(TavError::Device)?;
+    let mut ui = Ui::new(if quiet {
+        Mode::Quiet
+    } else if json {
+        Mode::Json
+    } else {
+        Mode::Bars
+    });
+    ui.say(&format!("GPU adapter: {adapter}"));
+    let started = std::time::Instant::now();
+    let report = pretrain::run(&spec, &device, &mut ui)?;
+    ui.say(&format!(
+        "wrote {} in {:.1} min ({} parameters)",
+        spec.out.display(),
+        started.elapsed().as_secs_f64() / 60.0,
+        report.parameters.values().sum::<usize>()
+    ));
+    Ok(())
 }

@@ -6,6 +6,8 @@
 //! from a clean start (`memory_cleanup` first): the pools keep every page they allocate
 //! until cleaned, so this is the step's high-water mark, weights included.
 
+use super::prelude::*;
+
 use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
@@ -23,7 +25,7 @@ use tav_core::vae::Posterior;
 use tav_core::weights::RandomInit;
 use tav_core::{Result, TavError};
 
-use crate::plan::ModelSize;
+use crate::commands::plan::ModelSize;
 
 /// What to benchmark.
 #[derive(Debug, Clone)]
@@ -127,8 +129,10 @@ pub fn run(
 ) -> Result<()> {
     spec.validate()?;
     let cfg = unet_config(spec.config);
-    let recompute =
-        crate::resolve_recompute(spec.recompute, &planned_steps(spec, &cfg, limits, false)?);
+    let recompute = crate::commands::resolve_recompute(
+        spec.recompute,
+        &planned_steps(spec, &cfg, limits, false)?,
+    );
     let planned = planned_peaks(spec, &cfg, limits, recompute)?;
     let started = Instant::now();
     // Under --f16 the frozen weights are made in f16 on the host, as `tav --f16` loads them.
@@ -238,7 +242,7 @@ fn planned_steps(
         kernels: spec.kernels,
         recompute,
     };
-    let (_, vae, clip) = crate::plan::configs(None, None)?;
+    let (_, vae, clip) = crate::commands::plan::configs(None, None)?;
     let mut input = PlanInput::new(cfg, &vae, &clip, job, &Device::flex())?;
     input.vae_params = 0;
     input.text_params = 0;
@@ -258,9 +262,17 @@ pub struct KernelBenchSpec {
     pub runs: usize,
     /// Which sparse-causal kernels: the tiled ones tav runs, or the per-row ones.
     pub tiling: tav_core::kernels::Tiling,
-    /// Whether the tiled kernels may split a row over a subgroup's invocations (where the
-    /// device has subgroups), or take one invocation per row as without them.
-    pub subgroups: bool,
+    /// Whether the tiled kernels split a row over a subgroup's invocations.
+    pub subgroups: Subgroups,
+}
+
+/// How `tav bench --kernel attention` uses subgroups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subgroups {
+    /// As tav runs on this device.
+    AsTavRuns,
+    /// Split rows with subgroups of this size (`None`: one invocation per row).
+    Split(Option<u32>),
 }
 
 /// Times the attention kernels alone, sparse-causal and temporal, forward and backward (dq,
@@ -300,8 +312,8 @@ pub fn run_attention_kernels(
             "the attention kernels' tiling was already chosen in this process".into(),
         ));
     }
-    if !spec.subgroups {
-        tav_core::kernels::use_subgroups(&device, None);
+    if let Subgroups::Split(size) = spec.subgroups {
+        tav_core::kernels::use_subgroups(&device, size);
     }
     let lanes = tav_core::kernels::sparse_causal_lanes(&device, spec.head_dim);
     let dims = [spec.frames, spec.tokens, spec.heads * spec.head_dim];
@@ -526,4 +538,174 @@ impl Bench<'_> {
             Ok(())
         })
     }
+}
+
+/// The arguments of `tav bench`.
+#[derive(Args)]
+pub struct BenchCommand {
+    /// Model size: Stable Diffusion v1.5's UNet or the demo model's.
+    #[arg(long, value_enum, default_value = "sd15")]
+    pub config: plan::ModelSize,
+    /// Frames of the video.
+    #[arg(long, default_value_t = 8)]
+    pub frames: usize,
+    /// Width and height in pixels, a multiple of 64 [default: 512 for sd15, 64 for tiny].
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Frozen weights in f16 and f16 arithmetic (the tuning step in mixed precision, as
+    /// `tav tune --f16` runs it).
+    #[arg(long)]
+    pub f16: bool,
+    /// Attention: tav's WGSL kernels or the plain tensor-op path [default: kernels on a
+    /// wgpu adapter, plain on flex].
+    #[arg(long, value_enum)]
+    pub attention: Option<gpu::AttentionChoice>,
+    /// The old spelling: `on` is `--attention kernels`, `off` is `--attention plain`.
+    #[arg(long, value_enum, default_value = "auto", conflicts_with = "attention")]
+    pub kernels: KernelsFlag,
+    /// Tuning: `on` keeps only each block's input for the backward pass and runs the
+    /// block again there; `off` keeps every activation; `auto` recomputes when the step
+    /// would otherwise be planned over 2 GiB.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub recompute: gpu::RecomputeChoice,
+    /// Timed runs per step, after one warm-up run (0: the peak memory of one run only).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Which steps to time (comma-separated): forward, tune, sample.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "forward,tune,sample",
+        value_delimiter = ','
+    )]
+    pub steps: Vec<bench::BenchStep>,
+    /// Time one kernel family alone instead of the UNet's steps: `attention` (tav's
+    /// sparse-causal and temporal attention kernels, forward and backward separately, at
+    /// --tokens, --frames, --heads, --head-dim; --config and --size are not used).
+    #[arg(long, value_enum)]
+    pub kernel: Option<bench::KernelFamily>,
+    /// Tokens per frame for `--kernel attention` (SD's finest level at 512²: 4096).
+    #[arg(long, default_value_t = 4096)]
+    pub tokens: usize,
+    /// Attention heads for `--kernel attention`.
+    #[arg(long, default_value_t = 8)]
+    pub heads: usize,
+    /// Size of one head for `--kernel attention` (SD v1.5: 40, 80, 160).
+    #[arg(long, default_value_t = 40)]
+    pub head_dim: usize,
+    /// Sparse-causal kernels for `--kernel attention`: `tiled` (what tav runs) or `rows`
+    /// (the per-row kernels they replaced, for the ratio between them).
+    #[arg(long, value_enum, default_value = "tiled")]
+    pub tiling: TilingChoice,
+    /// Subgroups for `--kernel attention`: `auto` (as tav runs: the tiled kernels split
+    /// large heads over several invocations on GPUs with subgroups), `on` (wherever the
+    /// device has subgroups, CPU adapters too) or `off` (one invocation per row).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub subgroups: SubgroupChoice,
+    /// Device: auto (wgpu's default adapter), discrete[:N], integrated[:N], virtual[:N],
+    /// cpu (a wgpu CPU adapter such as lavapipe) or flex (burn's CPU backend; no WGSL
+    /// kernels; several times faster than lavapipe on a machine without a GPU).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+/// Runs `tav bench`.
+pub fn command(args: BenchCommand) -> Result<()> {
+    let BenchCommand {
+        config,
+        frames,
+        size,
+        f16,
+        attention,
+        kernels,
+        recompute,
+        runs,
+        steps,
+        kernel,
+        tokens,
+        heads,
+        head_dim,
+        tiling,
+        subgroups,
+        device,
+    } = args;
+    let gpu::Opened {
+        device,
+        description: adapter,
+        limits,
+        subgroup_size,
+    } = gpu::open(&device).map_err(TavError::Device)?;
+    if kernel.is_some() {
+        let spec = bench::KernelBenchSpec {
+            tokens,
+            frames,
+            heads,
+            head_dim,
+            f16,
+            runs,
+            tiling: match tiling {
+                TilingChoice::Rows => tav_core::kernels::Tiling::PerRow,
+                TilingChoice::Tiled => tav_core::kernels::Tiling::Tiled,
+            },
+            subgroups: match subgroups {
+                SubgroupChoice::Auto => bench::Subgroups::AsTavRuns,
+                SubgroupChoice::On => bench::Subgroups::Split(subgroup_size),
+                SubgroupChoice::Off => bench::Subgroups::Split(None),
+            },
+        };
+        return bench::run_attention_kernels(&spec, device, &adapter);
+    }
+    let choice = match kernels {
+        KernelsFlag::On => Some(gpu::AttentionChoice::Kernels),
+        KernelsFlag::Off => Some(gpu::AttentionChoice::Plain),
+        KernelsFlag::Auto => attention,
+    };
+    let kernels =
+        gpu::AttentionChoice::resolve(choice, false, &device).map_err(TavError::InvalidInput)?;
+    let size = size.unwrap_or(match config {
+        plan::ModelSize::Tiny => 64,
+        plan::ModelSize::Sd15 => 512,
+    });
+    let spec = bench::BenchSpec {
+        config,
+        frames,
+        size,
+        f16,
+        kernels,
+        recompute,
+        runs,
+        steps,
+    };
+    bench::run(&spec, device, &adapter, &limits)
+}
+
+/// `tav bench --kernels`, the old spelling of `--attention`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelsFlag {
+    /// `--attention kernels`.
+    On,
+    /// `--attention plain`.
+    Off,
+    /// As `--attention` (or its default) says.
+    Auto,
+}
+
+/// `tav bench --tiling`: which sparse-causal attention kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TilingChoice {
+    /// The tiled kernels, what tav runs.
+    Tiled,
+    /// The per-row kernels they replaced.
+    Rows,
+}
+
+/// `tav bench --subgroups`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SubgroupChoice {
+    /// As tav runs: large heads split over a subgroup's invocations on GPUs with subgroups.
+    Auto,
+    /// Split wherever the device has subgroups, CPU adapters too (to measure them there).
+    On,
+    /// One invocation per row, as without subgroups.
+    Off,
 }

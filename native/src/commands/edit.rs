@@ -1,0 +1,65 @@
+//! `tav edit`: invert a clip with tuned weights and sample one edit per prompt.
+
+use super::prelude::*;
+
+/// The arguments of `tav edit`.
+#[derive(Args)]
+pub struct EditCommand {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub clip: ClipArgs,
+    #[command(flatten)]
+    pub edit: EditArgs,
+    /// Tuned weights from `tav tune` (the clip defaults to the one they were tuned on).
+    #[arg(long)]
+    pub tuned: PathBuf,
+    /// An edit prompt; repeat for several edits.
+    #[arg(long = "prompt", required = true)]
+    pub prompts: Vec<String>,
+}
+
+/// Runs `tav edit`.
+pub fn command(args: EditCommand) -> Result<()> {
+    let EditCommand {
+        common,
+        clip,
+        edit,
+        tuned,
+        prompts,
+    } = args;
+    edit_only(&common, &clip, &edit, &tuned, prompts)
+}
+
+pub(crate) fn edit_only(
+    common: &Common,
+    clip_args: &ClipArgs,
+    edit: &EditArgs,
+    tuned: &std::path::Path,
+    prompts: Vec<String>,
+) -> Result<()> {
+    let mut ui = ui_for(common);
+    let mut session = open_session(common, &mut ui)?;
+    let (unet, meta) = job::load_tuned(&session, tuned, &mut ui)?;
+    let spec = jobfile::Job::for_edit(common, clip_args, edit, &meta, prompts, tuned)?;
+    session.check_fits(spec.clip.frames, spec.clip.height, spec.clip.width)?;
+    session.check_plan(
+        spec.clip.frames,
+        spec.clip.height,
+        spec.clip.width,
+        &["inversion", "sampling"],
+    )?;
+    let clip = spec.clip.read()?;
+    create_output_folder(&spec.out, &mut ui)?;
+    let posterior = session.encode(&clip, &mut ui)?;
+    let written = job::edit(
+        &session, &unet, &clip, posterior, &spec.edit, &spec.out, &mut ui,
+    )?;
+    ui.finish();
+    ui.say(&format!(
+        "wrote {} files to {}",
+        written.len(),
+        spec.out.display()
+    ));
+    Ok(())
+}
