@@ -670,7 +670,7 @@ fn toy_clip_writes_the_clip_it_captions() {
 
     expect_error(
         tav().arg("toy-clip").arg(&out).args(["--colour", "green"]),
-        "unknown colour `green`",
+        "invalid value 'green' for '--colour",
     );
     expect_error(
         tav().arg("toy-clip").arg(&out).args(["--size", "100"]),

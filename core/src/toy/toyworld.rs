@@ -8,6 +8,7 @@ use crate::draws::SeededRng;
 
 /// The object's outline. Squares and triangles stay upright, so moments tell them apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Shape {
     Circle,
     Square,
@@ -17,6 +18,7 @@ pub enum Shape {
 /// Saturated object colours, none of them green (grass is) and none as grey as road or snow,
 /// so a pixel's hue and saturation separate object from background.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Colour {
     Red,
     Orange,
@@ -28,6 +30,7 @@ pub enum Colour {
 
 /// Textured backgrounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Background {
     Road,
     Beach,
@@ -37,6 +40,7 @@ pub enum Background {
 
 /// How the object moves across the clip.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Path {
     LeftToRight,
     RightToLeft,

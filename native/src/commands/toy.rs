@@ -11,10 +11,10 @@ use crate::video::{Clip, write_gif, write_mp4, write_png_frames};
 
 /// Attribute choices from the command line; each `None` is drawn from the seed.
 pub struct Choices {
-    pub shape: Option<String>,
-    pub colour: Option<String>,
-    pub background: Option<String>,
-    pub path: Option<String>,
+    pub shape: Option<Shape>,
+    pub colour: Option<Colour>,
+    pub background: Option<Background>,
+    pub path: Option<Motion>,
     /// Camera pan (see [`ClipSpec::pan`]).
     pub pan: f32,
 }
@@ -32,33 +32,10 @@ pub fn spec(seed: u64, frames: usize, size: usize, choices: &Choices) -> Result<
         pan: choices.pan,
         ..ClipSpec::random(seed, frames, size)
     };
-    if let Some(name) = &choices.shape {
-        spec.shape = pick(name, "shape", Shape::from_name, Shape::ALL.map(Shape::name))?;
-    }
-    if let Some(name) = &choices.colour {
-        spec.colour = pick(
-            name,
-            "colour",
-            Colour::from_name,
-            Colour::ALL.map(Colour::name),
-        )?;
-    }
-    if let Some(name) = &choices.background {
-        spec.background = pick(
-            name,
-            "background",
-            Background::from_name,
-            Background::ALL.map(Background::name),
-        )?;
-    }
-    if let Some(name) = &choices.path {
-        spec.path = pick(
-            name,
-            "path",
-            Motion::from_name,
-            Motion::ALL.map(Motion::name),
-        )?;
-    }
+    spec.shape = choices.shape.unwrap_or(spec.shape);
+    spec.colour = choices.colour.unwrap_or(spec.colour);
+    spec.background = choices.background.unwrap_or(spec.background);
+    spec.path = choices.path.unwrap_or(spec.path);
     Ok(spec)
 }
 
@@ -71,20 +48,6 @@ pub fn check_pan(pan: f32) -> Result<()> {
             "--pan {pan} is not a finite share of the frame"
         )))
     }
-}
-
-fn pick<T, const N: usize>(
-    name: &str,
-    what: &str,
-    parse: fn(&str) -> Option<T>,
-    names: [&str; N],
-) -> Result<T> {
-    parse(name).ok_or_else(|| {
-        TavError::InvalidInput(format!(
-            "unknown {what} `{name}`: choose one of {}",
-            names.join(", ")
-        ))
-    })
 }
 
 /// A drawn toy clip as a video clip (8 frames a second).
@@ -120,18 +83,18 @@ pub struct ToyClipCommand {
     /// Width and height in pixels (a multiple of 64).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
-    /// circle, square or triangle.
-    #[arg(long)]
-    pub shape: Option<String>,
-    /// red, orange, yellow, blue, purple or pink.
-    #[arg(long)]
-    pub colour: Option<String>,
-    /// road, beach, snow or grass.
-    #[arg(long)]
-    pub background: Option<String>,
-    /// left-to-right, right-to-left, top-to-bottom, diagonal, arc or bounce.
-    #[arg(long)]
-    pub path: Option<String>,
+    /// The shape [default: from the seed].
+    #[arg(long, value_enum)]
+    pub shape: Option<Shape>,
+    /// The object's colour [default: from the seed].
+    #[arg(long, value_enum)]
+    pub colour: Option<Colour>,
+    /// The background [default: from the seed].
+    #[arg(long, value_enum)]
+    pub background: Option<Background>,
+    /// How the object moves [default: from the seed].
+    #[arg(long, value_enum)]
+    pub path: Option<Motion>,
     /// Camera pan: the background slides left by this share of the frame over the clip.
     #[arg(long, default_value_t = 0.0)]
     pub pan: f32,
