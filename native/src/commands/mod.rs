@@ -40,6 +40,7 @@ pub fn dispatch(command: Command) -> Result<()> {
     }
 }
 
+/// The console the common flags ask for: bars, quiet, or JSON lines.
 pub(crate) fn ui_for(common: &Common) -> Ui {
     Ui::new(if common.quiet {
         Mode::Quiet
