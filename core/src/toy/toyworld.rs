@@ -53,10 +53,6 @@ pub enum Path {
 impl Shape {
     pub const ALL: [Shape; 3] = [Shape::Circle, Shape::Square, Shape::Triangle];
 
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.name() == name)
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             Shape::Circle => "circle",
@@ -75,10 +71,6 @@ impl Colour {
         Colour::Purple,
         Colour::Pink,
     ];
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.name() == name)
-    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -115,10 +107,6 @@ impl Background {
         Background::Snow,
         Background::Grass,
     ];
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|b| b.name() == name)
-    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -172,10 +160,6 @@ impl Path {
         Path::Arc,
         Path::Bounce,
     ];
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.name() == name)
-    }
 
     pub fn name(self) -> &'static str {
         match self {
