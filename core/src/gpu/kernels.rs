@@ -237,19 +237,21 @@ fn subgroup_registry() -> &'static Mutex<HashMap<String, Option<u32>>> {
 /// then split large heads over several invocations (`None`: they never do). cubecl reports
 /// subgroups itself for GPUs, not for CPU adapters such as llvmpipe, which have them too.
 pub fn use_subgroups(device: &burn::tensor::Device, min_subgroup_size: Option<u32>) {
-    let plain = device.clone().without_autodiff();
-    let probe = cube(Tensor::<1>::zeros([1], &plain));
     subgroup_registry()
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .insert(format!("{:?}", probe.device), min_subgroup_size);
+        .insert(format!("{:?}", probe(device).device), min_subgroup_size);
 }
 
 /// Invocations per query row the tiled sparse-causal forward takes on `device` for a head of
 /// `head_dim` (1 without subgroups): for reports.
 pub fn sparse_causal_lanes(device: &burn::tensor::Device, head_dim: usize) -> usize {
-    let probe = cube(Tensor::<1>::zeros([1], &device.clone().without_autodiff()));
-    capabilities(&probe).lanes(Kernel::TiledForward, head_dim)
+    capabilities(&probe(device)).lanes(Kernel::TiledForward, head_dim)
+}
+
+/// A one-element tensor on `device` (without autodiff), for its cubecl client and device.
+fn probe(device: &burn::tensor::Device) -> CubeTensor {
+    cube(Tensor::<1>::zeros([1], &device.clone().without_autodiff()))
 }
 
 /// Which kernels sparse-causal attention runs: the tiled ones, unless [`set_tiling`] chose
@@ -909,10 +911,9 @@ fn budget_of(device: &burn::tensor::Device) -> Option<u32> {
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    *budgets.entry(format!("{plain:?}")).or_insert_with(|| {
-        let probe = cube(Tensor::<1>::zeros([1], &plain));
-        tav_shaders::loop_budget(&probe.client.properties().identity.name)
-    })
+    *budgets
+        .entry(format!("{plain:?}"))
+        .or_insert_with(|| capabilities(&probe(device)).loop_budget)
 }
 
 /// 2-D convolution with every product summed in f32 whatever the storage, so f16
