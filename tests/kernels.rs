@@ -216,6 +216,88 @@ fn tiled_kernels_split_over_subgroup_lanes_match_plain_path() {
     assert!(lanes_seen.contains(&2) && lanes_seen.contains(&4) && lanes_seen.contains(&1));
 }
 
+/// Temporal attention's tiles (a few tokens' frames per workgroup, each token's keys staged
+/// apart) against the plain path where they are hardest to get right: a head so large that
+/// one group of keys per token is staged per step (24 frames × 2 tokens at 160, a tile with
+/// idle rows), frames past a workgroup's 64 rows (two frame tiles, the second partly empty),
+/// 21 frames of 3 tokens (10 keys a step: a group partly past a token's run; the last tile
+/// short of tokens), two videos and heads, the loop budget lowered so rows run in passes over
+/// frames, subgroup lanes and none, f32 and f16 storage; and that the tiled kernels, not the
+/// per-row ones, ran.
+#[test]
+fn temporal_tiles_match_plain_path() {
+    let device = device();
+    let mut runner = KernelRunner::new().unwrap();
+    let adapter = runner.capabilities;
+    let low_budget = Capabilities {
+        loop_budget: Some(400),
+        ..adapter
+    };
+    let variants = [
+        adapter,
+        low_budget,
+        Capabilities {
+            lane_vecs: 1,
+            ..adapter
+        },
+        Capabilities {
+            subgroup_size: None,
+            ..adapter
+        },
+    ];
+    for (videos, frames, tokens, heads, head_dim) in [
+        (1, 24, 5, 1, 160),
+        (2, 16, 9, 2, 80),
+        (1, 70, 5, 2, 8),
+        (1, 21, 7, 1, 40),
+    ] {
+        let shape = Shape {
+            videos,
+            frames,
+            tokens,
+            heads,
+            head_dim,
+            mode: AttentionMode::Temporal,
+        };
+        let info = shape.info(65_535);
+        assert_eq!(
+            info.kernels(true, tav_shaders::Tiling::Tiled),
+            [Kernel::TiledBackwardQuery, Kernel::TemporalBackwardKeyValue],
+            "{shape:?} runs the tiled kernels"
+        );
+        for capabilities in variants {
+            runner.capabilities = capabilities;
+            let passes = info
+                .passes(Kernel::TemporalBackwardKeyValue, capabilities.loop_budget)
+                .len();
+            println!(
+                "{shape:?}: {} tokens per tile, {passes} passes, {} lanes",
+                info.tile_tokens(),
+                capabilities.lanes(Kernel::TemporalBackwardKeyValue, head_dim)
+            );
+            check(&mut runner, shape, false, 1e-4, &device);
+            if runner.has_f16() && capabilities == adapter {
+                check(&mut runner, shape, true, 1e-2, &device);
+            }
+        }
+    }
+    // The lowered budget splits the 70 frames' rows into passes.
+    let long = Shape {
+        videos: 1,
+        frames: 70,
+        tokens: 5,
+        heads: 2,
+        head_dim: 8,
+        mode: AttentionMode::Temporal,
+    }
+    .info(65_535);
+    assert!(
+        long.passes(Kernel::TiledForward, low_budget.loop_budget)
+            .len()
+            > 1
+    );
+}
+
 #[test]
 fn a_wrong_mode_is_caught_by_the_comparison() {
     // The check above can fail: temporal kernels do not match the sparse-causal reference.

@@ -16,12 +16,15 @@ pub enum Kernel {
     AttentionBackwardQuery,
     /// dK and dV, gathered per key row (no atomics; both modes).
     AttentionBackwardKeyValue,
-    /// Sparse-causal forward, a workgroup per query tile with K/V staged in workgroup memory.
+    /// Forward (both modes), a workgroup per tile of query rows sharing keys, K/V staged in
+    /// workgroup memory.
     TiledForward,
-    /// Sparse-causal dQ and delta, tiled as the forward.
+    /// dQ and delta (both modes), tiled as the forward.
     TiledBackwardQuery,
     /// Sparse-causal dK and dV, a workgroup per key tile and job of query frames.
     TiledBackwardKeyValue,
+    /// Temporal dK and dV, a workgroup per tile of key rows, tiled as the forward.
+    TemporalBackwardKeyValue,
     /// Frame 0's dK and dV: the sum of the tiled key/value kernel's per-chunk partials.
     FrameZeroReduce,
 }
@@ -116,10 +119,7 @@ impl Capabilities {
         let Some(subgroup) = self.subgroup_size else {
             return 1;
         };
-        if !matches!(
-            kernel,
-            Kernel::TiledForward | Kernel::TiledBackwardQuery | Kernel::TiledBackwardKeyValue
-        ) {
+        if !kernel.tiled() || kernel == Kernel::FrameZeroReduce {
             return 1;
         }
         let vecs = head_dim.div_ceil(4);
@@ -133,13 +133,14 @@ impl Capabilities {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 7] = [
+    pub const ALL: [Kernel; 8] = [
         Kernel::AttentionForward,
         Kernel::AttentionBackwardQuery,
         Kernel::AttentionBackwardKeyValue,
         Kernel::TiledForward,
         Kernel::TiledBackwardQuery,
         Kernel::TiledBackwardKeyValue,
+        Kernel::TemporalBackwardKeyValue,
         Kernel::FrameZeroReduce,
     ];
 
@@ -152,6 +153,7 @@ impl Kernel {
             Kernel::TiledForward => "attention_tiled_forward.wgsl",
             Kernel::TiledBackwardQuery => "attention_tiled_backward_dq.wgsl",
             Kernel::TiledBackwardKeyValue => "attention_tiled_backward_dkv.wgsl",
+            Kernel::TemporalBackwardKeyValue => "attention_temporal_backward_dkv.wgsl",
             Kernel::FrameZeroReduce => "attention_frame_zero_reduce.wgsl",
         }
     }
@@ -170,11 +172,14 @@ impl Kernel {
             Kernel::TiledBackwardKeyValue => {
                 include_str!("../wgsl/attention_tiled_backward_dkv.wgsl")
             }
+            Kernel::TemporalBackwardKeyValue => {
+                include_str!("../wgsl/attention_temporal_backward_dkv.wgsl")
+            }
             Kernel::FrameZeroReduce => include_str!("../wgsl/attention_frame_zero_reduce.wgsl"),
         }
     }
 
-    /// Whether the kernel is one of the tiled (sparse-causal) ones.
+    /// Whether the kernel is one of the tiled ones (and the reduction after them).
     pub fn tiled(self) -> bool {
         !matches!(
             self,
@@ -216,12 +221,21 @@ fn constants(kernel: Kernel, storage: Storage, head_dim: usize, lanes: usize) ->
          const TILE_ROWS: u32 = {WORKGROUP_SIZE}u;\nconst TILE: u32 = {}u;\n\
          const FRAME_CHUNK: u32 = {FRAME_CHUNK}u;\nconst KEY_GROUP: u32 = {KEY_GROUP}u;\n\
          const LANES: u32 = {lanes}u;\nconst LANE_VECS: u32 = {}u;\n\
-         const INVOCATIONS: u32 = {}u;\n\
+         const INVOCATIONS: u32 = {}u;\nconst TEMPORAL_TOKENS: u32 = {}u;\n\
          {shuffle}fn lanes_sum(x: f32) -> f32 {{\n    return {sum};\n}}\n",
         kernel.staged_rows(head_dim, storage),
         head_vecs / lanes,
         WORKGROUP_SIZE * lanes,
+        temporal_tile_tokens_max(head_dim),
     )
+}
+
+/// Tokens a temporal tile takes at most: a KEY_GROUP-th of the f32 tile's staged rows, so
+/// every storage type stages at least a group of keys per token per step (fewer left most of
+/// each unrolled group masked: measured slower than the per-row kernels on lavapipe), and the
+/// host counts workgroups without knowing the storage.
+fn temporal_tile_tokens_max(head_dim: usize) -> u32 {
+    Kernel::TiledForward.staged_rows(head_dim, Storage::F32) / KEY_GROUP as u32
 }
 
 /// The WGSL source of `kernel` for `storage`, a head of `head_dim` (fixed per pipeline) and
@@ -563,12 +577,14 @@ impl Info {
 
     /// Items a row of `kernel` loops over: keys for the forward and dq kernels, queries for
     /// the key/value kernels (every frame's in the per-row sparse-causal one, at most a job's
-    /// in the tiled one); the reduction has no loop to split.
+    /// in the tiled one; a token's frames in temporal attention); the reduction has no loop
+    /// to split.
     pub fn items(&self, kernel: Kernel) -> u32 {
         let temporal = self.mode == AttentionMode::Temporal;
         match kernel {
             Kernel::FrameZeroReduce => 1,
             Kernel::TiledBackwardKeyValue => self.frames.min(FRAME_CHUNK) * self.tokens,
+            Kernel::TemporalBackwardKeyValue => self.frames,
             Kernel::AttentionBackwardKeyValue if temporal => self.frames,
             Kernel::AttentionBackwardKeyValue => self.frames * self.tokens,
             _ if temporal => self.frames,
@@ -582,7 +598,9 @@ impl Info {
     /// frame loop iteration per frame. Tiled kernels are unrolled over the head and a group
     /// of keys: per item a quarter of an iteration for its group and D/256 + 1/TILE for
     /// staging, counted as 1 + ⌈D/64⌉ (two to eight times that); whole staged tiles even
-    /// where a pass starts or ends inside one or a job changes frame.
+    /// where a pass starts or ends inside one or a job changes frame. Temporal tiles stage a
+    /// group of keys (or more) per row and step, counted as a whole step per item (its loop,
+    /// the staging of a tile and of its statistics, a group): over-counted, to be safe.
     fn items_per_pass(&self, kernel: Kernel, budget: u32) -> u32 {
         let usable = budget / 4 * 3;
         let (per_item, fixed) = self.loop_cost(kernel);
@@ -592,7 +610,11 @@ impl Info {
     /// Loop iterations per item and per pass of `kernel` on llvmpipe ([`Self::items_per_pass`]).
     pub fn loop_cost(&self, kernel: Kernel) -> (u32, u32) {
         let d = self.head_dim.max(1);
-        if kernel.tiled() {
+        if kernel.tiled() && self.mode == AttentionMode::Temporal {
+            let tile = kernel.staged_rows(d as usize, Storage::F16);
+            let per_item = 3 + (tile * d.div_ceil(4)).div_ceil(WORKGROUP_SIZE as u32);
+            (per_item, 64 + per_item)
+        } else if kernel.tiled() {
             let per_item = 1 + (d.div_ceil(4)).div_ceil(16);
             let tile = kernel.staged_rows(d as usize, Storage::F16);
             (per_item, 64 + (2 + FRAME_CHUNK) * tile * per_item)
@@ -647,6 +669,7 @@ impl Info {
             Kernel::TiledBackwardKeyValue => {
                 self.key_jobs() * self.rows() / self.frames.max(1) as usize * 8 * vecs
             }
+            Kernel::TemporalBackwardKeyValue => self.rows() * 8 * vecs,
             Kernel::FrameZeroReduce => 1,
         }
     }
@@ -678,6 +701,24 @@ impl Info {
         self.videos as usize * self.frames as usize * self.heads as usize * self.tokens as usize
     }
 
+    /// Frames a tile of the tiled kernels takes: all of a temporal row's, up to a
+    /// workgroup's rows (1 for sparse-causal), as `tile_frames` in attention_common.wgsl.
+    fn tile_frames(&self) -> usize {
+        match self.mode {
+            AttentionMode::Temporal => self.frames.clamp(1, WORKGROUP_SIZE as u32) as usize,
+            AttentionMode::SparseCausal => 1,
+        }
+    }
+
+    /// Tokens a tile of the tiled kernels takes (`tile_tokens` in attention_common.wgsl).
+    pub fn tile_tokens(&self) -> usize {
+        match self.mode {
+            AttentionMode::Temporal => (WORKGROUP_SIZE / self.tile_frames())
+                .min(temporal_tile_tokens_max(self.head_dim as usize) as usize),
+            AttentionMode::SparseCausal => WORKGROUP_SIZE,
+        }
+    }
+
     /// Workgroups of one launch of `kernel`.
     pub fn workgroups(&self, kernel: Kernel) -> usize {
         let tiles = (self.tokens as usize).div_ceil(WORKGROUP_SIZE);
@@ -686,8 +727,11 @@ impl Info {
             Kernel::AttentionForward
             | Kernel::AttentionBackwardQuery
             | Kernel::AttentionBackwardKeyValue => self.rows().div_ceil(WORKGROUP_SIZE),
-            Kernel::TiledForward | Kernel::TiledBackwardQuery => {
-                video_heads * self.frames as usize * tiles
+            Kernel::TiledForward
+            | Kernel::TiledBackwardQuery
+            | Kernel::TemporalBackwardKeyValue => {
+                let frame_tiles = (self.frames as usize).div_ceil(self.tile_frames());
+                video_heads * frame_tiles * (self.tokens as usize).div_ceil(self.tile_tokens())
             }
             Kernel::TiledBackwardKeyValue => video_heads * self.key_jobs() * tiles,
             Kernel::FrameZeroReduce => (self.rows() / self.frames.max(1) as usize
@@ -704,12 +748,22 @@ impl Info {
         [x, groups.div_ceil(x).max(1)]
     }
 
-    /// The kernels of the forward or backward pass, in launch order: sparse-causal takes the
-    /// tiled ones unless `tiling` says per row; temporal attention (F keys per query, a
-    /// different set for every token, so nothing to share in a tile) always takes the
-    /// per-row ones.
+    /// Whether a temporal tile fills at least three quarters of a workgroup's rows. With few
+    /// frames it does not where the head is large (its tokens are bounded by the staged rows,
+    /// e.g. 2 tokens × 8 frames at head 160): many invocations would idle, and a staged key is
+    /// shared by few queries, so the per-row kernels (every invocation a row) take it. On
+    /// lavapipe, tiles of 48 and 64 rows ran faster than the per-row kernels and tiles of 32
+    /// slower (BENCHMARKS.md).
+    pub fn temporal_tiles_fill(&self) -> bool {
+        4 * self.tile_tokens() * self.tile_frames() >= 3 * WORKGROUP_SIZE
+    }
+
+    /// The kernels of the forward or backward pass, in launch order: the tiled ones unless
+    /// `tiling` says per row, or temporal tiles would be under three quarters full
+    /// ([`Self::temporal_tiles_fill`]).
     pub fn kernels(&self, backward: bool, tiling: Tiling) -> Vec<Kernel> {
-        let tiled = tiling == Tiling::Tiled && self.mode == AttentionMode::SparseCausal;
+        let temporal = self.mode == AttentionMode::Temporal;
+        let tiled = tiling == Tiling::Tiled && (!temporal || self.temporal_tiles_fill());
         match (backward, tiled) {
             (false, false) => vec![Kernel::AttentionForward],
             (false, true) => vec![Kernel::TiledForward],
@@ -717,6 +771,9 @@ impl Info {
                 Kernel::AttentionBackwardQuery,
                 Kernel::AttentionBackwardKeyValue,
             ],
+            (true, true) if temporal => {
+                vec![Kernel::TiledBackwardQuery, Kernel::TemporalBackwardKeyValue]
+            }
             (true, true) if self.frame_zero_chunks() > 1 => vec![
                 Kernel::TiledBackwardQuery,
                 Kernel::TiledBackwardKeyValue,
@@ -754,8 +811,8 @@ impl Info {
     }
 }
 
-/// Whether sparse-causal attention runs the tiled kernels or the per-row ones (kept as a
-/// second reference in tests, and for `tav bench --kernel attention --tiling rows`).
+/// Whether attention runs the tiled kernels or the per-row ones (kept as a second reference
+/// in tests, and for `tav bench --kernel attention --tiling rows`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Tiling {
     Tiled,
@@ -845,7 +902,7 @@ impl Kernel {
                 (Delta, ReadWrite),
                 (State, ReadWrite),
             ],
-            Kernel::AttentionBackwardKeyValue => &[
+            Kernel::AttentionBackwardKeyValue | Kernel::TemporalBackwardKeyValue => &[
                 (Q, Read),
                 (K, Read),
                 (V, Read),
@@ -1012,6 +1069,7 @@ mod tests {
             Kernel::TiledForward,
             Kernel::TiledBackwardQuery,
             Kernel::TiledBackwardKeyValue,
+            Kernel::TemporalBackwardKeyValue,
         ] {
             for d in HEAD_DIMS {
                 let one = source(kernel, Storage::F32, d, 1);
@@ -1031,7 +1089,7 @@ mod tests {
                 }
             }
         }
-        assert!(split >= 3 * 8, "head sizes split over lanes: {split}");
+        assert!(split >= 4 * 8, "head sizes split over lanes: {split}");
     }
 
     /// Lanes are a power of two dividing the head's vec4s, within the subgroup and
@@ -1104,6 +1162,56 @@ mod tests {
             }
         }
         assert_eq!(Kernel::TiledForward.staged_rows(40, Storage::F32), 32);
+    }
+
+    /// Temporal tiles fill a workgroup's rows with whole tokens' frames (frame tiles past 64
+    /// frames), and their tokens never outnumber the staged rows of either storage type, so
+    /// every token gets at least one staged key per step.
+    #[test]
+    fn temporal_tiles_cover_every_row_once() {
+        for head_dim in HEAD_DIMS {
+            for frames in [1u32, 2, 3, 8, 16, 24, 63, 64, 65, 130] {
+                let info = Info {
+                    videos: 2,
+                    frames,
+                    tokens: 37,
+                    heads: 3,
+                    head_dim: head_dim as u32,
+                    mode: AttentionMode::Temporal,
+                    scale: 1.0,
+                    rows_per_dispatch_x: 65_535,
+                    item_start: 0,
+                    item_end: u32::MAX,
+                    first_pass: true,
+                    last_pass: true,
+                };
+                let tokens = info.tile_tokens();
+                let tile_frames = info.tile_frames();
+                let tiled = info.kernels(false, Tiling::Tiled) == [Kernel::TiledForward];
+                assert_eq!(tiled, 4 * tokens * tile_frames >= 3 * WORKGROUP_SIZE);
+                // SD's heads at 24 frames, 40 and 80 at 16, 40 at 8 are tiled; the rest of 8
+                // and 16 frames and 2 frames are not (measured slower on lavapipe).
+                let sd_tiled = match (head_dim, frames) {
+                    (40 | 80 | 160, 24) | (40 | 80, 16) | (40, 8) => Some(true),
+                    (160, 16) | (80 | 160, 8) | (40 | 80 | 160, 2) => Some(false),
+                    _ => None,
+                };
+                if let Some(expected) = sd_tiled {
+                    assert_eq!(tiled, expected, "{info:?}");
+                }
+                assert!(tokens >= 1 && tokens * tile_frames <= WORKGROUP_SIZE);
+                for storage in [Storage::F32, Storage::F16] {
+                    let tile = Kernel::TiledForward.staged_rows(head_dim, storage);
+                    assert!(tokens as u32 * KEY_GROUP as u32 <= tile);
+                }
+                let tiles = info.workgroups(Kernel::TiledForward);
+                assert!(tiles * tokens * tile_frames >= info.rows(), "{info:?}");
+                assert_eq!(
+                    tiles,
+                    2 * 3 * (frames as usize).div_ceil(tile_frames) * 37usize.div_ceil(tokens)
+                );
+            }
+        }
     }
 
     #[test]
@@ -1230,12 +1338,25 @@ mod tests {
                 Kernel::FrameZeroReduce
             ]
         );
+        // Temporal tiles: 24 frames of 2 tokens (48 rows).
         let temporal = Info {
             mode: AttentionMode::Temporal,
             ..info
         };
         assert_eq!(
             temporal.kernels(false, Tiling::Tiled),
+            [Kernel::TiledForward]
+        );
+        assert_eq!(
+            temporal.kernels(true, Tiling::Tiled),
+            [Kernel::TiledBackwardQuery, Kernel::TemporalBackwardKeyValue]
+        );
+        assert_eq!(temporal.tile_tokens(), 2);
+        for kernel in [Kernel::TiledForward, Kernel::TemporalBackwardKeyValue] {
+            assert_eq!(temporal.workgroups(kernel), 2 * 8 * 2048);
+        }
+        assert_eq!(
+            temporal.kernels(false, Tiling::PerRow),
             [Kernel::AttentionForward]
         );
         assert_eq!(info.to_bytes()[24..28], info.scale.to_bits().to_le_bytes());

@@ -1,6 +1,6 @@
 // Shared by the attention kernels (prepended to each at load; WGSL has no include):
 // the storage type, the uniform block, and which keys a query sees. The host puts the
-// pipeline's constants before it (HEAD_DIM, HEAD_VECS, TILE_ROWS, TILE, FRAME_CHUNK): the
+// pipeline's constants before it (HEAD_DIM, HEAD_VECS, TILE_ROWS, TILE, FRAME_CHUNK, …): the
 // head size is fixed per pipeline, so per-row arrays have a constant size and loops a
 // constant trip count, and a compiler can keep them in registers.
 //
@@ -58,11 +58,15 @@ fn multiplicity(info: Info, f: u32, g: u32) -> u32 {
     return select(0u, 1u, g == 0u) + select(0u, 1u, previous == g);
 }
 
-// The tiled kernels (sparse-causal): a workgroup takes TILE_ROWS rows of one video, frame
-// and head (queries in the forward and dq kernels, keys in the key/value kernel) and stages
-// what they all read, TILE rows at a time, in workgroup memory.
+// The tiled kernels: a workgroup takes rows that read the same keys (queries, in the
+// key/value kernels) and stages those, TILE rows at a time, in workgroup memory.
+// Sparse-causal: TILE_ROWS tokens of one video, frame and head, which all see the same 2L
+// keys. Temporal: every frame's query of a token sees the same F keys (that token in every
+// frame), so a workgroup takes `tile_frames` frames of `tile_tokens` tokens of one video and
+// head, and a step stages `staged_per_row` keys of each of its tokens.
 struct Tile {
     b: u32,
+    // The frame (sparse-causal), the first of the tile's frames (temporal).
     f: u32,
     h: u32,
     first_token: u32,
@@ -71,18 +75,85 @@ struct Tile {
     valid: bool,
 }
 
-// The index-th tile: tiles run over the tokens of a (frame, head), then heads, then frames.
+// No token row: a staged slot past the items or the tile's tokens.
+const NO_ROW: u32 = 0xffffffffu;
+
+// Frames of a temporal tile (all of them up to TILE_ROWS); 1 for sparse-causal.
+fn tile_frames(info: Info) -> u32 {
+    return select(1u, min(info.frames, TILE_ROWS), info.mode == 1u);
+}
+
+// Tokens of a tile: as many as fill its rows, for temporal within TEMPORAL_TOKENS so every
+// token gets at least a group of staged keys per step.
+fn tile_tokens(info: Info) -> u32 {
+    return select(TILE_ROWS, min(TILE_ROWS / tile_frames(info), TEMPORAL_TOKENS), info.mode == 1u);
+}
+
+// Keys (queries) staged per step for each row: sparse-causal rows share all TILE; temporal
+// rows share their token's.
+fn staged_per_row(info: Info) -> u32 {
+    return select(TILE, TILE / tile_tokens(info), info.mode == 1u);
+}
+
+// The index-th tile: tiles run over the tokens of a (frame tile, head), then heads, then
+// frame tiles and videos.
 fn row_tile(info: Info, index: u32) -> Tile {
-    let per_head = (info.tokens + TILE_ROWS - 1u) / TILE_ROWS;
+    let tokens = tile_tokens(info);
+    let per_head = (info.tokens + tokens - 1u) / tokens;
+    let frame_tiles = (info.frames + tile_frames(info) - 1u) / tile_frames(info);
     let nh = index / per_head;
     let n = nh / info.heads;
     return Tile(
-        n / info.frames,
-        n % info.frames,
+        n / frame_tiles,
+        n % frame_tiles * tile_frames(info),
         nh % info.heads,
-        (index % per_head) * TILE_ROWS,
-        n < info.videos * info.frames,
+        (index % per_head) * tokens,
+        n < info.videos * frame_tiles,
     );
+}
+
+// The row an invocation takes in its tile (the r-th): its token and frame, the first staged
+// slot of its keys, and whether it is a row at all.
+struct TileRow {
+    i: u32,
+    f: u32,
+    slot: u32,
+    valid: bool,
+}
+
+fn tile_row(info: Info, tile: Tile, r: u32) -> TileRow {
+    if (info.mode == 1u) {
+        let s = r / tile_frames(info);
+        let i = tile.first_token + s;
+        let f = tile.f + r % tile_frames(info);
+        let valid = tile.valid && s < tile_tokens(info) && i < info.tokens && f < info.frames;
+        return TileRow(i, f, s * staged_per_row(info), valid);
+    }
+    let i = tile.first_token + r;
+    return TileRow(i, tile.f, 0u, tile.valid && i < info.tokens);
+}
+
+// The token row (n·L + j) staged in `slot` by the step from item `start` of `tile`'s rows,
+// or NO_ROW past `items` or the tile's tokens. Items are keys, or queries in the key/value
+// kernels: in temporal attention both are the token's frames.
+fn staged_token(info: Info, tile: Tile, start: u32, items: u32, slot: u32) -> u32 {
+    if (!tile.valid) {
+        return NO_ROW;
+    }
+    if (info.mode == 1u) {
+        let s = slot / staged_per_row(info);
+        let g = start + slot % staged_per_row(info);
+        let i = tile.first_token + s;
+        if (s >= tile_tokens(info) || i >= info.tokens || g >= items) {
+            return NO_ROW;
+        }
+        return (tile.b * info.frames + g) * info.tokens + i;
+    }
+    let key = start + slot;
+    if (key >= items) {
+        return NO_ROW;
+    }
+    return key_token(info, tile.b, tile.f, 0u, key);
 }
 
 // Frame 0's keys are seen by every frame's queries, frame g's (g ≥ 1) by frame g+1's only:

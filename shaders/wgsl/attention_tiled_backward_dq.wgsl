@@ -1,7 +1,8 @@
-// Sparse-causal attention, backward for the queries, tiled as attention_tiled_forward.wgsl
-// (and unrolled at load the same way: `$c` over the invocation's vec4s of the head, `$k`
-// over a group of keys; LANES invocations per row with subgroups): one workgroup per tile of TILE_ROWS query rows, K and V staged TILE keys at a time
-// in workgroup memory; each invocation holds its query (pre-scaled), its output gradient and
+// Attention (sparse-causal or temporal), backward for the queries, tiled as
+// attention_tiled_forward.wgsl (and unrolled at load the same way: `$c` over the
+// invocation's vec4s of the head, `$k` over a group of keys; LANES invocations per row with
+// subgroups): one workgroup per tile of query rows sharing keys, K and V staged TILE keys at
+// a time in workgroup memory; each invocation holds its query (pre-scaled), its output gradient and
 // its dq accumulators in registers. Scores are recomputed from the saved log-sum-exp; the
 // first pass also writes delta = rowsum(dO ∘ O), which the key/value kernel needs.
 // Buffers are declared at load, in the order of `tav_shaders::Kernel::slots`.
@@ -11,11 +12,12 @@
 @compute @workgroup_size(INVOCATIONS)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let tile = row_tile(info, wg.y * info.rows_per_dispatch_x + wg.x);
-    let i = tile.first_token + lid / LANES;
+    let place = tile_row(info, tile, lid / LANES);
+    let i = place.i;
     let lane_base = lid % LANES * LANE_VECS;
-    let in_range = tile.valid && i < info.tokens;
+    let in_range = place.valid;
     let width = info.heads * HEAD_DIM;
-    let n = tile.b * info.frames + tile.f;
+    let n = tile.b * info.frames + place.f;
     let row = (n * info.heads + tile.h) * info.tokens + i;
     let q_at = (n * info.tokens + i) * width + tile.h * HEAD_DIM;
     let state_at = row * 4u * HEAD_VECS;
@@ -41,19 +43,22 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         }
     }
 
-    let keys = min(2u * info.tokens, info.item_end);
-    for (var start = info.item_start; start < keys; start += TILE) {
+    let keys = min(key_count(info), info.item_end);
+    let step = staged_per_row(info);
+    for (var start = info.item_start; start < keys; start += step) {
         stage_keys(tile, start, keys, lid);
         workgroupBarrier();
-        for (var j = 0u; j < TILE; j += KEY_GROUP) {
+        for (var j = 0u; j < step; j += KEY_GROUP) {
+            // Slots past the row's run (temporal) are read but masked.
+            let slot$k = min(place.slot + j + $ku, TILE - 1u);
             var s$k = 0.0;
             var dp$k = 0.0;
-            s$k += dot(query$c, vec4<f32>(k_tile[(j + $ku) * HEAD_VECS + $cu]));
-            dp$k += dot(grad_out$c, vec4<f32>(v_tile[(j + $ku) * HEAD_VECS + $cu]));
+            s$k += dot(query$c, vec4<f32>(k_tile[slot$k * HEAD_VECS + $cu]));
+            dp$k += dot(grad_out$c, vec4<f32>(v_tile[slot$k * HEAD_VECS + $cu]));
             s$k = lanes_sum(s$k);
             dp$k = lanes_sum(dp$k);
-            let ds$k = select(0.0, exp(s$k - row_lse) * (dp$k - row_delta), start + j + $ku < keys);
-            acc$c += ds$k * vec4<f32>(k_tile[(j + $ku) * HEAD_VECS + $cu]);
+            let ds$k = select(0.0, exp(s$k - row_lse) * (dp$k - row_delta), j + $ku < step && start + j + $ku < keys);
+            acc$c += ds$k * vec4<f32>(k_tile[slot$k * HEAD_VECS + $cu]);
         }
         workgroupBarrier();
     }

@@ -1,7 +1,8 @@
-// Sparse-causal attention, forward, tiled as FlashAttention-2: one workgroup per tile of
-// TILE_ROWS query rows of one frame and head. Every row of a tile sees the same 2L keys
-// (frame 0 ‖ the previous frame), so K and V are staged TILE keys at a time in workgroup
-// memory and read by all rows from there. Each invocation holds its query (pre-scaled) and
+// Attention, forward, tiled as FlashAttention-2: one workgroup per tile of query rows whose
+// keys are shared (attention_common.wgsl: sparse-causal, TILE_ROWS tokens of one frame and
+// head, all seeing the same 2L keys, frame 0 ‖ the previous frame; temporal, the frames of a
+// few tokens, each token's rows seeing that token's F keys). K and V are staged TILE keys at
+// a time in workgroup memory and read from there. Each invocation holds its query (pre-scaled) and
 // its accumulators in registers, and rescales its online softmax once per group of
 // KEY_GROUP keys. lse holds each row's log-sum-exp for the backward pass. Passes and row
 // numbering as in attention_forward.wgsl.
@@ -20,11 +21,12 @@
 @compute @workgroup_size(INVOCATIONS)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let tile = row_tile(info, wg.y * info.rows_per_dispatch_x + wg.x);
-    let i = tile.first_token + lid / LANES;
+    let place = tile_row(info, tile, lid / LANES);
+    let i = place.i;
     let lane_base = lid % LANES * LANE_VECS;
-    let in_range = tile.valid && i < info.tokens;
+    let in_range = place.valid;
     let width = info.heads * HEAD_DIM;
-    let n = tile.b * info.frames + tile.f;
+    let n = tile.b * info.frames + place.f;
     let row = (n * info.heads + tile.h) * info.tokens + i;
     let q_at = (n * info.tokens + i) * width + tile.h * HEAD_DIM;
     let state_at = row * (4u * HEAD_VECS + 2u);
@@ -42,15 +44,18 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         running_sum = state[state_at + 4u * HEAD_VECS + 1u];
     }
 
-    let keys = min(2u * info.tokens, info.item_end);
-    for (var start = info.item_start; start < keys; start += TILE) {
+    let keys = min(key_count(info), info.item_end);
+    let step = staged_per_row(info);
+    for (var start = info.item_start; start < keys; start += step) {
         stage_keys(tile, start, keys, lid);
         workgroupBarrier();
-        for (var j = 0u; j < TILE; j += KEY_GROUP) {
+        for (var j = 0u; j < step; j += KEY_GROUP) {
+            // Slots past the row's run (temporal) are read but masked.
+            let slot$k = min(place.slot + j + $ku, TILE - 1u);
             var s$k = 0.0;
-            s$k += dot(query$c, vec4<f32>(k_tile[(j + $ku) * HEAD_VECS + $cu]));
+            s$k += dot(query$c, vec4<f32>(k_tile[slot$k * HEAD_VECS + $cu]));
             s$k = lanes_sum(s$k);
-            s$k = select(-3.0e38, s$k, start + j + $ku < keys);
+            s$k = select(-3.0e38, s$k, j + $ku < step && start + j + $ku < keys);
             var group_max = running_max;
             group_max = max(group_max, s$k);
             let rescale = exp(running_max - group_max);
@@ -58,7 +63,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             running_sum *= rescale;
             running_sum += p$k;
             acc$c *= rescale;
-            acc$c += p$k * vec4<f32>(v_tile[(j + $ku) * HEAD_VECS + $cu]);
+            acc$c += p$k * vec4<f32>(v_tile[slot$k * HEAD_VECS + $cu]);
             running_max = group_max;
         }
         workgroupBarrier();

@@ -112,10 +112,14 @@ pub struct AttentionSpec {
 impl AttentionSpec {
     fn info(&self, q: &CubeTensor) -> Info {
         let dims = q.meta.shape().dims::<3>().to_vec();
-        let (n, tokens, width) = (dims[0], dims[1], dims[2]);
-        let head_dim = width / self.heads;
+        self.info_for(dims[0] / self.frames, dims[1], dims[2] / self.heads)
+    }
+
+    /// The kernels' uniform block for `videos` videos of `tokens` tokens and heads of
+    /// `head_dim`.
+    fn info_for(&self, videos: usize, tokens: usize, head_dim: usize) -> Info {
         Info {
-            videos: (n / self.frames) as u32,
+            videos: videos as u32,
             frames: self.frames as u32,
             tokens: tokens as u32,
             heads: self.heads as u32,
@@ -243,10 +247,18 @@ pub fn use_subgroups(device: &burn::tensor::Device, min_subgroup_size: Option<u3
         .insert(format!("{:?}", probe(device).device), min_subgroup_size);
 }
 
-/// Invocations per query row the tiled sparse-causal forward takes on `device` for a head of
-/// `head_dim` (1 without subgroups): for reports.
-pub fn sparse_causal_lanes(device: &burn::tensor::Device, head_dim: usize) -> usize {
-    capabilities(&probe(device)).lanes(Kernel::TiledForward, head_dim)
+/// Which forward kernel `spec` runs on `device` for `tokens` tokens and heads of `head_dim`,
+/// for reports: `Some(lanes)` (invocations per row, 1 without subgroups) for the tiled
+/// kernel, `None` for the per-row one.
+pub fn tiled_forward_lanes(
+    device: &burn::tensor::Device,
+    spec: AttentionSpec,
+    tokens: usize,
+    head_dim: usize,
+) -> Option<usize> {
+    let info = spec.info_for(1, tokens, head_dim);
+    (info.kernels(false, tiling()) == [Kernel::TiledForward])
+        .then(|| capabilities(&probe(device)).lanes(Kernel::TiledForward, head_dim))
 }
 
 /// A one-element tensor on `device` (without autodiff), for its cubecl client and device.
@@ -254,7 +266,7 @@ fn probe(device: &burn::tensor::Device) -> CubeTensor {
     cube(Tensor::<1>::zeros([1], &device.clone().without_autodiff()))
 }
 
-/// Which kernels sparse-causal attention runs: the tiled ones, unless [`set_tiling`] chose
+/// Which kernels attention runs: the tiled ones, unless [`set_tiling`] chose
 /// the per-row ones (kept as a second reference, and timed by `tav bench --kernel attention
 /// --tiling rows`).
 fn tiling() -> Tiling {
@@ -266,7 +278,7 @@ fn tiling() -> Tiling {
 
 static TILING: OnceLock<Tiling> = OnceLock::new();
 
-/// Chooses the sparse-causal kernels for this process (first call wins): for timing the
+/// Chooses the attention kernels for this process (first call wins): for timing the
 /// per-row kernels against the tiled ones. Returns false if another choice was made first.
 pub fn set_tiling(tiling: Tiling) -> bool {
     TILING.set(tiling).is_ok() || TILING.get() == Some(&tiling)

@@ -260,10 +260,12 @@ pub struct KernelBenchSpec {
     pub f16: bool,
     /// Timed runs of each pass, after one warm-up run.
     pub runs: usize,
-    /// Which sparse-causal kernels: the tiled ones tav runs, or the per-row ones.
+    /// Which attention kernels: the tiled ones tav runs, or the per-row ones.
     pub tiling: tav_core::kernels::Tiling,
     /// Whether the tiled kernels split a row over a subgroup's invocations.
     pub subgroups: Subgroups,
+    /// Which attention: sparse-causal, temporal or both (`true`: temporal).
+    pub modes: Vec<bool>,
 }
 
 /// How `tav bench --kernel attention` uses subgroups.
@@ -315,7 +317,6 @@ pub fn run_attention_kernels(
     if let Subgroups::Split(size) = spec.subgroups {
         tav_core::kernels::use_subgroups(&device, size);
     }
-    let lanes = tav_core::kernels::sparse_causal_lanes(&device, spec.head_dim);
     let dims = [spec.frames, spec.tokens, spec.heads * spec.head_dim];
     let dtype = if spec.f16 {
         burn::tensor::DType::F16
@@ -341,7 +342,7 @@ pub fn run_attention_kernels(
         }
         Ok(times)
     };
-    for temporal in [false, true] {
+    for &temporal in &spec.modes {
         let kernel_spec = AttentionSpec {
             frames: spec.frames,
             heads: spec.heads,
@@ -371,6 +372,12 @@ pub fn run_attention_kernels(
                 kernel_spec,
             ))
         })?;
+        let lanes = tav_core::kernels::tiled_forward_lanes(
+            &device,
+            kernel_spec,
+            spec.tokens,
+            spec.head_dim,
+        );
         let mode = if temporal {
             "temporal"
         } else {
@@ -385,13 +392,10 @@ pub fn run_attention_kernels(
                 "bench": format!("attention.{pass}"), "mode": mode, "device": device_name,
                 "tokens": spec.tokens, "frames": spec.frames, "heads": spec.heads,
                 "head_dim": spec.head_dim, "keys": shape.keys(),
-                // Temporal attention always runs the per-row kernels.
-                "kernels": match (temporal, tiling) {
-                    (false, tav_core::kernels::Tiling::Tiled) => "tiled",
-                    _ => "per-row",
-                },
+                // Temporal tiles under half full take the per-row kernels too.
+                "kernels": if lanes.is_some() { "tiled" } else { "per-row" },
                 // Invocations per row of the tiled kernels (several: subgroup shuffles).
-                "lanes": if temporal || tiling != tav_core::kernels::Tiling::Tiled { 1 } else { lanes },
+                "lanes": lanes.unwrap_or(1),
                 "dtype": if spec.f16 { "f16" } else { "f32" },
                 "median_ms": median_ms,
                 "min_ms": times.iter().cloned().reduce(f64::min),
@@ -593,8 +597,8 @@ pub struct BenchCommand {
     /// Size of one head for `--kernel attention` (SD v1.5: 40, 80, 160).
     #[arg(long, default_value_t = 40)]
     pub head_dim: usize,
-    /// Sparse-causal kernels for `--kernel attention`: `tiled` (what tav runs) or `rows`
-    /// (the per-row kernels they replaced, for the ratio between them).
+    /// Attention kernels for `--kernel attention`: `tiled` (what tav runs) or `rows` (the
+    /// per-row kernels they replaced, for the ratio between them).
     #[arg(long, value_enum, default_value = "tiled")]
     pub tiling: TilingChoice,
     /// Subgroups for `--kernel attention`: `auto` (as tav runs: the tiled kernels split
@@ -602,6 +606,9 @@ pub struct BenchCommand {
     /// device has subgroups, CPU adapters too) or `off` (one invocation per row).
     #[arg(long, value_enum, default_value = "auto")]
     pub subgroups: SubgroupChoice,
+    /// Which attention `--kernel attention` times: sparse-causal, temporal or both.
+    #[arg(long, value_enum, default_value = "both")]
+    pub mode: ModeChoice,
     /// Device: auto (wgpu's default adapter), discrete[:N], integrated[:N], virtual[:N],
     /// cpu (a wgpu CPU adapter such as lavapipe) or flex (burn's CPU backend; no WGSL
     /// kernels; several times faster than lavapipe on a machine without a GPU).
@@ -627,6 +634,7 @@ pub fn command(args: BenchCommand) -> Result<()> {
         head_dim,
         tiling,
         subgroups,
+        mode,
         device,
     } = args;
     let gpu::Opened {
@@ -651,6 +659,11 @@ pub fn command(args: BenchCommand) -> Result<()> {
                 SubgroupChoice::Auto => bench::Subgroups::AsTavRuns,
                 SubgroupChoice::On => bench::Subgroups::Split(subgroup_size),
                 SubgroupChoice::Off => bench::Subgroups::Split(None),
+            },
+            modes: match mode {
+                ModeChoice::SparseCausal => vec![false],
+                ModeChoice::Temporal => vec![true],
+                ModeChoice::Both => vec![false, true],
             },
         };
         return bench::run_attention_kernels(&spec, device, &adapter);
@@ -690,13 +703,21 @@ pub enum KernelsFlag {
     Auto,
 }
 
-/// `tav bench --tiling`: which sparse-causal attention kernels.
+/// `tav bench --tiling`: which attention kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TilingChoice {
     /// The tiled kernels, what tav runs.
     Tiled,
     /// The per-row kernels they replaced.
     Rows,
+}
+
+/// `tav bench --mode`: which attention `--kernel attention` times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeChoice {
+    SparseCausal,
+    Temporal,
+    Both,
 }
 
 /// `tav bench --subgroups`.
