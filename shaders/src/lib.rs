@@ -200,10 +200,39 @@ impl Kernel {
     }
 }
 
+/// What an attention pipeline is built for besides its storage type, all fixed in its source:
+/// the kernel, the head size, invocations per row ([`Capabilities::lanes`]; 1 for the
+/// per-row kernels) and, for the tiled kernels, the mode (the per-row kernels read it from
+/// `Info`, so one source serves both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Variant {
+    pub kernel: Kernel,
+    pub head_dim: usize,
+    pub lanes: usize,
+    pub temporal: bool,
+}
+
+impl Variant {
+    pub fn new(kernel: Kernel, head_dim: usize, lanes: usize, mode: AttentionMode) -> Self {
+        Self {
+            kernel,
+            head_dim,
+            lanes,
+            temporal: kernel.tiled() && mode == AttentionMode::Temporal,
+        }
+    }
+}
+
 /// The constants a pipeline is built with, put before the shared part, and `lanes_sum`, the
 /// sum of a value over the `lanes` invocations sharing a row (a butterfly of subgroup
 /// shuffles, so every lane gets the same bits; the value itself with one lane).
-fn constants(kernel: Kernel, storage: Storage, head_dim: usize, lanes: usize) -> String {
+fn constants(variant: Variant, storage: Storage) -> String {
+    let Variant {
+        kernel,
+        head_dim,
+        lanes,
+        temporal,
+    } = variant;
     let head_vecs = head_dim.div_ceil(4);
     let mut sum = String::from("x");
     let mut step = 1;
@@ -222,6 +251,7 @@ fn constants(kernel: Kernel, storage: Storage, head_dim: usize, lanes: usize) ->
          const FRAME_CHUNK: u32 = {FRAME_CHUNK}u;\nconst KEY_GROUP: u32 = {KEY_GROUP}u;\n\
          const LANES: u32 = {lanes}u;\nconst LANE_VECS: u32 = {}u;\n\
          const INVOCATIONS: u32 = {}u;\nconst TEMPORAL_TOKENS: u32 = {}u;\n\
+         const TEMPORAL: bool = {temporal};\n\
          {shuffle}fn lanes_sum(x: f32) -> f32 {{\n    return {sum};\n}}\n",
         kernel.staged_rows(head_dim, storage),
         head_vecs / lanes,
@@ -238,29 +268,32 @@ fn temporal_tile_tokens_max(head_dim: usize) -> u32 {
     Kernel::TiledForward.staged_rows(head_dim, Storage::F32) / KEY_GROUP as u32
 }
 
-/// The WGSL source of `kernel` for `storage`, a head of `head_dim` (fixed per pipeline) and
-/// `lanes` invocations per row ([`Capabilities::lanes`]; 1 for the per-row kernels): its
-/// constants, the shared part, its bindings and their head accessors, then the kernel,
-/// unrolled ([`unroll`]). With several lanes the kernel uses subgroup shuffles, which the
-/// device must have; browsers want them enabled in the source, naga (native) refuses that.
-pub fn source(kernel: Kernel, storage: Storage, head_dim: usize, lanes: usize) -> String {
+/// The WGSL source of `variant` for `storage`: its constants, the shared part, its bindings
+/// and their head accessors, then the kernel, unrolled ([`unroll`]). With several lanes the
+/// kernel uses subgroup shuffles, which the device must have; browsers want them enabled in
+/// the source, naga (native) refuses that.
+pub fn source(variant: Variant, storage: Storage) -> String {
+    let kernel = variant.kernel;
     let key_tiles = match kernel {
         Kernel::TiledForward | Kernel::TiledBackwardQuery => KEY_TILES,
         _ => "",
     };
-    let enable = if lanes > 1 && cfg!(target_family = "wasm") {
+    let enable = if variant.lanes > 1 && cfg!(target_family = "wasm") {
         "enable subgroups;\n"
     } else {
         ""
     };
     let text = format!(
         "{enable}{}{COMMON}\n{}\n{key_tiles}\n{}",
-        constants(kernel, storage, head_dim, lanes),
+        constants(variant, storage),
         bindings(kernel),
         kernel.f32_source()
     );
-    let lane_vecs = head_dim.div_ceil(4) / lanes;
-    f16_variant_if(&unroll(&text, lane_vecs, KEY_GROUP, lanes > 1), storage)
+    let lane_vecs = variant.head_dim.div_ceil(4) / variant.lanes;
+    f16_variant_if(
+        &unroll(&text, lane_vecs, KEY_GROUP, variant.lanes > 1),
+        storage,
+    )
 }
 
 /// The buffers of `kernel` declared in the order of [`Kernel::slots`] (so the kernels and the
@@ -940,6 +973,16 @@ pub struct Launch {
 }
 
 impl Launch {
+    /// What its pipeline is built for.
+    pub fn variant(&self) -> Variant {
+        Variant::new(
+            self.kernel,
+            self.info.head_dim as usize,
+            self.lanes,
+            self.info.mode,
+        )
+    }
+
     /// The 2-D workgroup grid of this launch.
     pub fn dispatch(&self) -> [u32; 2] {
         self.info.dispatch(self.kernel)
@@ -993,6 +1036,8 @@ mod tests {
     /// are not multiples of 4, 1 and the largest.
     const HEAD_DIMS: [usize; 9] = [1, 6, 8, 13, 40, 64, 80, 160, 256];
 
+    const MODES: [AttentionMode; 2] = [AttentionMode::SparseCausal, AttentionMode::Temporal];
+
     /// Every `.wgsl` file in `shaders/wgsl`, f32 and f16 variants, parses and validates; the
     /// attention kernels at every head size of [`HEAD_DIMS`].
     #[test]
@@ -1021,7 +1066,10 @@ mod tests {
                 if text == COMMON {
                     vec![format!(
                         "{}{text}",
-                        constants(Kernel::TiledForward, Storage::F32, 40, 1)
+                        constants(
+                            Variant::new(Kernel::TiledForward, 40, 1, AttentionMode::SparseCausal),
+                            Storage::F32
+                        )
                     )]
                 } else {
                     vec![text]
@@ -1031,10 +1079,12 @@ mod tests {
             } else if file_name.starts_with("conv2d_") {
                 vec![format!("{CONV2D_COMMON}\n{text}")]
             } else if let Some(kernel) = Kernel::ALL.iter().find(|k| k.file_name() == file_name) {
-                // With subgroups (several lanes per row) too, validated below.
+                // Both modes; with subgroups (several lanes per row) too, validated below.
                 HEAD_DIMS
                     .iter()
-                    .map(|&d| source(*kernel, Storage::F32, d, 1))
+                    .flat_map(|&d| {
+                        MODES.map(|mode| source(Variant::new(*kernel, d, 1, mode), Storage::F32))
+                    })
                     .collect()
             } else {
                 vec![text]
@@ -1072,14 +1122,19 @@ mod tests {
             Kernel::TemporalBackwardKeyValue,
         ] {
             for d in HEAD_DIMS {
-                let one = source(kernel, Storage::F32, d, 1);
+                let mode = if kernel == Kernel::TemporalBackwardKeyValue || d % 2 == 0 {
+                    AttentionMode::Temporal
+                } else {
+                    AttentionMode::SparseCausal
+                };
+                let one = source(Variant::new(kernel, d, 1, mode), Storage::F32);
                 assert!(!one.contains("subgroupShuffle"), "{kernel:?} {d}");
                 for lanes in [2, 4] {
                     if !d.div_ceil(4).is_multiple_of(lanes) {
                         continue;
                     }
-                    let name = format!("{kernel:?} head {d}, {lanes} lanes");
-                    let text = source(kernel, Storage::F32, d, lanes);
+                    let name = format!("{kernel:?} head {d}, {lanes} lanes, {mode:?}");
+                    let text = source(Variant::new(kernel, d, lanes, mode), Storage::F32);
                     validate_with(&text, &name, false, true);
                     let f16 = f16_variant_if(&text, Storage::F16);
                     validate_with(&f16, &format!("{name} (f16)"), true, true);
@@ -1135,10 +1190,8 @@ mod tests {
         );
         for kernel in Kernel::ALL {
             for lanes in [1, 2] {
-                assert!(
-                    !source(kernel, Storage::F32, 40, lanes).contains('$'),
-                    "{kernel:?}"
-                );
+                let variant = Variant::new(kernel, 40, lanes, AttentionMode::Temporal);
+                assert!(!source(variant, Storage::F32).contains('$'), "{kernel:?}");
             }
         }
     }
@@ -1216,7 +1269,8 @@ mod tests {
 
     #[test]
     fn a_broken_kernel_fails_validation() {
-        let broken = source(Kernel::AttentionForward, Storage::F32, 40, 1).replace(
+        let plain = Variant::new(Kernel::AttentionForward, 40, 1, AttentionMode::SparseCausal);
+        let broken = source(plain, Storage::F32).replace(
             "running_sum = running_sum * rescale + p;",
             "running_sum = q;",
         );

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use wgpu::util::DeviceExt;
 
 use crate::{
-    AttentionMode, Capabilities, Info, Kernel, LANE_VECS, Launch, MAX_HEAD_DIM, Slot, Storage,
-    Tiling, source,
+    AttentionMode, Capabilities, Info, LANE_VECS, Launch, MAX_HEAD_DIM, Slot, Storage, Tiling,
+    Variant, source,
 };
 
 /// The sizes of one attention call.
@@ -72,7 +72,7 @@ pub struct Backward {
 pub struct KernelRunner {
     device: wgpu::Device,
     queue: wgpu::Queue,
-    pipelines: HashMap<(Kernel, bool, usize, usize), wgpu::ComputePipeline>,
+    pipelines: HashMap<(Variant, bool), wgpu::ComputePipeline>,
     has_f16: bool,
     max_x: u32,
     /// What the adapter offers the plans: its loop budget ([`crate::loop_budget`]) and
@@ -129,26 +129,24 @@ impl KernelRunner {
 
     fn pipeline(&mut self, launch: &Launch, f16: bool) -> &wgpu::ComputePipeline {
         let device = &self.device;
-        let (kernel, lanes) = (launch.kernel, launch.lanes);
-        let head_dim = launch.info.head_dim as usize;
-        self.pipelines
-            .entry((kernel, f16, head_dim, lanes))
-            .or_insert_with(|| {
-                let storage = if f16 { Storage::F16 } else { Storage::F32 };
-                let text = source(kernel, storage, head_dim, lanes);
-                let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(kernel.file_name()),
-                    source: wgpu::ShaderSource::Wgsl(text.into()),
-                });
-                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(kernel.file_name()),
-                    layout: None,
-                    module: &module,
-                    entry_point: Some("main"),
-                    compilation_options: Default::default(),
-                    cache: None,
-                })
+        let variant = launch.variant();
+        let kernel = variant.kernel;
+        self.pipelines.entry((variant, f16)).or_insert_with(|| {
+            let storage = if f16 { Storage::F16 } else { Storage::F32 };
+            let text = source(variant, storage);
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(kernel.file_name()),
+                source: wgpu::ShaderSource::Wgsl(text.into()),
+            });
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(kernel.file_name()),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
             })
+        })
     }
 
     fn upload(&self, data: &[f32], f16: bool) -> wgpu::Buffer {

@@ -63,7 +63,8 @@ fn multiplicity(info: Info, f: u32, g: u32) -> u32 {
 // Sparse-causal: TILE_ROWS tokens of one video, frame and head, which all see the same 2L
 // keys. Temporal: every frame's query of a token sees the same F keys (that token in every
 // frame), so a workgroup takes `tile_frames` frames of `tile_tokens` tokens of one video and
-// head, and a step stages `staged_per_row` keys of each of its tokens.
+// head, and a step stages `staged_per_row` keys of each of its tokens. The mode is fixed per
+// pipeline (TEMPORAL) for the tiled kernels, so a compiler folds the other mode away.
 struct Tile {
     b: u32,
     // The frame (sparse-causal), the first of the tile's frames (temporal).
@@ -80,19 +81,19 @@ const NO_ROW: u32 = 0xffffffffu;
 
 // Frames of a temporal tile (all of them up to TILE_ROWS); 1 for sparse-causal.
 fn tile_frames(info: Info) -> u32 {
-    return select(1u, min(info.frames, TILE_ROWS), info.mode == 1u);
+    return select(1u, min(info.frames, TILE_ROWS), TEMPORAL);
 }
 
 // Tokens of a tile: as many as fill its rows, for temporal within TEMPORAL_TOKENS so every
 // token gets at least a group of staged keys per step.
 fn tile_tokens(info: Info) -> u32 {
-    return select(TILE_ROWS, min(TILE_ROWS / tile_frames(info), TEMPORAL_TOKENS), info.mode == 1u);
+    return select(TILE_ROWS, min(TILE_ROWS / tile_frames(info), TEMPORAL_TOKENS), TEMPORAL);
 }
 
 // Keys (queries) staged per step for each row: sparse-causal rows share all TILE; temporal
 // rows share their token's.
 fn staged_per_row(info: Info) -> u32 {
-    return select(TILE, TILE / tile_tokens(info), info.mode == 1u);
+    return select(TILE, TILE / tile_tokens(info), TEMPORAL);
 }
 
 // The index-th tile: tiles run over the tokens of a (frame tile, head), then heads, then
@@ -122,7 +123,7 @@ struct TileRow {
 }
 
 fn tile_row(info: Info, tile: Tile, r: u32) -> TileRow {
-    if (info.mode == 1u) {
+    if (TEMPORAL) {
         let s = r / tile_frames(info);
         let i = tile.first_token + s;
         let f = tile.f + r % tile_frames(info);
@@ -140,7 +141,7 @@ fn staged_token(info: Info, tile: Tile, start: u32, items: u32, slot: u32) -> u3
     if (!tile.valid) {
         return NO_ROW;
     }
-    if (info.mode == 1u) {
+    if (TEMPORAL) {
         let s = slot / staged_per_row(info);
         let g = start + slot % staged_per_row(info);
         let i = tile.first_token + s;

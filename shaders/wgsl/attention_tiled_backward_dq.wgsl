@@ -50,14 +50,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         workgroupBarrier();
         for (var j = 0u; j < step; j += KEY_GROUP) {
             // Slots past the row's run (temporal) are read but masked.
-            let slot$k = min(place.slot + j + $ku, TILE - 1u);
+            let slot$k = select(j + $ku, min(place.slot + j + $ku, TILE - 1u), TEMPORAL);
             var s$k = 0.0;
             var dp$k = 0.0;
             s$k += dot(query$c, vec4<f32>(k_tile[slot$k * HEAD_VECS + $cu]));
             dp$k += dot(grad_out$c, vec4<f32>(v_tile[slot$k * HEAD_VECS + $cu]));
             s$k = lanes_sum(s$k);
             dp$k = lanes_sum(dp$k);
-            let ds$k = select(0.0, exp(s$k - row_lse) * (dp$k - row_delta), j + $ku < step && start + j + $ku < keys);
+            let ds$k = select(0.0, exp(s$k - row_lse) * (dp$k - row_delta), (!TEMPORAL || j + $ku < step) && start + j + $ku < keys);
             acc$c += ds$k * vec4<f32>(k_tile[slot$k * HEAD_VECS + $cu]);
         }
         workgroupBarrier();

@@ -51,11 +51,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         workgroupBarrier();
         for (var j = 0u; j < step; j += KEY_GROUP) {
             // Slots past the row's run (temporal) are read but masked.
-            let slot$k = min(place.slot + j + $ku, TILE - 1u);
+            let slot$k = select(j + $ku, min(place.slot + j + $ku, TILE - 1u), TEMPORAL);
             var s$k = 0.0;
             s$k += dot(query$c, vec4<f32>(k_tile[slot$k * HEAD_VECS + $cu]));
             s$k = lanes_sum(s$k);
-            s$k = select(-3.0e38, s$k, j + $ku < step && start + j + $ku < keys);
+            s$k = select(-3.0e38, s$k, (!TEMPORAL || j + $ku < step) && start + j + $ku < keys);
             var group_max = running_max;
             group_max = max(group_max, s$k);
             let rescale = exp(running_max - group_max);

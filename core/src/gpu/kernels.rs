@@ -26,7 +26,8 @@ use cubecl::{CubeKernel, PrecompiledSource};
 pub use tav_shaders::Tiling;
 use tav_shaders::{
     Access, AttentionMode, Capabilities, ConvInfo, GegluInfo, Info, Kernel, LANE_VECS,
-    MAX_HEAD_DIM, Slot, Storage, WIDEN_F16, WidenInfo, conv2d_source, geglu_source, source,
+    MAX_HEAD_DIM, Slot, Storage, Variant, WIDEN_F16, WidenInfo, conv2d_source, geglu_source,
+    source,
 };
 
 /// Largest head size the attention kernels take.
@@ -74,8 +75,8 @@ impl CubeKernel for WgslKernel {
 /// A WGSL kernel tav launches, by family and variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Source {
-    /// An attention kernel for a head size and lanes per row.
-    Attention(Kernel, usize, usize),
+    /// An attention kernel's pipeline variant (head size, lanes per row, mode).
+    Attention(Variant),
     /// GEGLU, forward or backward.
     Geglu { backward: bool },
     /// The convolution, forward or the input's gradient.
@@ -93,7 +94,7 @@ fn kernel_source(kernel: Source, storage: Storage) -> &'static str {
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     sources.entry((kernel, storage)).or_insert_with(|| {
         let text = match kernel {
-            Source::Attention(kernel, head_dim, lanes) => source(kernel, storage, head_dim, lanes),
+            Source::Attention(variant) => source(variant, storage),
             Source::Geglu { backward } => geglu_source(backward, storage),
             Source::Conv2d { backward } => conv2d_source(backward, storage),
         };
@@ -196,12 +197,8 @@ fn run_plan(info: &Info, backward: bool, storage: Storage, buffers: &[(Slot, &Cu
                 (tensor, io)
             })
             .collect();
-        let head_dim = info.head_dim as usize;
         launch_wgsl(
-            kernel_source(
-                Source::Attention(launch.kernel, head_dim, launch.lanes),
-                storage,
-            ),
+            kernel_source(Source::Attention(launch.variant()), storage),
             &bound,
             &launch.info.to_bytes(),
             launch.dispatch(),
