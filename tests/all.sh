@@ -34,7 +34,9 @@ echo "tests: browser tests (wasm build included) took $(( $(date +%s) - browser_
 # tav-native` would resolve other features and build every dependency again).
 cargo build --workspace --locked --no-default-features --bins
 toy_start=$(date +%s)
-# Fewer steps than the job file's 300/25/25 (5 min of 2 cores): the same job end to end.
+# Fewer steps than the job file's 300/25/25 (5 min of 2 cores): the same job end to end, from
+# scratch (an earlier run's checkpoint there would be resumed, skipping the tuning).
+rm -rf outputs/toy
 target/debug/tav run jobs/toy.toml --device flex --quiet --steps 100 --inversion-steps 10 \
   --inference-steps 10
 test -s outputs/toy/grid.gif
