@@ -392,7 +392,7 @@ pub fn run_attention_kernels(
                 "bench": format!("attention.{pass}"), "mode": mode, "device": device_name,
                 "tokens": spec.tokens, "frames": spec.frames, "heads": spec.heads,
                 "head_dim": spec.head_dim, "keys": shape.keys(),
-                // Temporal tiles under half full take the per-row kernels too.
+                // Temporal tiles under three quarters full take the per-row kernels.
                 "kernels": if lanes.is_some() { "tiled" } else { "per-row" },
                 // Invocations per row of the tiled kernels (several: subgroup shuffles).
                 "lanes": lanes.unwrap_or(1),
