@@ -1090,3 +1090,135 @@ fn single_file_checkpoints_and_loras_through_the_cli() {
     expect_error(&mut cmd, "never unpickles");
     assert!(!refused.exists(), "nothing written for a refused input");
 }
+
+/// Every setting of the whole job is checked before any work: a hostile or mistyped value
+/// gets one line naming the setting as the user wrote it (flag or job-file key), exit ≠ 0, no
+/// panic, and no output folder left behind.
+#[test]
+fn hostile_settings_are_refused_before_any_work() {
+    let dir = scratch("settings");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let toy_job = repo().join("jobs/toy.toml");
+    let out = dir.join("out");
+    let refused = |cmd: &mut Command, needle: &str| {
+        expect_error(cmd, needle);
+        assert!(!out.exists(), "{needle}: nothing is left behind");
+    };
+    let run_toy = |extra: &[&str]| {
+        let mut cmd = tav();
+        cmd.arg("run")
+            .arg(&toy_job)
+            .args(["--device", "flex", "--quiet", "--out"])
+            .arg(&out)
+            .args(extra);
+        cmd
+    };
+    for (flags, needle) in [
+        (&["--lr", "inf"][..], "--lr is inf"),
+        (&["--lr", "0"], "--lr is 0"),
+        (&["--guidance", "nan"], "--guidance is NaN"),
+        (&["--guidance=-2"], "--guidance is -2"),
+        (&["--guidance-rescale", "5"], "--guidance-rescale is 5"),
+        (&["--steps", "0"], "--steps is 0"),
+        (&["--inference-steps", "0"], "--inference-steps is 0"),
+        (&["--inversion-steps", "5000"], "--inversion-steps is 5000"),
+        (
+            &["--frames", "18446744073709551615"],
+            "--frames is 18446744073709551615",
+        ),
+        (
+            &["--start", "18446744073709551615", "--stride", "3"],
+            "reaches past any video's length",
+        ),
+        (&["--width", "100000000"], "--width is 100000000"),
+    ] {
+        refused(&mut run_toy(flags), needle);
+    }
+    // LoRA strengths: refused while the flags are parsed.
+    for scale in ["1e39", "-1e30", "nan"] {
+        let spec = format!("{}:{scale}", dir.join("style.safetensors").display());
+        refused(&mut run_toy(&["--lora", &spec]), "--lora");
+    }
+    // The same settings in a job file are named by their key.
+    let job = |name: &str, text: &str| {
+        let path = dir.join(name);
+        let toml = std::fs::read_to_string(&toy_job)
+            .unwrap()
+            .replace("../assets", &repo().join("assets").display().to_string());
+        std::fs::write(&path, format!("{toml}\n{text}")).unwrap();
+        path
+    };
+    let with_key = |name: &str, from: &str, to: &str, needle: &str| {
+        let path = job(name, "");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{from}");
+        std::fs::write(&path, text.replace(from, to)).unwrap();
+        let mut cmd = tav();
+        cmd.arg("run")
+            .arg(&path)
+            .args(["--device", "flex", "--quiet", "--out"])
+            .arg(&out);
+        refused(&mut cmd, needle);
+    };
+    with_key(
+        "lr.toml",
+        "learning_rate = 3e-4",
+        "learning_rate = inf",
+        "`[tune] learning_rate` in",
+    );
+    with_key(
+        "rescale.toml",
+        "guidance_rescale = 0.7",
+        "guidance_rescale = 5",
+        "`[edit] guidance_rescale` in",
+    );
+    with_key(
+        "steps.toml",
+        "steps = 300",
+        "steps = 0",
+        "`[tune] steps` in",
+    );
+    with_key(
+        "inversion.toml",
+        "inversion_steps = 25",
+        "inversion_steps = 5000",
+        "`[edit] inversion_steps` in",
+    );
+    with_key(
+        "prompts.toml",
+        "prompts = [\"a blue circle is moving on the road\", \"a red circle is moving on the grass\", \"a red square is moving on the road\"]",
+        "prompts = []",
+        "no edit prompts",
+    );
+    with_key(
+        "lora.toml",
+        "model = ",
+        "lora = [{ path = \"style.safetensors\", scale = nan }]\nmodel = ",
+        "`lora[0].scale`",
+    );
+    // An output folder that cannot be created is found before the model loads.
+    let file = dir.join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let mut cmd = tav();
+    cmd.arg("run")
+        .arg(&toy_job)
+        .args(["--device", "flex", "--quiet", "--out"])
+        .arg(file.join("out"));
+    expect_error(&mut cmd, "cannot create");
+    // Control characters in user text (here a path) are escaped in what tav prints.
+    let mut cmd = tav();
+    cmd.args(["tune", "--device", "flex", "--prompt", "x", "--video"])
+        .arg("/nonexistent/\u{1b}[31mred\u{7}.mp4")
+        .arg("--out")
+        .arg(&out);
+    let output = run(&mut cmd);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains("\\u{1b}[31mred\\u{7}.mp4"), "{message}");
+    assert!(
+        !message.contains('\u{1b}') && !message.contains('\u{7}'),
+        "{message}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

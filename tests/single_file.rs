@@ -643,6 +643,18 @@ fn lora_loads_through_the_checkpoint_loader_and_misfits_are_refused() {
         "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight".into(),
         f32_tensor(vec![8, 2], 2),
     );
+    // `lora_te1_` alone is SD v1's one text encoder, as diffusers' kohya converter names it;
+    // with `lora_te2_` beside it, the file is for SDXL's two.
+    write_raw(&path, &sdxl);
+    Lora::read(&SafetensorsFile::open(&path).unwrap(), 1.0).unwrap();
+    sdxl.insert(
+        "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight".into(),
+        f32_tensor(vec![2, 8], 1),
+    );
+    sdxl.insert(
+        "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_up.weight".into(),
+        f32_tensor(vec![8, 2], 2),
+    );
     write_raw(&path, &sdxl);
     let message = error_of(Lora::read(&SafetensorsFile::open(&path).unwrap(), 1.0));
     assert!(message.contains("Stable Diffusion XL"), "{message}");

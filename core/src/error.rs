@@ -12,6 +12,9 @@ pub enum TavError {
     #[error("cannot read {path}: {reason}")]
     Io { path: String, reason: String },
 
+    #[error("cannot create {path}: {reason}")]
+    Write { path: String, reason: String },
+
     #[error("bad config {path}: {reason}")]
     Config { path: String, reason: String },
 
@@ -30,7 +33,7 @@ pub enum TavError {
     },
 
     #[error(
-        "unsupported dtype {dtype} for tensor `{tensor}` in {path} (supported: F32, F16, BF16, F64)"
+        "unsupported dtype {dtype} for tensor `{tensor}` in {path} (supported: F32, F16, BF16, F64, F8_E4M3, F8_E5M2)"
     )]
     UnsupportedDtype {
         path: String,

@@ -170,14 +170,20 @@ pub fn ensure_demo_model() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// The demo clip: a red ball rolling along a textured road, `total` frames at 256×256,
-/// then sampled.
+/// The demo clip: a red ball rolling along a textured road, `total` frames at 256×256, of
+/// which only the sampled ones are drawn (the work is the sample's, whatever `start`).
 pub fn demo_clip(total: usize, sampling: Sampling) -> Clip {
     let (w, h) = (256usize, 256usize);
     let mut rng = SeededRng::new(7);
     // Asphalt: grey noise, blurred a little along rows so it reads as texture.
     let grain: Vec<f32> = rng.normal_vec(w * h);
-    let frames = (0..total)
+    let sampled = (0..sampling.count)
+        .filter_map(|k| {
+            k.checked_mul(sampling.stride)
+                .and_then(|o| o.checked_add(sampling.start))
+        })
+        .filter(|&t| t < total);
+    let frames = sampled
         .map(|t| {
             let progress = t as f32 / total.max(2) as f32;
             let (cx, cy) = (
@@ -213,9 +219,6 @@ pub fn demo_clip(total: usize, sampling: Sampling) -> Clip {
             }
             rgb
         })
-        .collect::<Vec<_>>();
-    let frames = (0..sampling.count)
-        .filter_map(|k| frames.get(sampling.start + k * sampling.stride).cloned())
         .collect();
     Clip {
         width: w as u32,

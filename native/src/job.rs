@@ -98,51 +98,86 @@ pub struct Session {
     pub loras: Vec<LoraUse>,
 }
 
-fn io_error(path: &Path, e: impl std::fmt::Display) -> TavError {
-    TavError::Io {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    }
-}
-
 pub fn video_error(e: video::VideoError) -> TavError {
     TavError::InvalidInput(e.to_string())
 }
 
 /// Writes `bytes` to `path` atomically ([`crate::atomic`]): never half a file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    crate::atomic::write_bytes(path, bytes, io_error)
+    crate::atomic::write_bytes(path, bytes, |path, e| TavError::Write {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Stops the run when `x` holds NaN or infinity: `what` names the step, `cause` the setting
+/// that likely did it. No video is ever written from non-finite latents.
+fn check_finite<const D: usize>(x: &Tensor<D>, what: &str, cause: &str) -> Result<()> {
+    let finite: bool = x
+        .clone()
+        .is_finite()
+        .all()
+        .try_into_scalar()
+        .map_err(|e| TavError::Device(format!("reading back {what}: {e:?}")))?;
+    if finite {
+        Ok(())
+    } else {
+        Err(TavError::NonFinite(format!(
+            "{what} holds NaN or infinity; {cause}"
+        )))
+    }
+}
+
+/// Refuses tuned values holding NaN or infinity before they are written.
+fn check_tuned_finite(
+    tensors: &std::collections::BTreeMap<String, HostTensor>,
+    step: usize,
+    learning_rate: f64,
+) -> Result<()> {
+    match tensors
+        .iter()
+        .find(|(_, t)| t.data.iter().any(|v| !v.is_finite()))
+    {
+        Some((key, _)) => Err(TavError::NonFinite(format!(
+            "the tuned layer `{key}` holds NaN or infinity after step {step}: tuning diverged at \
+             learning rate {learning_rate}; lower it (the reference: 3e-5)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a video that is all black (every pixel 0): what non-finite or collapsed latents
+/// decode to, never a real edit.
+fn check_not_black(clip: &Clip, what: &str) -> Result<()> {
+    if clip.frames.iter().all(|f| f.iter().all(|&v| v == 0)) {
+        return Err(TavError::NonFinite(format!(
+            "{what} decoded to an all-black video: the latents collapsed (too strong guidance, or \
+             tuned weights that diverged); nothing was written for it"
+        )));
+    }
+    Ok(())
 }
 
 impl ClipSpec {
-    /// Checks sizes before any work is done.
-    pub fn validate(&self) -> Result<()> {
-        for (name, v) in [("width", self.width), ("height", self.height)] {
-            if v == 0 || !v.is_multiple_of(64) {
-                return Err(TavError::InvalidInput(format!(
-                    "--{name} {v} is not a positive multiple of 64 (try {})",
-                    (v.max(64) / 64) * 64
-                )));
-            }
-        }
-        if self.frames == 0 || self.stride == 0 {
-            return Err(TavError::InvalidInput(
-                "--frames and --stride must be at least 1".into(),
-            ));
-        }
-        Ok(())
+    /// The index of the last frame sampled, `None` if it overflows.
+    pub fn last_frame(&self) -> Option<usize> {
+        self.stride
+            .checked_mul(self.frames.checked_sub(1)?)?
+            .checked_add(self.start)
     }
 
     /// The sampled, resized frames.
     pub fn read(&self) -> Result<Clip> {
-        self.validate()?;
+        let last = self.last_frame().ok_or_else(|| {
+            TavError::InvalidInput("the sampled frames reach past any video's length".into())
+        })?;
         let sampling = Sampling {
             start: self.start,
             stride: self.stride,
             count: self.frames,
         };
         let clip = if self.video.as_os_str() == "demo" {
-            crate::demo::demo_clip(self.start + self.stride * (self.frames - 1) + 1, sampling)
+            crate::demo::demo_clip(last + 1, sampling)
         } else {
             video::read_clip(&self.video, sampling).map_err(video_error)?
         };
@@ -444,6 +479,7 @@ pub fn tune(
                 tensors: step.tuner.trainable_values(step.unet),
                 moments: step.tuner.export_moments(),
             };
+            check_tuned_finite(&weights.tensors, step.steps_done, spec.learning_rate)?;
             write_atomic(&checkpoint_path, &weights.to_bytes()?)?;
         }
         Ok(Flow::Continue)
@@ -461,6 +497,7 @@ pub fn tune(
         tensors: tuner.trainable_values(&unet),
         moments: Default::default(),
     };
+    check_tuned_finite(&tuned.tensors, meta.steps_done, spec.learning_rate)?;
     let tuned_path = out.join("tuned.safetensors");
     write_atomic(&tuned_path, &tuned.to_bytes()?)?;
     ui.record(serde_json::json!({"event": "written", "file": tuned_path.display().to_string(), "tensors": tuned.tensors.len()}));
@@ -472,15 +509,26 @@ pub fn tune(
     Ok(unet)
 }
 
-/// Loads tuned weights for `edit`, refusing weights of another base model.
+/// Tuned weights (already read and checked) applied to the session's UNet, refusing
+/// weights of another base model.
+pub fn apply_tuned_weights(
+    session: &Session,
+    tuned: &TunedWeights,
+    path: &str,
+    ui: &mut Ui,
+) -> Result<UNet3D> {
+    tuned.check_base(session.models.base_fingerprint(), path)?;
+    if let Some(warning) = lora_difference(&tuned.meta.loras, &session.loras) {
+        ui.say(&format!("warning: {path}: {warning}"));
+    }
+    apply_tuned(session.models.unet.clone(), tuned, path)
+}
+
+/// Reads tuned weights from `path` and applies them (see [`apply_tuned_weights`]).
 pub fn load_tuned(session: &Session, path: &Path, ui: &mut Ui) -> Result<(UNet3D, TuneMeta)> {
     let file = SafetensorsFile::open(path)?;
     let tuned = TunedWeights::from_file(&file)?;
-    tuned.check_base(session.models.base_fingerprint(), file.path())?;
-    if let Some(warning) = lora_difference(&tuned.meta.loras, &session.loras) {
-        ui.say(&format!("warning: {}: {warning}", file.path()));
-    }
-    let unet = apply_tuned(session.models.unet.clone(), &tuned, file.path())?;
+    let unet = apply_tuned_weights(session, &tuned, file.path(), ui)?;
     Ok((unet, tuned.meta))
 }
 
@@ -592,6 +640,11 @@ pub fn edited_clips(
     };
     let trajectory = denoiser(&inversion).invert(latents, uncond.clone(), &mut progress)?;
     let start = trajectory.last().expect("trajectory has the input").clone();
+    check_finite(
+        &start,
+        "the inverted latents (after DDIM inversion)",
+        "the tuned weights or the model are damaged",
+    )?;
     let mut edits = Vec::new();
     for (i, prompt) in spec.prompts.iter().enumerate() {
         ui.say(&format!("edit {}: {prompt}", i + 1));
@@ -604,8 +657,19 @@ pub fn edited_clips(
             spec.guidance,
             &mut progress,
         )?;
+        check_finite(
+            &edited,
+            &format!("the latents of edit {} (after sampling)", i + 1),
+            &format!(
+                "guidance {} is likely too strong for this model (try 7.5, or a \
+                 --guidance-rescale of 0.7)",
+                spec.guidance.scale
+            ),
+        )?;
         let video = decode_video(&models.vae, edited, &session.limits, &mut progress)?;
-        edits.push(tensor_to_clip(video, fps));
+        let clip = tensor_to_clip(video, fps);
+        check_not_black(&clip, &format!("edit {}", i + 1))?;
+        edits.push(clip);
     }
     Ok(edits)
 }

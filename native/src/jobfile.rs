@@ -79,6 +79,8 @@ struct EditSection {
 /// Everything a run needs, defaults filled in.
 #[derive(Debug, Clone)]
 pub struct Job {
+    /// How the user named each setting (for messages): the flag, or the job-file key.
+    pub names: Names,
     pub model: PathBuf,
     pub model_config: Option<PathBuf>,
     pub loras: Vec<LoraSpec>,
@@ -86,6 +88,165 @@ pub struct Job {
     pub clip: ClipSpec,
     pub tune: TuneSpec,
     pub edit: EditSpec,
+}
+
+/// How each setting was given, by its flag's name (`lr`, `guidance`, …): the flag itself, or
+/// the job file's key, section and file. Unlisted settings are named by their flag.
+#[derive(Debug, Clone, Default)]
+pub struct Names {
+    given: std::collections::BTreeMap<&'static str, String>,
+}
+
+impl Names {
+    /// The setting `flag` as the user wrote it.
+    pub fn of(&self, flag: &'static str) -> String {
+        self.given
+            .get(flag)
+            .cloned()
+            .unwrap_or_else(|| format!("--{flag}"))
+    }
+
+    fn file_key(&mut self, flag: &'static str, present: bool, key: &str, file: &Path) {
+        if present {
+            self.given
+                .insert(flag, format!("`{key}` in {}", file.display()));
+        }
+    }
+
+    fn flag(&mut self, flag: &'static str, present: bool) {
+        if present {
+            self.given.insert(flag, format!("--{flag}"));
+        }
+    }
+}
+
+/// The largest sizes tav accepts: far beyond any GPU today, small enough that no product of
+/// sizes overflows.
+pub const MAX_SIDE: usize = 8192;
+pub const MAX_FRAMES: usize = 4096;
+pub const MAX_STEPS: usize = 1_000_000;
+/// DDIM steps are a subset of the 1000 training timesteps.
+pub const MAX_DDIM_STEPS: usize = 1000;
+pub const MAX_GUIDANCE: f64 = 100.0;
+
+fn invalid(reason: String) -> TavError {
+    TavError::InvalidInput(reason)
+}
+
+impl Job {
+    /// Checks every setting of the job before any work starts (nothing loaded, nothing
+    /// written): finite numbers in sensible ranges, sizes and frame counts whose arithmetic
+    /// cannot overflow, at least one prompt to edit into (`edit`), LoRA strengths. Messages
+    /// name each setting as the user wrote it.
+    pub fn validate(&self, tune: bool, edit: bool) -> Result<()> {
+        let n = &self.names;
+        let c = &self.clip;
+        if c.video.as_os_str() != "demo" && !c.video.exists() {
+            return Err(TavError::MissingFile {
+                path: c.video.display().to_string(),
+                what: "the input clip (--video): an .mp4, a .gif or a folder of frames".into(),
+            });
+        }
+        for (flag, v) in [("width", c.width), ("height", c.height)] {
+            if v == 0 || !v.is_multiple_of(64) || v > MAX_SIDE {
+                return Err(invalid(format!(
+                    "{} is {v}: not a positive multiple of 64 up to {MAX_SIDE} (try {})",
+                    n.of(flag),
+                    (v.clamp(64, MAX_SIDE) / 64) * 64
+                )));
+            }
+        }
+        if c.frames == 0 || c.frames > MAX_FRAMES {
+            return Err(invalid(format!(
+                "{} is {}: it must be 1 to {MAX_FRAMES}",
+                n.of("frames"),
+                c.frames
+            )));
+        }
+        if c.stride == 0 {
+            return Err(invalid(format!(
+                "{} is 0: it must be at least 1",
+                n.of("stride")
+            )));
+        }
+        if c.last_frame().is_none() {
+            return Err(invalid(format!(
+                "{} {} with {} {} and {} {} reaches past any video's length",
+                n.of("start"),
+                c.start,
+                n.of("stride"),
+                c.stride,
+                n.of("frames"),
+                c.frames
+            )));
+        }
+        for (i, lora) in self.loras.iter().enumerate() {
+            tav_core::lora::check_scale(lora.scale).map_err(|reason| {
+                invalid(format!(
+                    "{}: {reason}",
+                    n.given
+                        .get("lora")
+                        .map(|file| format!("`lora[{i}].scale` ({}) {file}", lora.path.display()))
+                        .unwrap_or_else(|| format!("--lora {}", lora.path.display()))
+                ))
+            })?;
+        }
+        if tune {
+            let t = &self.tune;
+            if t.steps == 0 || t.steps > MAX_STEPS {
+                return Err(invalid(format!(
+                    "{} is {}: tuning takes 1 to {MAX_STEPS} steps (the reference: 500)",
+                    n.of("steps"),
+                    t.steps
+                )));
+            }
+            let lr = t.learning_rate;
+            // No upper bound: a rate that diverges is caught as tuning runs, at the step.
+            if !lr.is_finite() || lr <= 0.0 {
+                return Err(invalid(format!(
+                    "{} is {lr}: it must be a finite number above 0 (the reference: 3e-5)",
+                    n.of("lr")
+                )));
+            }
+        }
+        if edit {
+            let e = &self.edit;
+            if e.prompts.is_empty() {
+                return Err(invalid(format!(
+                    "no edit prompts: give at least one ({})",
+                    n.of("prompt")
+                )));
+            }
+            for (flag, steps) in [
+                ("inversion-steps", e.inversion_steps),
+                ("inference-steps", e.steps),
+            ] {
+                if steps == 0 || steps > MAX_DDIM_STEPS {
+                    return Err(invalid(format!(
+                        "{} is {steps}: it must be 1 to {MAX_DDIM_STEPS} (the reference: 50)",
+                        n.of(flag)
+                    )));
+                }
+            }
+            let g = e.guidance;
+            if !g.scale.is_finite() || g.scale < 0.0 || g.scale > MAX_GUIDANCE {
+                return Err(invalid(format!(
+                    "{} is {}: it must be 0 to {MAX_GUIDANCE} (the reference: 12.5)",
+                    n.of("guidance"),
+                    g.scale
+                )));
+            }
+            if !g.rescale.is_finite() || !(0.0..=1.0).contains(&g.rescale) {
+                return Err(invalid(format!(
+                    "{} is {}: it must be 0 to 1 (0 is the reference; 0.5-0.7 tames strong \
+                     guidance)",
+                    n.of("guidance-rescale"),
+                    g.rescale
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn resolve(base: &Path, value: &str) -> PathBuf {
@@ -128,7 +289,12 @@ impl Job {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        let file: File = toml::from_str(&text).map_err(|e| TavError::Config {
+        Self::from_text(&text, path)
+    }
+
+    /// A job file's text; `path` is where it is (relative paths resolve from its folder).
+    pub fn from_text(text: &str, path: &Path) -> Result<Self> {
+        let file: File = toml::from_str(text).map_err(|e| TavError::Config {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
@@ -137,7 +303,44 @@ impl Job {
             .file_stem()
             .map_or("job".into(), |s| s.to_string_lossy().into_owned());
         let c = file.clip;
+        let mut names = Names::default();
+        for (flag, present, key) in [
+            ("frames", c.frames.is_some(), "[clip] frames"),
+            ("start", c.start.is_some(), "[clip] start"),
+            ("stride", c.stride.is_some(), "[clip] stride"),
+            ("width", c.width.is_some(), "[clip] width"),
+            ("height", c.height.is_some(), "[clip] height"),
+            ("steps", file.tune.steps.is_some(), "[tune] steps"),
+            (
+                "lr",
+                file.tune.learning_rate.is_some(),
+                "[tune] learning_rate",
+            ),
+            ("prompt", true, "[edit] prompts"),
+            (
+                "inversion-steps",
+                file.edit.inversion_steps.is_some(),
+                "[edit] inversion_steps",
+            ),
+            (
+                "inference-steps",
+                file.edit.inference_steps.is_some(),
+                "[edit] inference_steps",
+            ),
+            ("guidance", file.edit.guidance.is_some(), "[edit] guidance"),
+            (
+                "guidance-rescale",
+                file.edit.guidance_rescale.is_some(),
+                "[edit] guidance_rescale",
+            ),
+        ] {
+            names.file_key(flag, present, key, path);
+        }
+        if !file.lora.is_empty() {
+            names.given.insert("lora", format!("in {}", path.display()));
+        }
         Ok(Self {
+            names,
             model: resolve(base, file.model.as_deref().unwrap_or("demo")),
             model_config: file.model_config.as_deref().map(|c| resolve(base, c)),
             loras: file
@@ -203,6 +406,7 @@ impl Job {
         // `--lora` flags replace the file's list.
         if !common.loras.is_empty() {
             self.loras = common.loras.clone();
+            self.names.given.remove("lora");
         }
         if let Some(out) = &common.out {
             self.out = out.clone();
@@ -210,6 +414,7 @@ impl Job {
         apply_clip(&mut self.clip, clip);
         apply_tune(&mut self.tune, tune);
         apply_edit(&mut self.edit, edit);
+        self.names.flags_given(clip, Some(tune), Some(edit));
         self
     }
 
@@ -228,6 +433,7 @@ impl Job {
             .file_stem()
             .map_or("clip".into(), |s| s.to_string_lossy().into_owned());
         let mut job = Self {
+            names: Names::default(),
             model: common.model.clone(),
             model_config: common.model_config.clone(),
             loras: common.loras.clone(),
@@ -246,6 +452,7 @@ impl Job {
         };
         apply_clip(&mut job.clip, clip);
         apply_tune(&mut job.tune, tune);
+        job.names.flags_given(clip, Some(tune), None);
         Ok(job)
     }
 
@@ -263,7 +470,21 @@ impl Job {
                 .parent()
                 .map_or_else(|| PathBuf::from("."), |p| p.join("edits"))
         });
+        let mut names = Names::default();
+        let shown = tuned.display();
+        for (flag, key) in [
+            ("frames", "frames"),
+            ("start", "start"),
+            ("stride", "stride"),
+            ("width", "width"),
+            ("height", "height"),
+        ] {
+            names
+                .given
+                .insert(flag, format!("`{key}` in the metadata of {shown}"));
+        }
         let mut job = Self {
+            names,
             model: common.model.clone(),
             model_config: common.model_config.clone(),
             loras: common.loras.clone(),
@@ -289,7 +510,29 @@ impl Job {
         };
         apply_clip(&mut job.clip, clip);
         apply_edit(&mut job.edit, edit);
+        job.names.flags_given(clip, None, Some(edit));
         Ok(job)
+    }
+}
+
+impl Names {
+    /// The flags given on the command line name their settings.
+    fn flags_given(&mut self, c: &ClipArgs, t: Option<&TuneArgs>, e: Option<&EditArgs>) {
+        self.flag("frames", c.frames.is_some());
+        self.flag("start", c.start.is_some());
+        self.flag("stride", c.stride.is_some());
+        self.flag("width", c.width.is_some());
+        self.flag("height", c.height.is_some());
+        if let Some(t) = t {
+            self.flag("steps", t.steps.is_some());
+            self.flag("lr", t.lr.is_some());
+        }
+        if let Some(e) = e {
+            self.flag("inversion-steps", e.inversion_steps.is_some());
+            self.flag("inference-steps", e.inference_steps.is_some());
+            self.flag("guidance", e.guidance.is_some());
+            self.flag("guidance-rescale", e.guidance_rescale.is_some());
+        }
     }
 }
 

@@ -7,6 +7,8 @@ mod atomic;
 mod cli;
 mod commands;
 mod demo;
+#[cfg(test)]
+mod fuzz;
 mod gpu;
 mod job;
 mod jobfile;
@@ -18,28 +20,31 @@ mod video;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tav_core::{Result, TavError};
+use tav_core::TavError;
 
 use crate::cli::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run_catching_oom(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(TavError::Device(message)) => {
-            eprintln!("error: {}", gpu_failure(&message));
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    let message = match run_catching_panics(cli) {
+        Ok(()) => return ExitCode::SUCCESS,
+        Err(Failure::Error(e)) => e.to_string(),
+        Err(Failure::Panic(message)) => panic_message(&message),
+    };
+    eprintln!("error: {}", ui::printable(&message));
+    ExitCode::FAILURE
 }
 
-/// Runs the command; a panic inside the GPU stack (e.g. an allocation that failed) becomes
-/// an error that says what to reduce.
-fn run_catching_oom(cli: Cli) -> Result<()> {
+/// How a command failed: an error it returned, or a panic (a bug, or the GPU stack failing
+/// to allocate).
+enum Failure {
+    Error(TavError),
+    Panic(String),
+}
+
+/// Runs the command; a panic is caught as a last resort, so it still ends in one clear line
+/// and a failing exit code.
+fn run_catching_panics(cli: Cli) -> std::result::Result<(), Failure> {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -47,33 +52,67 @@ fn run_catching_oom(cli: Cli) -> Result<()> {
     }));
     std::panic::set_hook(default_hook);
     match outcome {
-        Ok(result) => result,
-        Err(panic) => {
-            let message = panic
+        Ok(result) => result.map_err(Failure::Error),
+        Err(panic) => Err(Failure::Panic(
+            panic
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown failure".into());
-            Err(TavError::Device(message))
-        }
+                .unwrap_or_else(|| "unknown failure".into()),
+        )),
     }
 }
 
-/// A failure inside the GPU stack as an error a user can act on: allocation failures say
-/// what to reduce.
-fn gpu_failure(message: &str) -> TavError {
+/// Whether a panic's message is an allocation failure of the GPU stack (wgpu's and cubecl's
+/// out-of-memory errors), as opposed to a bug.
+fn is_out_of_memory(message: &str) -> bool {
     let lower = message.to_lowercase();
-    if lower.contains("memory") || lower.contains("allocate") || lower.contains("out of") {
-        TavError::Device(format!(
+    [
+        "out of memory",
+        "outofmemory",
+        "failed to allocate",
+        "allocation failed",
+        "unable to allocate",
+    ]
+    .iter()
+    .any(|p| lower.contains(p))
+}
+
+/// A panic as one line a user can act on: an allocation failure says what to reduce;
+/// anything else is a bug in tav, said so, never relabelled.
+fn panic_message(message: &str) -> String {
+    let first = |m: &str| m.lines().next().unwrap_or("").trim().to_string();
+    if is_out_of_memory(message) {
+        format!(
             "out of GPU memory: reduce --frames or --width/--height (or close other GPU programs). \
              Details: {}",
-            message
-                .lines()
-                .find(|l| l.contains("allocate"))
-                .unwrap_or(message)
-                .trim()
-        ))
+            first(message)
+        )
     } else {
-        TavError::Device(format!("the GPU stack failed: {message}"))
+        format!(
+            "tav stopped on an internal error, a bug in tav (please report it with the command \
+             you ran): {}",
+            first(message)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only allocation failures are called out of memory; an index out of bounds is a bug.
+    #[test]
+    fn panics_are_labelled_by_what_they_are() {
+        let bug = panic_message("index out of bounds: the len is 3 but the index is 7");
+        assert!(
+            bug.contains("bug in tav") && !bug.contains("memory"),
+            "{bug}"
+        );
+        let oom = panic_message("Failed to allocate buffer of 4 GiB: OutOfMemory");
+        assert!(oom.starts_with("out of GPU memory"), "{oom}");
+        assert!(!is_out_of_memory(
+            "called `Option::unwrap()` on a `None` value"
+        ));
     }
 }

@@ -46,8 +46,11 @@ impl Ui {
         Ok(())
     }
 
-    /// A plain message (not shown with `--quiet`; a JSON record with `--json`).
+    /// A plain message (not shown with `--quiet`; a JSON record with `--json`). Control
+    /// characters from user text (prompts, paths) are escaped on the terminal.
     pub fn say(&mut self, message: &str) {
+        let shown = printable(message);
+        let message = shown.as_str();
         let record = serde_json::json!({ "event": "message", "message": message });
         self.write_log(&record);
         match self.mode {
@@ -122,5 +125,38 @@ impl Ui {
             }
             None => self.pending.push(value.clone()),
         }
+    }
+}
+
+/// `text` safe to print on a terminal: control characters (ESC, BEL, carriage return…, which
+/// a prompt or file name may carry) are shown as escapes such as `\u{1b}`; newlines and tabs
+/// stay.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(
+            printable("a \u{1b}[31mred\u{7} cat"),
+            "a \\u{1b}[31mred\\u{7} cat"
+        );
+        assert_eq!(
+            printable("two\nlines\tand tab, é 猫"),
+            "two\nlines\tand tab, é 猫"
+        );
+        assert_eq!(printable("cr\rbs\u{8}del\u{7f}"), "cr\\rbs\\u{8}del\\u{7f}");
     }
 }

@@ -39,6 +39,15 @@ impl ClipTokenizer {
         };
         let vocab: serde_json::Value =
             serde_json::from_slice(vocab).map_err(|e| err(format!("vocab.json: {e}")))?;
+        // The special tokens' ids are the vocabulary's own (SD's are 49406/49407; a smaller
+        // CLIP vocabulary numbers them otherwise).
+        let id_of = |token: &str, default: u32| {
+            vocab
+                .get(token)
+                .and_then(|v| v.as_u64())
+                .map_or(default, |id| id as u32)
+        };
+        let (bos, eos) = (id_of("<|startoftext|>", BOS), id_of("<|endoftext|>", EOS));
         let merges: Vec<&str> = merges
             .lines()
             .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
@@ -48,9 +57,9 @@ impl ClipTokenizer {
             "truncation": null,
             "padding": null,
             "added_tokens": [
-                {"id": BOS, "content": "<|startoftext|>", "single_word": false, "lstrip": false,
+                {"id": bos, "content": "<|startoftext|>", "single_word": false, "lstrip": false,
                  "rstrip": false, "normalized": true, "special": true},
-                {"id": EOS, "content": "<|endoftext|>", "single_word": false, "lstrip": false,
+                {"id": eos, "content": "<|endoftext|>", "single_word": false, "lstrip": false,
                  "rstrip": false, "normalized": true, "special": true}
             ],
             "normalizer": {"type": "Sequence", "normalizers": [
@@ -64,8 +73,8 @@ impl ClipTokenizer {
                  "behavior": "Removed", "invert": true},
                 {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}
             ]},
-            "post_processor": {"type": "RobertaProcessing", "sep": ["<|endoftext|>", EOS],
-                "cls": ["<|startoftext|>", BOS], "trim_offsets": false, "add_prefix_space": false},
+            "post_processor": {"type": "RobertaProcessing", "sep": ["<|endoftext|>", eos],
+                "cls": ["<|startoftext|>", bos], "trim_offsets": false, "add_prefix_space": false},
             "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
             "model": {"type": "BPE", "dropout": null, "unk_token": "<|endoftext|>",
                 "continuing_subword_prefix": "", "end_of_word_suffix": "</w>", "fuse_unk": false,

@@ -1,13 +1,9 @@
-//! Weights and precision: safetensors reading and named tensors into burn parameters
-//! (`tensors`), the diffusers folders and single files a model loads from, LoRAs merged on
-//! load, tuned-weight deltas, parameter counts and f16 storage.
+//! Weights and precision, what `model/` builds on: safetensors reading and named tensors into
+//! burn parameters (`tensors`), parameter counts (`params`) and f16 storage (`precision`).
+//! The loaders that build models from files are in `load/`.
 
-pub mod checkpoint;
-pub mod delta;
-pub mod lora;
 pub mod params;
 pub mod precision;
-pub mod single_file;
 mod tensors;
 
 pub use tensors::*;

@@ -73,6 +73,11 @@ pub trait TensorSource {
     fn contains(&self, key: &str) -> bool {
         self.keys().iter().any(|k| k == key)
     }
+    /// The shape of `key` as [`TensorSource::fetch`] would give it; sources that know it
+    /// from a header answer without reading the data.
+    fn shape_of(&self, key: &str) -> Result<Option<Vec<usize>>> {
+        Ok(self.fetch(key)?.map(|t| t.shape))
+    }
     /// The tensor `key` already in GPU memory (streamed sources); `None` if this source
     /// does not hold it there.
     fn fetch_on_device(&self, _key: &str) -> Result<Option<DeviceTensor>> {
@@ -270,6 +275,53 @@ impl TensorSource for SafetensorsFile {
     fn contains(&self, key: &str) -> bool {
         self.metadata.info(key).is_some()
     }
+
+    fn shape_of(&self, key: &str) -> Result<Option<Vec<usize>>> {
+        Ok(self.metadata.info(key).map(|i| i.shape.clone()))
+    }
+}
+
+/// Little-endian numbers of any numeric dtype (floats, signed and unsigned integers, bool)
+/// as f64: for small tensors that tools store as integers, such as a LoRA's alpha (diffusers'
+/// kohya converter writes it as an int64 scalar). `None` for other dtypes.
+pub fn decode_numbers(raw: &[u8], dtype: Dtype) -> Option<Vec<f64>> {
+    fn each<const N: usize>(raw: &[u8], f: impl Fn([u8; N]) -> f64) -> Vec<f64> {
+        raw.chunks_exact(N)
+            .map(|b| f(b.try_into().expect("chunk of N")))
+            .collect()
+    }
+    Some(match dtype {
+        Dtype::BOOL | Dtype::U8 => raw.iter().map(|&b| b as f64).collect(),
+        Dtype::I8 => raw.iter().map(|&b| b as i8 as f64).collect(),
+        Dtype::I16 => each(raw, |b| i16::from_le_bytes(b) as f64),
+        Dtype::U16 => each(raw, |b| u16::from_le_bytes(b) as f64),
+        Dtype::I32 => each(raw, |b| i32::from_le_bytes(b) as f64),
+        Dtype::U32 => each(raw, |b| u32::from_le_bytes(b) as f64),
+        Dtype::I64 => each(raw, |b| i64::from_le_bytes(b) as f64),
+        Dtype::U64 => each(raw, |b| u64::from_le_bytes(b) as f64),
+        Dtype::F64 => each(raw, f64::from_le_bytes),
+        other => decode_floats(raw, other)?
+            .into_iter()
+            .map(f64::from)
+            .collect(),
+    })
+}
+
+impl SafetensorsFile {
+    /// A tensor of any numeric dtype as f64 (see [`decode_numbers`]), with its shape.
+    pub fn fetch_numbers(&self, key: &str) -> Result<Option<(Vec<usize>, Vec<f64>)>> {
+        let Some(info) = self.metadata.info(key) else {
+            return Ok(None);
+        };
+        let (start, end) = info.data_offsets;
+        let raw = &self.bytes[self.data_start + start..self.data_start + end];
+        let data = decode_numbers(raw, info.dtype).ok_or_else(|| TavError::UnsupportedDtype {
+            path: self.path.clone(),
+            tensor: key.to_string(),
+            dtype: format!("{:?}", info.dtype),
+        })?;
+        Ok(Some((info.shape.clone(), data)))
+    }
 }
 
 /// Little-endian float bytes to f32; `None` for non-float dtypes.
@@ -291,8 +343,29 @@ pub fn decode_floats(raw: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
             .chunks_exact(8)
             .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
             .collect(),
+        // fp8 checkpoints (ComfyUI's `fp8_e4m3fn` / `fp8_e5m2` saves).
+        Dtype::F8_E5M2 => raw
+            .iter()
+            .map(|&b| half::f16::from_bits((b as u16) << 8).to_f32())
+            .collect(),
+        Dtype::F8_E4M3 => raw.iter().map(|&b| f8_e4m3fn(b)).collect(),
         _ => return None,
     })
+}
+
+/// One float8 e4m3fn (PyTorch's `float8_e4m3fn`): bias 7, no infinities, `0x7f`/`0xff` NaN.
+fn f8_e4m3fn(b: u8) -> f32 {
+    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+    let exponent = ((b >> 3) & 0x0f) as i32;
+    let mantissa = (b & 0x07) as f32;
+    if exponent == 0x0f && b & 0x07 == 0x07 {
+        return f32::NAN;
+    }
+    sign * if exponent == 0 {
+        mantissa / 8.0 * 2f32.powi(-6)
+    } else {
+        (1.0 + mantissa / 8.0) * 2f32.powi(exponent - 7)
+    }
 }
 
 /// Every tensor asked for, made up from its key and shape: PyTorch-like uniform init
@@ -400,6 +473,15 @@ impl TensorSource for LayeredSource<'_> {
         let set: BTreeSet<String> = self.layers.iter().flat_map(|l| l.keys()).collect();
         set.into_iter().collect()
     }
+
+    fn shape_of(&self, key: &str) -> Result<Option<Vec<usize>>> {
+        for layer in &self.layers {
+            if let Some(shape) = layer.shape_of(key)? {
+                return Ok(Some(shape));
+            }
+        }
+        Ok(None)
+    }
 }
 
 /// Weights with NaN or infinity are refused as they load, naming the file and tensor
@@ -450,6 +532,9 @@ pub struct ParamBuilder<'a> {
     /// Which keys are stored in f16 on the device (`--f16`'s frozen weights), rounded on the
     /// host as they are loaded.
     stored_f16: Option<fn(&str) -> bool>,
+    /// Check every tensor's presence and shape against the source's headers, reading no
+    /// data and allocating nothing (`tav pack-web`'s check of what it packs).
+    verify_only: bool,
 }
 
 impl<'a> ParamBuilder<'a> {
@@ -461,6 +546,7 @@ impl<'a> ParamBuilder<'a> {
             prefix: String::new(),
             record: Rc::default(),
             stored_f16: None,
+            verify_only: false,
         }
     }
 
@@ -473,7 +559,42 @@ impl<'a> ParamBuilder<'a> {
             prefix: String::new(),
             record: Rc::default(),
             stored_f16: None,
+            verify_only: false,
         }
+    }
+
+    /// Checks `source` against the model instead of loading it: every parameter present (or
+    /// given by the fallback) with its shape; nothing is read or allocated.
+    pub fn verifying(source: &'a dyn TensorSource, device: &Device) -> Self {
+        Self {
+            verify_only: true,
+            ..Self::from_source(source, device)
+        }
+    }
+
+    /// In [`ParamBuilder::verifying`] mode: `key`'s presence and shape checked.
+    fn verify(&self, source: &dyn TensorSource, key: &str, shape: &[usize]) -> Result<()> {
+        let found = match source.shape_of(key)? {
+            Some(found) => found,
+            None => match self.fallback.as_ref().and_then(|f| f(key, shape)) {
+                Some(made) => made.shape,
+                None => {
+                    return Err(TavError::MissingTensor {
+                        path: source.origin(),
+                        tensor: key.to_string(),
+                    });
+                }
+            },
+        };
+        if found != shape {
+            return Err(TavError::ShapeMismatch {
+                path: source.origin(),
+                tensor: key.to_string(),
+                expected: Shape(shape.to_vec()),
+                found: Shape(found),
+            });
+        }
+        Ok(())
     }
 
     /// Parameters whose key passes `stored_f16` are rounded to f16 on the host and stored in
@@ -548,7 +669,10 @@ impl<'a> ParamBuilder<'a> {
             id: ParamId::new(),
             layout: Layout::Same,
         });
-        let Some(source) = self.source else {
+        let Some(source) = self.source.filter(|_| !self.verify_only) else {
+            if let Some(source) = self.source {
+                self.verify(source, &key, shape)?;
+            }
             return Ok(HostTable::f32(HostTensor {
                 shape: shape.to_vec(),
                 data: Vec::new(),
@@ -603,7 +727,10 @@ impl<'a> ParamBuilder<'a> {
                 s
             }
         };
-        let Some(source) = self.source else {
+        if let Some(source) = self.source.filter(|_| self.verify_only) {
+            self.verify(source, &key, &shape)?;
+        }
+        let Some(source) = self.source.filter(|_| !self.verify_only) else {
             return Ok(Param::uninitialized(
                 id,
                 move |device, _| Tensor::zeros(stored_shape, device),

@@ -2,6 +2,9 @@
 
 use super::prelude::*;
 
+use tav_core::delta::TunedWeights;
+use tav_core::weights::SafetensorsFile;
+
 /// The arguments of `tav edit`.
 #[derive(Args)]
 pub struct EditCommand {
@@ -39,9 +42,15 @@ pub(crate) fn edit_only(
     prompts: Vec<String>,
 ) -> Result<()> {
     let mut ui = ui_for(common);
+    // The tuned file and every setting are checked before the model loads.
+    let tuned_file = SafetensorsFile::open(tuned)?;
+    let tuned_weights = TunedWeights::from_file(&tuned_file)?;
+    let spec =
+        jobfile::Job::for_edit(common, clip_args, edit, &tuned_weights.meta, prompts, tuned)?;
+    spec.validate(false, true)?;
+    check_creatable(&spec.out)?;
     let mut session = open_session(common, &mut ui)?;
-    let (unet, meta) = job::load_tuned(&session, tuned, &mut ui)?;
-    let spec = jobfile::Job::for_edit(common, clip_args, edit, &meta, prompts, tuned)?;
+    let unet = job::apply_tuned_weights(&session, &tuned_weights, tuned_file.path(), &mut ui)?;
     session.check_fits(spec.clip.frames, spec.clip.height, spec.clip.width)?;
     session.check_plan(
         spec.clip.frames,

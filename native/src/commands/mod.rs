@@ -90,12 +90,14 @@ pub fn resolve_recompute(
     }
 }
 
-/// Tunes, then (with `edit`) inverts and edits. Nothing is written until the model, the
+/// Tunes, then (with `edit`) inverts and edits. Every setting is checked and the output
+/// folder shown creatable before the model loads; nothing is written until the model, the
 /// plan and the clip are accepted: a refused input leaves no output folder behind.
 pub(crate) fn run_job(common: &Common, spec: &jobfile::Job, edit: bool) -> Result<()> {
     let mut ui = ui_for(common);
     let out = spec.out.clone();
-    spec.clip.validate()?;
+    spec.validate(true, edit)?;
+    check_creatable(&out)?;
     let mut session_common = common.clone();
     session_common.model = spec.model.clone();
     session_common.model_config = spec.model_config.clone();
@@ -139,12 +141,46 @@ pub(crate) fn run_job(common: &Common, spec: &jobfile::Job, edit: bool) -> Resul
     Ok(())
 }
 
+fn cannot_create(path: &std::path::Path, reason: impl std::fmt::Display) -> TavError {
+    TavError::Write {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Shows that `out` can be created (or is a writable folder) without creating it, so a job
+/// whose outputs cannot be written is refused before the model loads and leaves nothing
+/// behind: the nearest existing ancestor must be a folder we can create in.
+pub(crate) fn check_creatable(out: &std::path::Path) -> Result<()> {
+    let mut existing = out;
+    loop {
+        match std::fs::metadata(existing) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) => {
+                return Err(cannot_create(
+                    out,
+                    format!("{} is a file, not a folder", existing.display()),
+                ));
+            }
+            Err(_) => match existing.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => existing = parent,
+                _ => {
+                    existing = std::path::Path::new(".");
+                    break;
+                }
+            },
+        }
+    }
+    let probe = existing.join(format!(".tav-write-test-{}", std::process::id()));
+    std::fs::create_dir(&probe)
+        .map_err(|e| cannot_create(out, format!("{} is not writable ({e})", existing.display())))?;
+    let _ = std::fs::remove_dir(&probe);
+    Ok(())
+}
+
 /// The output folder and its `log.jsonl` (which also gets what was said before it existed).
 pub(crate) fn create_output_folder(out: &std::path::Path, ui: &mut Ui) -> Result<()> {
-    std::fs::create_dir_all(out).map_err(|e| TavError::Io {
-        path: out.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    std::fs::create_dir_all(out).map_err(|e| cannot_create(out, e))?;
     let _ = ui.log_to(&out.join("log.jsonl"));
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use burn::tensor::Device;
 use tav_core::checkpoint::{
     CheckpointFiles, Folder, LoadOptions, read_configs, read_scheduler_config,
-    text_encoder_patches, unet_patches, weights_file,
+    text_encoder_patches, unet_patches, verify_components, weights_file,
 };
 use tav_core::lora::{Lora, Patched, Patches};
 use tav_core::pack::{PackOptions, PackParts, pack, pack_parts};
@@ -34,7 +34,10 @@ pub struct PackSpec<'a> {
     pub loras: &'a [LoraSpec],
 }
 
-/// Packs the model into `out`, LoRAs merged into the shards.
+/// Packs the model into `out`, LoRAs merged into the shards. Before anything is written the
+/// model goes through `tav check`'s and `tav tune`'s checks: configs against every tensor's
+/// presence and shape, components that fit each other, LoRAs that fit their layers; unused
+/// and unmapped tensors and the single file's notes are printed.
 pub fn pack_web(spec: &PackSpec) -> Result<Manifest> {
     let temporal = spec.temporal.map(SafetensorsFile::open).transpose()?;
     let name = std::fs::canonicalize(spec.model)
@@ -49,14 +52,16 @@ pub fn pack_web(spec: &PackSpec) -> Result<Manifest> {
     };
     let out = spec.out;
     let mut write = |relative: &str, bytes: &[u8]| write_atomic(&out.join(relative), bytes);
-    if spec.model.is_dir() && spec.loras.is_empty() {
-        return pack(&Folder(spec.model.to_path_buf()), &options, &mut write);
-    }
     // Shapes only: nothing is allocated on it.
     let device = Device::flex();
     let loras = read_loras(spec.loras)?;
     if spec.model.is_dir() {
         let files = Folder(spec.model.to_path_buf());
+        tav_core::checkpoint::required(
+            &files,
+            "model_index.json",
+            "the checkpoint's model_index.json (is this a diffusers folder?)",
+        )?;
         let (unet_cfg, vae_cfg, clip_cfg) = read_configs(&files)?;
         let configs = Configs {
             unet: unet_cfg,
@@ -69,9 +74,40 @@ pub fn pack_web(spec: &PackSpec) -> Result<Manifest> {
         let unet = weights_file(&files, "unet", "diffusion_pytorch_model", spec.variant)?;
         let merged = Merged::new(loras, &configs, &device)?;
         let parts = merged.parts(&configs, &text, &vae, &unet, &files)?;
+        say_reports(&verify_components(
+            &parts.text,
+            parts.vae,
+            &parts.unet,
+            &configs,
+            &device,
+        )?);
+        if spec.loras.is_empty() {
+            return pack(&files, &options, &mut write);
+        }
         return pack_parts(&parts.as_parts(), &options, &mut write);
     }
+    if !spec.model.exists() {
+        return Err(TavError::MissingFile {
+            path: spec.model.display().to_string(),
+            what: "the model: a diffusers folder or a .safetensors checkpoint".into(),
+        });
+    }
     let opened = open_single_file(spec.model, spec.model_config, &device)?;
+    println!(
+        "single-file checkpoint {}: {}",
+        spec.model.display(),
+        opened.configs_note
+    );
+    for note in &opened.single.notes {
+        println!("{}", crate::ui::printable(note));
+    }
+    for key in &opened.single.unmapped {
+        println!(
+            "warning: {} has a tensor that maps to no layer of SD v1.x: `{}` (not packed)",
+            spec.model.display(),
+            crate::ui::printable(key)
+        );
+    }
     let text = opened.single.source(Component::TextEncoder);
     let vae = opened.single.source(Component::Vae);
     let unet = opened.single.source(Component::Unet);
@@ -83,7 +119,27 @@ pub fn pack_web(spec: &PackSpec) -> Result<Manifest> {
         &unet,
         opened.tokenizer_files.as_ref(),
     )?;
+    say_reports(&verify_components(
+        &parts.text,
+        parts.vae,
+        &parts.unet,
+        &opened.configs,
+        &device,
+    )?);
     pack_parts(&parts.as_parts(), &options, &mut write)
+}
+
+/// Prints what the check found unused in each component's file.
+fn say_reports(reports: &[tav_core::checkpoint::ComponentReport]) {
+    for r in reports {
+        for extra in &r.unexpected {
+            println!(
+                "warning: {} has an unexpected tensor `{}` (not packed)",
+                r.file,
+                crate::ui::printable(extra)
+            );
+        }
+    }
 }
 
 /// The LoRA patches of the UNet and the text encoder.

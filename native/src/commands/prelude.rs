@@ -12,7 +12,8 @@ pub(crate) use tav_core::{Result, TavError};
 pub(crate) use crate::cli::{ClipArgs, Common, EditArgs, TuneArgs};
 pub(crate) use crate::commands::{bench, pack, plan, pretrain, sample, score, toy};
 pub(crate) use crate::commands::{
-    create_output_folder, model_choice, open_session, resolve_recompute, run_job, ui_for,
+    check_creatable, create_output_folder, model_choice, open_session, resolve_recompute, run_job,
+    ui_for,
 };
 pub(crate) use crate::ui::Mode;
 pub(crate) use crate::{demo, gpu, job, jobfile, models};

@@ -2,7 +2,7 @@
 
 use super::*;
 use std::fs::File;
-use std::io::{self, BufReader};
+use std::io::{self, BufReader, Seek};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
 
@@ -34,7 +34,12 @@ pub(super) fn read_mp4(path: &Path, sampling: Sampling) -> Result<Clip> {
 pub(super) fn read_mp4_unguarded(path: &Path, sampling: Sampling) -> Result<Clip> {
     let file = File::open(path).map_err(|e| io_error(path, e))?;
     let size = file.metadata().map_err(|e| io_error(path, e))?.len();
-    let mut reader = Mp4Reader::read_header(BufReader::new(file), size)
+    let mut file = BufReader::new(file);
+    check_boxes(&mut file, 0, size, true)
+        .map_err(|reason| corrupt(path, format!("the MP4 structure is invalid: {reason}")))?;
+    file.seek(io::SeekFrom::Start(0))
+        .map_err(|e| io_error(path, e))?;
+    let mut reader = Mp4Reader::read_header(file, size)
         .map_err(|e| corrupt(path, format!("not a readable MP4 file: {e}")))?;
     let track = H264Track::find(path, &reader)?;
     check_length(path, sampling, track.sample_count as usize)?;
@@ -72,6 +77,72 @@ pub(super) fn read_mp4_unguarded(path: &Path, sampling: Sampling) -> Result<Clip
         }
     }
     picker.finish(shown, track.fps)
+}
+
+/// Boxes whose content is more boxes (the ones the mp4 crate walks).
+const CONTAINER_BOXES: [&[u8; 4]; 12] = [
+    b"moov", b"trak", b"mdia", b"minf", b"stbl", b"dinf", b"udta", b"mvex", b"moof", b"traf",
+    b"edts", b"ilst",
+];
+
+/// Walks the box tree from `start` to `end` (headers only) and refuses a box that is smaller
+/// than its header or runs past its parent: the mp4 crate loops forever on a zero-sized box
+/// inside a container (it seeks back to the same header), found by fuzzing.
+fn check_boxes<R: io::Read + io::Seek>(
+    reader: &mut R,
+    start: u64,
+    end: u64,
+    top_level: bool,
+) -> std::result::Result<(), String> {
+    use io::SeekFrom;
+    let mut at = start;
+    while at < end {
+        if end - at < 8 {
+            return Err(format!("{} stray bytes at offset {at}", end - at));
+        }
+        reader
+            .seek(SeekFrom::Start(at))
+            .map_err(|e| e.to_string())?;
+        let mut header = [0u8; 8];
+        reader.read_exact(&mut header).map_err(|e| e.to_string())?;
+        let name: [u8; 4] = header[4..].try_into().expect("4 bytes");
+        let shown = String::from_utf8_lossy(&name).escape_debug().to_string();
+        let (size, header_len) = match u32::from_be_bytes(header[..4].try_into().expect("4")) {
+            // A top-level box of size 0 runs to the end of the file.
+            0 if top_level => (end - at, 8),
+            1 => {
+                let mut large = [0u8; 8];
+                reader.read_exact(&mut large).map_err(|e| e.to_string())?;
+                (u64::from_be_bytes(large), 16)
+            }
+            n => (u64::from(n), 8),
+        };
+        if size < header_len {
+            return Err(format!(
+                "box `{shown}` at offset {at} has size {size}, smaller than its header"
+            ));
+        }
+        let box_end = at
+            .checked_add(size)
+            .filter(|&e| e <= end)
+            .ok_or_else(|| format!("box `{shown}` at offset {at} runs past its parent"))?;
+        let content = at + header_len;
+        if CONTAINER_BOXES.contains(&&name) {
+            check_boxes(reader, content, box_end, false)?;
+        } else if &name == b"meta" && box_end - content >= 4 {
+            // A full box: version and flags, then boxes (some writers omit the four bytes).
+            let mut version = [0u8; 4];
+            reader.read_exact(&mut version).map_err(|e| e.to_string())?;
+            let children = if version == [0; 4] {
+                content + 4
+            } else {
+                content
+            };
+            check_boxes(reader, children, box_end, false)?;
+        }
+        at = box_end;
+    }
+    Ok(())
 }
 
 /// An OpenH264 decoder primed with the track's SPS/PPS. Flushing is left to the end of the

@@ -416,3 +416,16 @@ fn gif_delays_keep_total_duration() {
     assert_eq!(gif_delay(0, 10.0), 10);
     assert_eq!(gif_delay(0, 200.0), GIF_MIN_DELAY_CS);
 }
+
+/// An MP4 whose `trak` holds a box of size 0 (found by fuzzing: the mp4 crate seeks back to
+/// the same header forever) is refused as invalid, at once.
+#[test]
+fn zero_sized_box_inside_a_container_is_refused_not_looped_on() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/fuzz/mp4-zero-size-box-in-trak.mp4");
+    let started = std::time::Instant::now();
+    let error = read_clip(&path, sampling(0, 1, 1)).unwrap_err().to_string();
+    assert!(error.contains("MP4 structure is invalid"), "{error}");
+    assert!(error.contains("smaller than its header"), "{error}");
+    assert!(started.elapsed().as_secs() < 5);
+}

@@ -152,6 +152,15 @@ impl TunedWeights {
         let mut v = BTreeMap::new();
         for key in file.keys() {
             let t = file.fetch(&key)?.expect("listed key");
+            if t.data.iter().any(|v| !v.is_finite()) {
+                return Err(TavError::TunedWeights {
+                    path: path.clone(),
+                    reason: format!(
+                        "tensor `{key}` holds NaN or infinity: the tuning that wrote it diverged; \
+                         tune again with a lower learning rate"
+                    ),
+                });
+            }
             if let Some(k) = key.strip_prefix(MOMENT_M) {
                 m.insert(k.to_string(), t);
             } else if let Some(k) = key.strip_prefix(MOMENT_V) {
@@ -215,6 +224,21 @@ pub fn apply_tuned(unet: UNet3D, tuned: &TunedWeights, path: &str) -> Result<UNe
             t.clone()
         };
         values.insert(*id, stored);
+    }
+    if let Some(missing) = unet
+        .params
+        .iter()
+        .find(|e| crate::unet::is_trainable(&e.key) && !tuned.tensors.contains_key(&e.key))
+    {
+        return Err(TavError::TunedWeights {
+            path: path.to_string(),
+            reason: format!(
+                "tensor `{}` is missing: tuned weights hold every tuned layer ({} tensors here); \
+                 the file is incomplete or from another tool",
+                missing.key,
+                tuned.tensors.len()
+            ),
+        });
     }
     Ok(unet.map(&mut Replace { values }))
 }

@@ -351,6 +351,18 @@ pub fn ema_key(original: &str) -> String {
     format!("{EMA_PREFIX}{}", after_model.replace('.', ""))
 }
 
+/// `shape` checked to have `rank` dimensions, so a damaged file is refused by name instead of
+/// an index out of bounds.
+fn of_rank<'a>(shape: &'a [usize], rank: usize, path: &str, key: &str) -> Result<&'a [usize]> {
+    if shape.len() != rank || shape.contains(&0) {
+        return Err(TavError::InvalidInput(format!(
+            "{path}: tensor `{key}` has shape {:?}; it must have {rank} non-zero dimensions",
+            shape
+        )));
+    }
+    Ok(shape)
+}
+
 fn missing(path: &str, key: &str) -> TavError {
     TavError::MissingTensor {
         path: path.to_string(),
@@ -360,8 +372,10 @@ fn missing(path: &str, key: &str) -> TavError {
 
 /// The UNet's config from its shapes; heads, norm groups and the like are SD v1.x's.
 pub fn infer_unet(shapes: &Shapes, path: &str) -> Result<UNetConfig> {
-    let shape = |key: &str| {
-        unet_shape(shapes, key).ok_or_else(|| missing(path, &format!("{UNET_PREFIX}{key}")))
+    let shape = |key: &str| -> Result<&[usize]> {
+        let full = format!("{UNET_PREFIX}{key}");
+        let shape = unet_shape(shapes, key).ok_or_else(|| missing(path, &full))?;
+        of_rank(shape, 4, path, &full)
     };
     let has = |key: &str| unet_shape(shapes, key).is_some();
     let conv_in = shape("input_blocks.0.0.weight")?;
@@ -408,6 +422,7 @@ pub fn infer_unet(shapes: &Shapes, path: &str) -> Result<UNetConfig> {
         )));
     }
     let cross_attention_dim = first_cross_attention_dim(shapes)
+        .filter(|&d| d > 0)
         .or_else(|| {
             shapes
                 .iter()
@@ -457,10 +472,10 @@ pub fn infer_unet(shapes: &Shapes, path: &str) -> Result<UNetConfig> {
 
 /// The VAE's config from its shapes; norm groups and the latent scaling are SD v1.x's.
 pub fn infer_vae(shapes: &Shapes, path: &str) -> Result<VaeConfig> {
-    let shape = |key: &str| {
-        shapes
-            .get(&format!("{VAE_PREFIX}{key}"))
-            .ok_or_else(|| missing(path, &format!("{VAE_PREFIX}{key}")))
+    let shape = |key: &str| -> Result<&[usize]> {
+        let full = format!("{VAE_PREFIX}{key}");
+        let shape = shapes.get(&full).ok_or_else(|| missing(path, &full))?;
+        of_rank(shape, 4, path, &full)
     };
     let has = |key: &str| shapes.contains_key(&format!("{VAE_PREFIX}{key}"));
     let blocks = (0..)
@@ -492,10 +507,10 @@ pub fn infer_vae(shapes: &Shapes, path: &str) -> Result<VaeConfig> {
 /// OpenAI CLIP (12 in SD v1.x's ViT-L/14).
 pub fn infer_clip(shapes: &Shapes, path: &str) -> Result<ClipConfig> {
     let prefix = clip_prefix(shapes);
-    let shape = |key: &str| {
-        shapes
-            .get(&format!("{prefix}{key}"))
-            .ok_or_else(|| missing(path, &format!("{prefix}{key}")))
+    let shape = |key: &str| -> Result<&[usize]> {
+        let full = format!("{prefix}{key}");
+        let shape = shapes.get(&full).ok_or_else(|| missing(path, &full))?;
+        of_rank(shape, 2, path, &full)
     };
     let tokens = shape("embeddings.token_embedding.weight")?;
     let hidden_size = tokens[1];
@@ -695,6 +710,17 @@ impl TensorSource for ComponentSource {
 
     fn contains(&self, key: &str) -> bool {
         self.table.contains_key(key)
+    }
+
+    fn shape_of(&self, key: &str) -> Result<Option<Vec<usize>>> {
+        let Some(mut shape) = self.table.get(key).and_then(|o| self.file.shape_of(o)) else {
+            return Ok(None);
+        };
+        if self.component == Component::Vae && is_vae_attention_projection(key) && shape.len() == 4
+        {
+            shape.truncate(2);
+        }
+        Ok(Some(shape))
     }
 }
 

@@ -143,7 +143,7 @@ pub struct Models {
     pub notes: Vec<String>,
 }
 
-fn required(files: &dyn CheckpointFiles, relative: &str, what: &str) -> Result<Vec<u8>> {
+pub fn required(files: &dyn CheckpointFiles, relative: &str, what: &str) -> Result<Vec<u8>> {
     files.read(relative)?.ok_or_else(|| TavError::MissingFile {
         path: files.show(relative),
         what: what.to_string(),
@@ -230,6 +230,68 @@ pub fn report(
     }
 }
 
+/// Refuses components that cannot work together, naming the widths: the text encoder's
+/// output feeds the UNet's cross-attention, and the VAE's latents are the UNet's input and
+/// output. (Caught here, not as a matrix-shape failure deep inside the first forward.)
+pub fn check_components_fit(configs: &Configs, origin: &str) -> Result<()> {
+    let (unet, vae, clip) = (&configs.unet, &configs.vae, &configs.clip);
+    if clip.hidden_size != unet.cross_attention_dim {
+        return Err(TavError::Config {
+            path: origin.to_string(),
+            reason: format!(
+                "the text encoder is {} wide (text_encoder hidden_size) but the UNet's \
+                 cross-attention takes {} (unet cross_attention_dim): they are from different \
+                 models",
+                clip.hidden_size, unet.cross_attention_dim
+            ),
+        });
+    }
+    for (field, channels) in [
+        ("in_channels", unet.in_channels),
+        ("out_channels", unet.out_channels),
+    ] {
+        if channels != vae.latent_channels {
+            return Err(TavError::Config {
+                path: origin.to_string(),
+                reason: format!(
+                    "the VAE's latents have {} channels (vae latent_channels) but the UNet's \
+                     {field} is {channels}: they are from different models",
+                    vae.latent_channels
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks the three components' sources against `configs`' models without loading them:
+/// every tensor present (temporal layers may be absent: they are initialised) with its
+/// shape, LoRA patches fitting their layers. Returns each component's report (unused
+/// tensors included). What `tav pack-web` runs before it packs.
+pub fn verify_components(
+    text: &dyn TensorSource,
+    vae: &dyn TensorSource,
+    unet: &dyn TensorSource,
+    configs: &Configs,
+    device: &Device,
+) -> Result<Vec<ComponentReport>> {
+    check_components_fit(configs, &unet.origin())?;
+    configs.unet.validate(&unet.origin())?;
+    configs.vae.validate(&vae.origin())?;
+    configs.clip.validate(&text.origin())?;
+    let text = &ClipNames::of(text);
+    let p = ParamBuilder::verifying(text, device);
+    ClipTextEncoder::load(&p, &configs.clip)?;
+    let r_text = report("text_encoder", text, String::new(), &p);
+    let p = ParamBuilder::verifying(vae, device);
+    Vae::load(&p, &configs.vae)?;
+    let r_vae = report("vae", vae, String::new(), &p);
+    let p = ParamBuilder::verifying(unet, device).with_fallback(temporal_init(0));
+    UNet3D::load(&p, &configs.unet)?;
+    let r_unet = report("unet", unet, String::new(), &p);
+    Ok(vec![r_text, r_vae, r_unet])
+}
+
 /// Loads the tokenizer from `tokenizer/tokenizer.json`, or `vocab.json` + `merges.txt`.
 pub fn load_tokenizer(files: &dyn CheckpointFiles, max_len: usize) -> Result<ClipTokenizer> {
     if let Some(json) = files.read("tokenizer/tokenizer.json")? {
@@ -276,14 +338,77 @@ fn text_encoder_from(
     device: &Device,
 ) -> Result<(ClipTextEncoder, ComponentReport)> {
     let patches = text_encoder_patches(options, cfg, device)?;
+    let named = ClipNames::of(source);
     let patched = Patched {
-        base: source,
+        base: &named,
         patches: &patches,
     };
     let p = options.builder(&patched, device, all_frozen);
     let model = ClipTextEncoder::load(&p, cfg)?;
     let fingerprint = crate::delta::fingerprint(source);
     Ok((model, report("text_encoder", source, fingerprint, &p)))
+}
+
+/// A CLIP text encoder's tensors under the names transformers 4 gives them
+/// (`text_model.encoder.layers.N…`, what tav's model asks for), whether the file was saved by
+/// transformers 4 or by transformers 5, which names them without `text_model.`.
+pub struct ClipNames<'a> {
+    inner: &'a dyn TensorSource,
+    /// The file has no `text_model.` names (transformers 5).
+    unprefixed: bool,
+}
+
+impl<'a> ClipNames<'a> {
+    pub fn of(inner: &'a dyn TensorSource) -> Self {
+        let keys = inner.keys();
+        let unprefixed = !keys.is_empty() && !keys.iter().any(|k| k.starts_with("text_model."));
+        Self { inner, unprefixed }
+    }
+
+    fn inner_key<'k>(&self, key: &'k str) -> &'k str {
+        if self.unprefixed {
+            key.strip_prefix("text_model.").unwrap_or(key)
+        } else {
+            key
+        }
+    }
+}
+
+impl TensorSource for ClipNames<'_> {
+    fn origin(&self) -> String {
+        self.inner.origin()
+    }
+
+    fn fetch(&self, key: &str) -> Result<Option<crate::weights::HostTensor>> {
+        self.inner.fetch(self.inner_key(key))
+    }
+
+    fn keys(&self) -> Vec<String> {
+        let keys = self.inner.keys();
+        if self.unprefixed {
+            keys.into_iter()
+                .map(|k| format!("text_model.{k}"))
+                .collect()
+        } else {
+            keys
+        }
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.inner.contains(self.inner_key(key))
+    }
+
+    fn shape_of(&self, key: &str) -> Result<Option<Vec<usize>>> {
+        self.inner.shape_of(self.inner_key(key))
+    }
+
+    fn fetch_on_device(&self, key: &str) -> Result<Option<crate::weights::DeviceTensor>> {
+        self.inner.fetch_on_device(self.inner_key(key))
+    }
+
+    fn take_host_f16(&self, key: &str) -> Option<crate::weights::HostTensorF16> {
+        self.inner.take_host_f16(self.inner_key(key))
+    }
 }
 
 /// The patches `options`' LoRAs make to the text encoder of `cfg` (none without LoRAs).
@@ -474,6 +599,16 @@ impl Models {
         if options.f16 && !crate::precision::supports_f16(device) {
             return Err(crate::precision::no_f16_error());
         }
+        let (unet_config, vae_config, clip_config) = read_configs(files)?;
+        check_components_fit(
+            &Configs {
+                unet: unet_config,
+                vae: vae_config,
+                clip: clip_config,
+                scheduler: read_scheduler_config(files)?,
+            },
+            &files.show(""),
+        )?;
         let (text_encoder, clip_config, r_text) = load_text_encoder(files, options, device)?;
         let tokenizer = load_tokenizer(files, clip_config.max_position_embeddings)?;
         let (vae, vae_config, r_vae) = load_vae(files, options, device)?;
@@ -512,6 +647,7 @@ impl Models {
         configs.unet.validate(path)?;
         configs.vae.validate(path)?;
         configs.clip.validate(path)?;
+        check_components_fit(configs, path)?;
         let text = single.source(Component::TextEncoder);
         let (text_encoder, r_text) = text_encoder_from(&text, &configs.clip, options, device)?;
         let vae_source = single.source(Component::Vae);
