@@ -1115,26 +1115,72 @@ fn hostile_settings_are_refused_before_any_work() {
         cmd
     };
     for (flags, needle) in [
-        (&["--lr", "inf"][..], "--lr is inf"),
-        (&["--lr", "0"], "--lr is 0"),
-        (&["--guidance", "nan"], "--guidance is NaN"),
-        (&["--guidance=-2"], "--guidance is -2"),
-        (&["--guidance-rescale", "5"], "--guidance-rescale is 5"),
-        (&["--steps", "0"], "--steps is 0"),
-        (&["--inference-steps", "0"], "--inference-steps is 0"),
-        (&["--inversion-steps", "5000"], "--inversion-steps is 5000"),
+        (
+            &["--lr", "inf"][..],
+            "'--lr <LR>': inf must be a finite number above 0",
+        ),
+        (&["--lr", "0"], "'--lr <LR>': 0 must be"),
+        (
+            &["--guidance", "nan"],
+            "'--guidance <GUIDANCE>': NaN is out of range",
+        ),
+        (
+            &["--guidance=-2"],
+            "'--guidance <GUIDANCE>': -2 is out of range",
+        ),
+        (
+            &["--guidance-rescale", "5"],
+            "'--guidance-rescale <GUIDANCE_RESCALE>': 5 is out of range",
+        ),
+        (&["--steps", "0"], "'--steps <STEPS>': 0 is out of range"),
+        (
+            &["--inference-steps", "0"],
+            "'--inference-steps <INFERENCE_STEPS>': 0 is out of range",
+        ),
+        (
+            &["--inversion-steps", "5000"],
+            "'--inversion-steps <INVERSION_STEPS>': 5000 is out of range",
+        ),
         (
             &["--frames", "18446744073709551615"],
-            "--frames is 18446744073709551615",
+            "'--frames <FRAMES>': 18446744073709551615 is out of range",
         ),
         (
             &["--start", "18446744073709551615", "--stride", "3"],
             "reaches past any video's length",
         ),
-        (&["--width", "100000000"], "--width is 100000000"),
+        (
+            &["--width", "100000000"],
+            "'--width <WIDTH>': 100000000 is not a positive multiple of 64",
+        ),
     ] {
         refused(&mut run_toy(flags), needle);
     }
+    // Every subcommand bounds its sizes and counts while parsing (they overflowed before).
+    for args in [
+        &["plan", "--frames", "18446744073709551615"][..],
+        &["check", "--frames", "18446744073709551615"],
+        &[
+            "sample",
+            "--prompt",
+            "x",
+            "--frames",
+            "18446744073709551615",
+        ],
+        &["bench", "--frames", "18446744073709551615"],
+        &["score", "--frames", "18446744073709551615"],
+        &["toy-clip", "--frames", "18446744073709551615"],
+    ] {
+        let mut cmd = tav();
+        cmd.args(args);
+        expect_error(
+            &mut cmd,
+            "'--frames <FRAMES>': 18446744073709551615 is out of range",
+        );
+    }
+    let mut cmd = tav();
+    cmd.args(["sample", "--prompt", "x", "--guidance", "nan"]);
+    expect_error(&mut cmd, "'--guidance <GUIDANCE>': NaN is out of range");
     // LoRA strengths: refused while the flags are parsed.
     for scale in ["1e39", "-1e30", "nan"] {
         let spec = format!("{}:{scale}", dir.join("style.safetensors").display());
@@ -1166,6 +1212,12 @@ fn hostile_settings_are_refused_before_any_work() {
         "learning_rate = 3e-4",
         "learning_rate = inf",
         "`[tune] learning_rate` in",
+    );
+    with_key(
+        "frames.toml",
+        "frames = 8",
+        "frames = 9223372036854775807",
+        "`[clip] frames` in",
     );
     with_key(
         "rescale.toml",
@@ -1220,5 +1272,118 @@ fn hostile_settings_are_refused_before_any_work() {
         !message.contains('\u{1b}') && !message.contains('\u{7}'),
         "{message}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `tav pack-web` runs `tav check`'s checks before it writes anything: a single file whose
+/// block numbering does not match the configs it is packed with is refused naming the
+/// tensor, and nothing is written; a good one packs.
+#[test]
+fn pack_web_checks_the_model_before_packing() {
+    let dir = scratch("pack-check");
+    let _ = std::fs::remove_dir_all(&dir);
+    let fixtures = repo().join("tests/fixtures/interop");
+    let single = fixtures.join("single_file_fp16.safetensors");
+    // The folder's configs, with one layer fewer per block than the file holds.
+    let configs = dir.join("configs");
+    for part in ["unet", "vae", "text_encoder", "scheduler"] {
+        std::fs::create_dir_all(configs.join(part)).unwrap();
+        let name = if part == "scheduler" {
+            "scheduler_config.json"
+        } else {
+            "config.json"
+        };
+        let text = std::fs::read_to_string(fixtures.join("base").join(part).join(name)).unwrap();
+        let text = if part == "unet" {
+            text.replace("\"layers_per_block\": 2", "\"layers_per_block\": 1")
+        } else {
+            text
+        };
+        std::fs::write(configs.join(part).join(name), text).unwrap();
+    }
+    let out = dir.join("packed");
+    let mut cmd = tav();
+    cmd.arg("pack-web")
+        .arg(&single)
+        .arg(&out)
+        .arg("--model-config")
+        .arg(&configs);
+    let output = run(&mut cmd);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(
+        message.contains("single_file_fp16.safetensors") && message.contains("tensor `"),
+        "{message}"
+    );
+    assert!(!out.exists(), "nothing written");
+    // With its own configs inferred, it packs.
+    let mut cmd = tav();
+    cmd.arg("pack-web").arg(&single).arg(&out);
+    let output = run(&mut cmd);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(out.join("manifest.json").is_file());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Tuned weights holding NaN are refused before the model loads; weights missing a tuned
+/// layer are refused naming it.
+#[test]
+fn edit_refuses_damaged_tuned_weights() {
+    use tav_core::delta::{TuneMeta, TunedWeights};
+    use tav_core::weights::HostTensor;
+    let dir = scratch("damaged-tuned");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let unet = tav_core::weights::SafetensorsFile::open(
+        &tiny_model().join("unet/diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
+    let meta = TuneMeta {
+        base_fingerprint: tav_core::delta::fingerprint(&unet),
+        prompt: "a car".into(),
+        video: car_turn().display().to_string(),
+        frames: 2,
+        stride: 8,
+        width: 64,
+        height: 64,
+        steps: 1,
+        steps_done: 1,
+        learning_rate: 3e-5,
+        seed: 1,
+        ..Default::default()
+    };
+    let write = |name: &str, value: f32| {
+        let key = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight";
+        let weights = TunedWeights {
+            meta: meta.clone(),
+            tensors: [(
+                key.to_string(),
+                HostTensor::new(vec![32, 32], vec![value; 1024]),
+            )]
+            .into(),
+            moments: Default::default(),
+        };
+        let path = dir.join(name);
+        std::fs::write(&path, weights.to_bytes().unwrap()).unwrap();
+        path
+    };
+    let edit = |tuned: &Path| {
+        let mut cmd = tav();
+        cmd.args([
+            "edit", "--device", "flex", "--quiet", "--prompt", "x", "--model",
+        ])
+        .arg(tiny_model())
+        .arg("--tuned")
+        .arg(tuned)
+        .arg("--out")
+        .arg(dir.join("out"));
+        cmd
+    };
+    expect_error(
+        &mut edit(&write("nan.safetensors", f32::NAN)),
+        "holds NaN or infinity",
+    );
+    expect_error(&mut edit(&write("partial.safetensors", 0.01)), "is missing");
+    assert!(!dir.join("out").exists(), "nothing written");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -83,19 +83,19 @@ pub struct ClipArgs {
     #[arg(long)]
     pub video: Option<PathBuf>,
     /// Number of frames to sample [default: 24, or the tuned weights' value].
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::frames, long)]
     pub frames: Option<usize>,
     /// First frame [default: 0].
     #[arg(long)]
     pub start: Option<usize>,
     /// Take every Nth frame [default: 2].
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::count, long)]
     pub stride: Option<usize>,
     /// Width in pixels, a multiple of 64 [default: 512].
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::side, long)]
     pub width: Option<usize>,
     /// Height in pixels, a multiple of 64 [default: 512].
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::side, long)]
     pub height: Option<usize>,
     /// Stretch to the size instead of centre-cropping to its aspect ratio.
     #[arg(long)]
@@ -105,10 +105,10 @@ pub struct ClipArgs {
 #[derive(Args, Clone)]
 pub struct TuneArgs {
     /// Tuning steps [default: 500].
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::steps, long)]
     pub steps: Option<usize>,
     /// Learning rate (AdamW, constant) [default: 3e-5].
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::learning_rate, long)]
     pub lr: Option<f64>,
     /// Seed of every random draw [default: 33].
     #[arg(long)]
@@ -124,17 +124,17 @@ pub struct TuneArgs {
 #[derive(Args, Clone, Default)]
 pub struct EditArgs {
     /// DDIM inversion steps [default: 50].
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::ddim_steps, long)]
     pub inversion_steps: Option<usize>,
     /// DDIM sampling steps per edit [default: 50].
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::ddim_steps, long)]
     pub inference_steps: Option<usize>,
     /// Classifier-free guidance scale [default: 12.5].
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::guidance, long)]
     pub guidance: Option<f64>,
     /// Rescale the guided prediction toward the conditional one's standard deviation, 0–1
     /// (0.5–0.7 keeps strong guidance from washing frames out) [default: 0, the reference].
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::rescale, long)]
     pub guidance_rescale: Option<f64>,
     /// Also write every edited frame as PNG.
     #[arg(long)]
@@ -181,4 +181,65 @@ pub enum Command {
     /// prints the median time, FLOP count and rate, and peak GPU memory of each as JSON lines
     /// (or, with `--kernel attention`, the attention kernels alone).
     Bench(commands::bench::BenchCommand),
+}
+
+// Bounded values, parsed once for every subcommand: a mistyped or hostile value is refused
+// while the command line is read, naming the flag (clap adds it), before anything runs. Job
+// files go through the same checks (`jobfile::Job::validate`).
+
+fn number<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of the right kind"))
+}
+
+/// Frames of a clip: 1 to [`jobfile::MAX_FRAMES`].
+pub fn frames(s: &str) -> Result<usize, String> {
+    let v: usize = number(s)?;
+    crate::jobfile::check_frames(v).map(|()| v)
+}
+
+/// Width, height or size in pixels: a positive multiple of 64 up to [`jobfile::MAX_SIDE`].
+pub fn side(s: &str) -> Result<usize, String> {
+    let v: usize = number(s)?;
+    crate::jobfile::check_side(v).map(|()| v)
+}
+
+/// Tuning or training steps: 1 to [`jobfile::MAX_STEPS`].
+pub fn steps(s: &str) -> Result<usize, String> {
+    let v: usize = number(s)?;
+    crate::jobfile::check_steps(v).map(|()| v)
+}
+
+/// DDIM steps: 1 to [`jobfile::MAX_DDIM_STEPS`].
+pub fn ddim_steps(s: &str) -> Result<usize, String> {
+    let v: usize = number(s)?;
+    crate::jobfile::check_ddim_steps(v).map(|()| v)
+}
+
+/// A count that must be at least 1 (stride, runs, clips, tokens…), up to 2²⁴.
+pub fn count(s: &str) -> Result<usize, String> {
+    let v: usize = number(s)?;
+    if v == 0 || v > 1 << 24 {
+        return Err(format!("{v} is out of range (1 to {})", 1 << 24));
+    }
+    Ok(v)
+}
+
+/// A learning rate: finite, above 0.
+pub fn learning_rate(s: &str) -> Result<f64, String> {
+    let v: f64 = number(s)?;
+    crate::jobfile::check_learning_rate(v).map(|()| v)
+}
+
+/// A guidance scale: 0 to [`jobfile::MAX_GUIDANCE`].
+pub fn guidance(s: &str) -> Result<f64, String> {
+    let v: f64 = number(s)?;
+    crate::jobfile::check_guidance(v).map(|()| v)
+}
+
+/// A guidance rescale: 0 to 1.
+pub fn rescale(s: &str) -> Result<f64, String> {
+    let v: f64 = number(s)?;
+    crate::jobfile::check_rescale(v).map(|()| v)
 }

@@ -112,7 +112,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Stops the run when `x` holds NaN or infinity: `what` names the step, `cause` the setting
 /// that likely did it. No video is ever written from non-finite latents.
-fn check_finite<const D: usize>(x: &Tensor<D>, what: &str, cause: &str) -> Result<()> {
+pub fn check_finite<const D: usize>(x: &Tensor<D>, what: &str, cause: &str) -> Result<()> {
     let finite: bool = x
         .clone()
         .is_finite()
@@ -148,7 +148,7 @@ fn check_tuned_finite(
 
 /// Refuses a video that is all black (every pixel 0): what non-finite or collapsed latents
 /// decode to, never a real edit.
-fn check_not_black(clip: &Clip, what: &str) -> Result<()> {
+pub fn check_not_black(clip: &Clip, what: &str) -> Result<()> {
     if clip.frames.iter().all(|f| f.iter().all(|&v| v == 0)) {
         return Err(TavError::NonFinite(format!(
             "{what} decoded to an all-black video: the latents collapsed (too strong guidance, or \
@@ -729,6 +729,59 @@ mod tests {
             fingerprint: fingerprint.into(),
             scale,
         }
+    }
+
+    /// Non-finite latents and tuned values stop the run, naming the step and the setting; an
+    /// all-black video is never written.
+    #[test]
+    fn non_finite_and_black_outputs_are_errors() {
+        let device = Device::flex();
+        let fine = Tensor::<2>::from_data([[1.0f32, -2.0], [0.5, 3.0]], &device);
+        check_finite(&fine, "x", "y").unwrap();
+        for bad in [f32::NAN, f32::INFINITY] {
+            let t = Tensor::<2>::from_data([[1.0f32, bad], [0.5, 3.0]], &device);
+            let message = check_finite(&t, "the latents of edit 2", "guidance 90")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains("edit 2") && message.contains("guidance 90"),
+                "{message}"
+            );
+        }
+        let clip = |v: u8| Clip {
+            width: 2,
+            height: 2,
+            fps: 8.0,
+            frames: vec![vec![v; 12]; 3],
+        };
+        assert!(check_not_black(&clip(0), "edit 1").is_err());
+        check_not_black(&clip(1), "edit 1").unwrap();
+        let mut tuned = std::collections::BTreeMap::new();
+        tuned.insert(
+            "a.to_q.weight".to_string(),
+            HostTensor::new(vec![2], vec![1.0, 2.0]),
+        );
+        check_tuned_finite(&tuned, 3, 3e-5).unwrap();
+        tuned.insert(
+            "b.to_q.weight".to_string(),
+            HostTensor::new(vec![2], vec![1.0, f32::NAN]),
+        );
+        let message = check_tuned_finite(&tuned, 7, 1e30).unwrap_err().to_string();
+        assert!(message.contains("step 7") && message.contains("1000000000000000000000000000000"));
+    }
+
+    /// The demo clip draws only the sampled frames, however far in they start.
+    #[test]
+    fn demo_clip_work_is_bounded_by_the_sample() {
+        let started = std::time::Instant::now();
+        let sampling = Sampling {
+            start: 10_000_000,
+            stride: 3,
+            count: 2,
+        };
+        let clip = crate::demo::demo_clip(10_000_004, sampling);
+        assert_eq!(clip.frames.len(), 2);
+        assert!(started.elapsed().as_secs() < 5);
     }
 
     /// `tav edit` warns when the LoRAs differ from those tuning saw, by file or scale.

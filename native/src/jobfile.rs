@@ -133,39 +133,99 @@ fn invalid(reason: String) -> TavError {
     TavError::InvalidInput(reason)
 }
 
+/// Frames of a clip.
+pub fn check_frames(v: usize) -> std::result::Result<(), String> {
+    if v == 0 || v > MAX_FRAMES {
+        return Err(format!("{v} is out of range: 1 to {MAX_FRAMES} frames"));
+    }
+    Ok(())
+}
+
+/// A width, height or size in pixels.
+pub fn check_side(v: usize) -> std::result::Result<(), String> {
+    if v == 0 || !v.is_multiple_of(64) || v > MAX_SIDE {
+        return Err(format!(
+            "{v} is not a positive multiple of 64 up to {MAX_SIDE} (try {})",
+            (v.clamp(64, MAX_SIDE) / 64) * 64
+        ));
+    }
+    Ok(())
+}
+
+/// Tuning steps.
+pub fn check_steps(v: usize) -> std::result::Result<(), String> {
+    if v == 0 || v > MAX_STEPS {
+        return Err(format!(
+            "{v} is out of range: 1 to {MAX_STEPS} steps (the reference tunes 500)"
+        ));
+    }
+    Ok(())
+}
+
+/// DDIM inversion or sampling steps.
+pub fn check_ddim_steps(v: usize) -> std::result::Result<(), String> {
+    if v == 0 || v > MAX_DDIM_STEPS {
+        return Err(format!(
+            "{v} is out of range: 1 to {MAX_DDIM_STEPS} DDIM steps (the reference: 50)"
+        ));
+    }
+    Ok(())
+}
+
+/// A learning rate. No upper bound: a rate that diverges is caught as tuning runs, at the
+/// step it diverges.
+pub fn check_learning_rate(v: f64) -> std::result::Result<(), String> {
+    if !v.is_finite() || v <= 0.0 {
+        return Err(format!(
+            "{v} must be a finite number above 0 (the reference: 3e-5)"
+        ));
+    }
+    Ok(())
+}
+
+/// A classifier-free guidance scale.
+pub fn check_guidance(v: f64) -> std::result::Result<(), String> {
+    if !v.is_finite() || !(0.0..=MAX_GUIDANCE).contains(&v) {
+        return Err(format!(
+            "{v} is out of range: 0 to {MAX_GUIDANCE} (the reference: 12.5)"
+        ));
+    }
+    Ok(())
+}
+
+/// How far guidance is rescaled.
+pub fn check_rescale(v: f64) -> std::result::Result<(), String> {
+    if !v.is_finite() || !(0.0..=1.0).contains(&v) {
+        return Err(format!(
+            "{v} is out of range: 0 to 1 (0 is the reference; 0.5-0.7 tames strong guidance)"
+        ));
+    }
+    Ok(())
+}
+
 impl Job {
     /// Checks every setting of the job before any work starts (nothing loaded, nothing
     /// written): finite numbers in sensible ranges, sizes and frame counts whose arithmetic
-    /// cannot overflow, at least one prompt to edit into (`edit`), LoRA strengths. Messages
-    /// name each setting as the user wrote it.
+    /// cannot overflow, at least one prompt to edit into (`edit`), LoRA strengths, the clip
+    /// present. Messages name each setting as the user wrote it (flag or job-file key).
     pub fn validate(&self, tune: bool, edit: bool) -> Result<()> {
         let n = &self.names;
         let c = &self.clip;
+        let named = |flag: &'static str, check: std::result::Result<(), String>| {
+            check.map_err(|reason| invalid(format!("{}: {reason}", n.of(flag))))
+        };
         if c.video.as_os_str() != "demo" && !c.video.exists() {
             return Err(TavError::MissingFile {
                 path: c.video.display().to_string(),
                 what: "the input clip (--video): an .mp4, a .gif or a folder of frames".into(),
             });
         }
-        for (flag, v) in [("width", c.width), ("height", c.height)] {
-            if v == 0 || !v.is_multiple_of(64) || v > MAX_SIDE {
-                return Err(invalid(format!(
-                    "{} is {v}: not a positive multiple of 64 up to {MAX_SIDE} (try {})",
-                    n.of(flag),
-                    (v.clamp(64, MAX_SIDE) / 64) * 64
-                )));
-            }
-        }
-        if c.frames == 0 || c.frames > MAX_FRAMES {
-            return Err(invalid(format!(
-                "{} is {}: it must be 1 to {MAX_FRAMES}",
-                n.of("frames"),
-                c.frames
-            )));
-        }
+        named("width", check_side(c.width))?;
+        named("height", check_side(c.height))?;
+        named("frames", check_frames(c.frames))?;
         if c.stride == 0 {
             return Err(invalid(format!(
-                "{} is 0: it must be at least 1",
+                "{}: 0 is out of range (at least 1)",
                 n.of("stride")
             )));
         }
@@ -192,22 +252,8 @@ impl Job {
             })?;
         }
         if tune {
-            let t = &self.tune;
-            if t.steps == 0 || t.steps > MAX_STEPS {
-                return Err(invalid(format!(
-                    "{} is {}: tuning takes 1 to {MAX_STEPS} steps (the reference: 500)",
-                    n.of("steps"),
-                    t.steps
-                )));
-            }
-            let lr = t.learning_rate;
-            // No upper bound: a rate that diverges is caught as tuning runs, at the step.
-            if !lr.is_finite() || lr <= 0.0 {
-                return Err(invalid(format!(
-                    "{} is {lr}: it must be a finite number above 0 (the reference: 3e-5)",
-                    n.of("lr")
-                )));
-            }
+            named("steps", check_steps(self.tune.steps))?;
+            named("lr", check_learning_rate(self.tune.learning_rate))?;
         }
         if edit {
             let e = &self.edit;
@@ -217,33 +263,10 @@ impl Job {
                     n.of("prompt")
                 )));
             }
-            for (flag, steps) in [
-                ("inversion-steps", e.inversion_steps),
-                ("inference-steps", e.steps),
-            ] {
-                if steps == 0 || steps > MAX_DDIM_STEPS {
-                    return Err(invalid(format!(
-                        "{} is {steps}: it must be 1 to {MAX_DDIM_STEPS} (the reference: 50)",
-                        n.of(flag)
-                    )));
-                }
-            }
-            let g = e.guidance;
-            if !g.scale.is_finite() || g.scale < 0.0 || g.scale > MAX_GUIDANCE {
-                return Err(invalid(format!(
-                    "{} is {}: it must be 0 to {MAX_GUIDANCE} (the reference: 12.5)",
-                    n.of("guidance"),
-                    g.scale
-                )));
-            }
-            if !g.rescale.is_finite() || !(0.0..=1.0).contains(&g.rescale) {
-                return Err(invalid(format!(
-                    "{} is {}: it must be 0 to 1 (0 is the reference; 0.5-0.7 tames strong \
-                     guidance)",
-                    n.of("guidance-rescale"),
-                    g.rescale
-                )));
-            }
+            named("inversion-steps", check_ddim_steps(e.inversion_steps))?;
+            named("inference-steps", check_ddim_steps(e.steps))?;
+            named("guidance", check_guidance(e.guidance.scale))?;
+            named("guidance-rescale", check_rescale(e.guidance.rescale))?;
         }
         Ok(())
     }

@@ -551,10 +551,10 @@ pub struct BenchCommand {
     #[arg(long, value_enum, default_value = "sd15")]
     pub config: plan::ModelSize,
     /// Frames of the video.
-    #[arg(long, default_value_t = 8)]
+    #[arg(value_parser = crate::cli::frames, long, default_value_t = 8)]
     pub frames: usize,
     /// Width and height in pixels, a multiple of 64 [default: 512 for sd15, 64 for tiny].
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::side, long)]
     pub size: Option<usize>,
     /// Frozen weights in f16 and f16 arithmetic (the tuning step in mixed precision, as
     /// `tav tune --f16` runs it).
@@ -573,7 +573,7 @@ pub struct BenchCommand {
     #[arg(long, value_enum, default_value = "auto")]
     pub recompute: gpu::RecomputeChoice,
     /// Timed runs per step, after one warm-up run (0: the peak memory of one run only).
-    #[arg(long, default_value_t = 5)]
+    #[arg(value_parser = crate::cli::count, long, default_value_t = 5)]
     pub runs: usize,
     /// Which steps to time (comma-separated): forward, tune, sample.
     #[arg(
@@ -589,13 +589,13 @@ pub struct BenchCommand {
     #[arg(long, value_enum)]
     pub kernel: Option<bench::KernelFamily>,
     /// Tokens per frame for `--kernel attention` (SD's finest level at 512²: 4096).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(value_parser = crate::cli::count, long, default_value_t = 4096)]
     pub tokens: usize,
     /// Attention heads for `--kernel attention`.
-    #[arg(long, default_value_t = 8)]
+    #[arg(value_parser = crate::cli::count, long, default_value_t = 8)]
     pub heads: usize,
     /// Size of one head for `--kernel attention` (SD v1.5: 40, 80, 160).
-    #[arg(long, default_value_t = 40)]
+    #[arg(value_parser = crate::cli::count, long, default_value_t = 40)]
     pub head_dim: usize,
     /// Attention kernels for `--kernel attention`: `tiled` (what tav runs) or `rows` (the
     /// per-row kernels they replaced, for the ratio between them).

@@ -8,10 +8,10 @@ pub struct CheckCommand {
     #[command(flatten)]
     pub common: Common,
     /// Frames of the random test video.
-    #[arg(long, default_value_t = 4)]
+    #[arg(value_parser = crate::cli::frames, long, default_value_t = 4)]
     pub frames: usize,
     /// Width and height of the random test video, in pixels (a multiple of 64).
-    #[arg(long, default_value_t = 128)]
+    #[arg(value_parser = crate::cli::side, long, default_value_t = 128)]
     pub size: usize,
 }
 

@@ -130,13 +130,13 @@ pub struct PlanCommand {
     /// cannot tell them).
     #[arg(long, conflicts_with = "config")]
     pub model_config: Option<PathBuf>,
-    #[arg(long, default_value_t = 24)]
+    #[arg(value_parser = crate::cli::frames, long, default_value_t = 24)]
     pub frames: usize,
     /// Width in pixels, a multiple of 64.
-    #[arg(long, default_value_t = 512)]
+    #[arg(value_parser = crate::cli::side, long, default_value_t = 512)]
     pub width: usize,
     /// Height in pixels, a multiple of 64.
-    #[arg(long, default_value_t = 512)]
+    #[arg(value_parser = crate::cli::side, long, default_value_t = 512)]
     pub height: usize,
     /// Weights and inference in f16; tuning in mixed precision (blocks' inputs kept in f16).
     #[arg(long)]

@@ -52,7 +52,7 @@ pub struct PretrainSpec {
     pub vae_steps: usize,
     #[arg(long, default_value_t = 8)]
     pub vae_batch: usize,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(value_parser = crate::cli::learning_rate, long, default_value_t = 1e-3)]
     pub vae_learning_rate: f64,
     /// Weight of the VAE posterior's KL term (per value).
     #[arg(long, default_value_t = 1e-4)]
@@ -62,11 +62,11 @@ pub struct PretrainSpec {
     pub steps: usize,
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(value_parser = crate::cli::learning_rate, long, default_value_t = 5e-4)]
     pub learning_rate: f64,
     /// Anneal the text encoder + UNet learning rate to this by the last step (cosine)
     /// [default: constant at `--learning-rate`]: a constant rate leaves the loss hovering.
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::learning_rate, long)]
     pub final_learning_rate: Option<f64>,
     /// Weight of the denoising loss where the object is (1 elsewhere): the object is a few
     /// latents of a frame, and its shape and colour are what captions name.

@@ -101,8 +101,18 @@ pub fn videos(
             spec.guidance,
             &mut progress,
         )?;
+        job::check_finite(
+            &latents,
+            &format!("the latents of sample {} (after sampling)", i + 1),
+            &format!(
+                "guidance {} is likely too strong for this model",
+                spec.guidance.scale
+            ),
+        )?;
         let video = decode_video(&models.vae, latents, &session.limits, &mut progress)?;
-        clips.push(tensor_to_clip(video, spec.fps));
+        let clip = tensor_to_clip(video, spec.fps);
+        job::check_not_black(&clip, &format!("sample {}", i + 1))?;
+        clips.push(clip);
     }
     Ok(clips)
 }
@@ -136,20 +146,20 @@ pub struct SampleCommand {
     /// Tuned weights from `tav tune` to sample with instead of the base model.
     #[arg(long)]
     pub tuned: Option<PathBuf>,
-    #[arg(long, default_value_t = 8)]
+    #[arg(value_parser = crate::cli::frames, long, default_value_t = 8)]
     pub frames: usize,
     /// Width and height in pixels, a multiple of 64 [default: the model's trained size,
     /// 512 for SD v1.x, 64 for the toy model].
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::side, long)]
     pub size: Option<usize>,
     /// DDIM sampling steps.
-    #[arg(long, default_value_t = 50)]
+    #[arg(value_parser = crate::cli::ddim_steps, long, default_value_t = 50)]
     pub steps: usize,
     /// Classifier-free guidance scale.
-    #[arg(long, default_value_t = 7.5)]
+    #[arg(value_parser = crate::cli::guidance, long, default_value_t = 7.5)]
     pub guidance: f64,
     /// Rescale of the guided prediction toward the conditional one's scale, 0–1.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(value_parser = crate::cli::rescale, long, default_value_t = 0.0)]
     pub guidance_rescale: f64,
     /// Seed of the initial noise (shared by every prompt).
     #[arg(long, default_value_t = 0)]

@@ -439,33 +439,33 @@ pub struct ScoreCommand {
     #[command(flatten)]
     pub common: Common,
     /// Held-out clips (seeds `--seed`, `--seed`+1, …); three edits each.
-    #[arg(long, default_value_t = 8)]
+    #[arg(value_parser = crate::cli::count, long, default_value_t = 8)]
     pub clips: usize,
     #[arg(long, default_value_t = 1000)]
     pub seed: u64,
-    #[arg(long, default_value_t = 8)]
+    #[arg(value_parser = crate::cli::frames, long, default_value_t = 8)]
     pub frames: usize,
     /// Width and height in pixels (a multiple of 64).
-    #[arg(long, default_value_t = 64)]
+    #[arg(value_parser = crate::cli::side, long, default_value_t = 64)]
     pub size: usize,
     /// Camera pan: the clips' backgrounds slide left by this share of the frame over the
     /// clip (0: a still camera), so frames differ in every pixel.
     #[arg(long, default_value_t = 0.0)]
     pub pan: f32,
-    #[arg(long, default_value_t = 300)]
+    #[arg(value_parser = crate::cli::steps, long, default_value_t = 300)]
     pub tune_steps: usize,
-    #[arg(long, default_value_t = 3e-4)]
+    #[arg(value_parser = crate::cli::learning_rate, long, default_value_t = 3e-4)]
     pub learning_rate: f64,
-    #[arg(long, default_value_t = 25)]
+    #[arg(value_parser = crate::cli::ddim_steps, long, default_value_t = 25)]
     pub inversion_steps: usize,
-    #[arg(long, default_value_t = 25)]
+    #[arg(value_parser = crate::cli::ddim_steps, long, default_value_t = 25)]
     pub steps: usize,
     /// Classifier-free guidance (4 with a rescale of 0.7 scored best on an earlier toy
     /// model, stage 3: 0.58 against 0.42 at guidance 2 without rescale, same 24 edits).
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(value_parser = crate::cli::guidance, long, default_value_t = 4.0)]
     pub guidance: f64,
     /// Rescale of the guided prediction toward the conditional one's scale, 0–1.
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(value_parser = crate::cli::rescale, long, default_value_t = 0.7)]
     pub guidance_rescale: f64,
     /// Methods, comma-separated: full, no-tuning, no-temporal, per-frame-attention, and
     /// text-to-video (not an edit: the base model samples the edit prompts from noise,

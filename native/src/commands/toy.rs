@@ -78,10 +78,10 @@ pub struct ToyClipCommand {
     pub out: PathBuf,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = 8)]
+    #[arg(value_parser = crate::cli::frames, long, default_value_t = 8)]
     pub frames: usize,
     /// Width and height in pixels (a multiple of 64).
-    #[arg(long, default_value_t = 64)]
+    #[arg(value_parser = crate::cli::side, long, default_value_t = 64)]
     pub size: usize,
     /// The shape [default: from the seed].
     #[arg(long, value_enum)]
