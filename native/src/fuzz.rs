@@ -141,6 +141,9 @@ fn mutate(rng: &mut Rng, data: &mut Vec<u8>, seeds: &[Vec<u8>], focus: usize) {
     }
 }
 
+/// The input running now and since when (for the hang watchdog).
+type Running = Option<(Instant, Vec<u8>)>;
+
 /// What one target did.
 #[derive(Debug, Default)]
 struct Report {
@@ -170,8 +173,7 @@ fn fuzz(
     let mut report = Report::default();
     // A hang cannot be interrupted in-process: a watchdog saves the input that runs past
     // [`HANG`] and stops the process, so a hang fails the run with its input on disk.
-    let current: std::sync::Arc<std::sync::Mutex<Option<(Instant, Vec<u8>)>>> =
-        std::sync::Arc::default();
+    let current: std::sync::Arc<std::sync::Mutex<Running>> = std::sync::Arc::default();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watchdog = {
         let (current, done, findings, name) = (

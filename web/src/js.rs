@@ -75,8 +75,9 @@ impl Options {
             None => Ok(None),
             Some(v) => v
                 .as_f64()
+                .filter(|x| x.is_finite())
                 .map(Some)
-                .ok_or_else(|| error(format!("option `{key}` must be a number"))),
+                .ok_or_else(|| error(format!("option `{key}` must be a finite number"))),
         }
     }
 
@@ -84,12 +85,23 @@ impl Options {
         let Some(v) = self.number(key)? else {
             return Ok(default);
         };
-        if v < 0.0 || v.fract() != 0.0 {
+        if !(0.0..=1e9).contains(&v) || v.fract() != 0.0 {
             return Err(error(format!(
-                "option `{key}` must be a whole number, got {v}"
+                "option `{key}` must be a whole number from 0 to 1e9, got {v}"
             )));
         }
         Ok(v as usize)
+    }
+
+    /// A step count: a whole number from 1 to 1,000,000 (`default` when absent).
+    pub fn steps(&self, key: &str, default: usize) -> JsResult<usize> {
+        let v = self.count(key, default)?;
+        if v == 0 || v > 1_000_000 {
+            return Err(error(format!(
+                "option `{key}` must be 1 to 1000000 steps, got {v}"
+            )));
+        }
+        Ok(v)
     }
 
     pub fn function(&self, key: &str) -> Option<Function> {

@@ -527,7 +527,7 @@ impl Inner {
     ) -> JsResult<Vec<f32>> {
         let pixels = frames_to_pixels(frames, size, &self.device)?;
         let models = self.models()?;
-        let steps = options.count("steps", tav_core::tune::REFERENCE_STEPS)?;
+        let steps = options.steps("steps", tav_core::tune::REFERENCE_STEPS)?;
         let seed = options
             .number("seed")?
             .map_or(tav_core::tune::REFERENCE_SEED, |s| s as u64);
@@ -538,6 +538,12 @@ impl Inner {
                 .unwrap_or(defaults.learning_rate),
             ..defaults
         };
+        if settings.learning_rate <= 0.0 {
+            return Err(error(format!(
+                "option `learningRate` is {}: it must be above 0 (the reference: 3e-5)",
+                settings.learning_rate
+            )));
+        }
         let injected = injected_draws(&options, steps)?;
         let on_progress = options.function("onProgress");
 
@@ -615,7 +621,7 @@ impl Inner {
 
     async fn invert(&self, options: Options) -> JsResult<()> {
         let models = self.models()?;
-        let steps = options.count("steps", 50)?;
+        let steps = options.steps("steps", 50)?;
         let on_progress = options.function("onProgress");
         let (unet, latents) = {
             let state = self.state.borrow();
@@ -648,8 +654,13 @@ impl Inner {
 
     async fn edit(&self, prompt: String, options: Options) -> JsResult<JsValue> {
         let models = self.models()?;
-        let steps = options.count("steps", 50)?;
+        let steps = options.steps("steps", 50)?;
         let guidance = options.number("guidance")?.unwrap_or(12.5);
+        if !(0.0..=100.0).contains(&guidance) {
+            return Err(error(format!(
+                "option `guidance` is {guidance}: it must be 0 to 100 (the reference: 12.5)"
+            )));
+        }
         let on_progress = options.function("onProgress");
         let (unet, start) = {
             let state = self.state.borrow();

@@ -276,7 +276,7 @@ impl Lora {
     pub fn read(file: &SafetensorsFile, scale: f64) -> Result<Self> {
         let path = file.path().to_string();
         let bad = |reason: String| TavError::InvalidInput(format!("LoRA {path}: {reason}"));
-        check_scale(scale).map_err(|reason| bad(reason))?;
+        check_scale(scale).map_err(&bad)?;
         let keys = file.keys();
         if let Some((key, kind)) = keys
             .iter()

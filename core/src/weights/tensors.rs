@@ -797,3 +797,29 @@ impl<'a> ParamBuilder<'a> {
         Ok(Param::initialized(id, tensor))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// fp8 checkpoints (ComfyUI's saves) and integer alphas (diffusers' kohya converter)
+    /// decode to the values PyTorch gives them.
+    #[test]
+    fn fp8_and_integer_dtypes_decode() {
+        let e4m3 =
+            decode_floats(&[0x38, 0x40, 0xb8, 0x7e, 0x01, 0x00, 0x7f], Dtype::F8_E4M3).unwrap();
+        assert_eq!(&e4m3[..6], &[1.0, 2.0, -1.0, 448.0, 2f32.powi(-9), 0.0]);
+        assert!(e4m3[6].is_nan());
+        let e5m2 = decode_floats(&[0x3c, 0xc0, 0x7c], Dtype::F8_E5M2).unwrap();
+        assert_eq!(e5m2, vec![1.0, -2.0, f32::INFINITY]);
+        let i64s: Vec<u8> = [4i64, -3].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(decode_numbers(&i64s, Dtype::I64).unwrap(), vec![4.0, -3.0]);
+        assert_eq!(
+            decode_numbers(&[1, 0], Dtype::BOOL).unwrap(),
+            vec![1.0, 0.0]
+        );
+        let f16 = half::f16::from_f32(2.5).to_le_bytes();
+        assert_eq!(decode_numbers(&f16, Dtype::F16).unwrap(), vec![2.5]);
+        assert!(decode_floats(&[0, 0, 0, 0], Dtype::I32).is_none());
+    }
+}
