@@ -928,9 +928,12 @@ fn pretrain_writes_a_model_every_command_loads() {
         "scheduler/scheduler_config.json",
         "tokenizer/vocab.json",
         "tokenizer/merges.txt",
+        "tokenizer/tokenizer_config.json",
+        "tokenizer/special_tokens_map.json",
     ] {
         assert!(out.join(file).is_file(), "{file} written");
     }
+    tav_tests::assert_loadable_by_diffusers(&out);
     let weights: u64 = [
         "unet/diffusion_pytorch_model.safetensors",
         "vae/diffusion_pytorch_model.safetensors",

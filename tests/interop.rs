@@ -365,3 +365,14 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The toy model tav ships (written by `tav pretrain`) is a folder diffusers and transformers
+/// load as it is: `{"format": "pt"}` in every weights file, the tokenizer's config files, the
+/// pipeline's components in `model_index.json`. (`tests/fixtures/interop/check_loads.py` loads
+/// it with diffusers itself where torch is installed.)
+#[test]
+fn toy_model_is_a_folder_diffusers_loads() {
+    tav_tests::assert_loadable_by_diffusers(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/toy-model"),
+    );
+}

@@ -183,3 +183,49 @@ pub fn write_single_file(
     write_raw(out, &written);
     written
 }
+
+/// Checks a folder has what diffusers' and transformers' `from_pretrained` need, as `tav
+/// pretrain` writes it: `{"format": "pt"}` metadata in every weights file (transformers
+/// refuses a file without it), the tokenizer's `tokenizer_config.json` (the 77-token limit)
+/// and `special_tokens_map.json`, and `model_index.json` naming each component's class.
+pub fn assert_loadable_by_diffusers(folder: &Path) {
+    for weights in [
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+    ] {
+        let bytes = std::fs::read(folder.join(weights)).unwrap();
+        let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let format = metadata
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("format").cloned());
+        assert_eq!(format.as_deref(), Some("pt"), "{weights}: format metadata");
+    }
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(folder.join("tokenizer/tokenizer_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["model_max_length"], 77);
+    assert_eq!(config["tokenizer_class"], "CLIPTokenizer");
+    let special: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(folder.join("tokenizer/special_tokens_map.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(special["bos_token"]["content"], "<|startoftext|>");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder.join("model_index.json")).unwrap()).unwrap();
+    for (component, library, class) in [
+        ("unet", "diffusers", "UNet2DConditionModel"),
+        ("vae", "diffusers", "AutoencoderKL"),
+        ("text_encoder", "transformers", "CLIPTextModel"),
+        ("tokenizer", "transformers", "CLIPTokenizer"),
+        ("scheduler", "diffusers", "DDIMScheduler"),
+    ] {
+        assert_eq!(
+            index[component],
+            serde_json::json!([library, class]),
+            "{component}"
+        );
+    }
+}

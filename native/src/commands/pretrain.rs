@@ -36,6 +36,12 @@ use crate::ui::Ui;
 
 const VOCAB: &[u8] = include_bytes!("../../../assets/clip-tokenizer/vocab.json");
 const MERGES: &[u8] = include_bytes!("../../../assets/clip-tokenizer/merges.txt");
+/// What transformers' `CLIPTokenizer.from_pretrained` reads besides the vocabulary: without
+/// them it has no 77-token limit and no special tokens.
+const TOKENIZER_CONFIG: &[u8] =
+    include_bytes!("../../../assets/clip-tokenizer/tokenizer_config.json");
+const SPECIAL_TOKENS: &[u8] =
+    include_bytes!("../../../assets/clip-tokenizer/special_tokens_map.json");
 
 /// How to pretrain (the `tav pretrain` flags).
 #[derive(Debug, Clone, serde::Serialize, clap::Args)]
@@ -458,6 +464,8 @@ fn write_folder(
         ("scheduler/scheduler_config.json", json(&configs.scheduler)),
         ("tokenizer/vocab.json", VOCAB.to_vec()),
         ("tokenizer/merges.txt", MERGES.to_vec()),
+        ("tokenizer/tokenizer_config.json", TOKENIZER_CONFIG.to_vec()),
+        ("tokenizer/special_tokens_map.json", SPECIAL_TOKENS.to_vec()),
         (
             REPORT_FILE,
             json(&serde_json::json!({"settings": spec, "report": report})),
@@ -466,11 +474,24 @@ fn write_folder(
     for (relative, bytes) in files {
         write_atomic(&spec.out.join(relative), &bytes)?;
     }
-    let index = serde_json::json!({"_class_name": "StableDiffusionPipeline", "_tav": "toy-world"});
+    // The components as diffusers' `StableDiffusionPipeline.from_pretrained` looks them up.
+    let index = serde_json::json!({
+        "_class_name": "StableDiffusionPipeline",
+        "_tav": "toy-world",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "safety_checker": [null, null],
+        "feature_extractor": [null, null],
+        "requires_safety_checker": false
+    });
     write_atomic(&spec.out.join("model_index.json"), &json(&index))
 }
 
-/// Tensors as f16 safetensors bytes.
+/// Tensors as f16 safetensors bytes, with the `{"format": "pt"}` metadata PyTorch's tools
+/// expect.
 fn f16_safetensors(tensors: &BTreeMap<String, HostTensor>) -> Result<Vec<u8>> {
     let owned: Vec<(&String, &HostTensor, Vec<u8>)> = tensors
         .iter()
@@ -491,7 +512,9 @@ fn f16_safetensors(tensors: &BTreeMap<String, HostTensor>) -> Result<Vec<u8>> {
                 .map_err(|e| TavError::InvalidInput(format!("tensor {k}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize(views, None::<HashMap<String, String>>)
+    // transformers refuses a file without `format` ("metadata … has no attribute get").
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize(views, Some(metadata))
         .map_err(|e| TavError::InvalidInput(format!("cannot serialise the model: {e}")))
 }
 
