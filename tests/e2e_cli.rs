@@ -604,7 +604,7 @@ fn bench_reports_time_and_memory_per_step() {
     );
     expect_error(
         tav().args(["bench", "--config", "tiny", "--size", "100"]),
-        "not a multiple of 64",
+        "'--size <SIZE>': 100 is not a positive multiple of 64",
     );
     expect_error(
         tav().args(["bench", "--config", "sd99"]),
