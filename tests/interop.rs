@@ -376,3 +376,65 @@ fn toy_model_is_a_folder_diffusers_loads() {
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/toy-model"),
     );
 }
+
+/// A LoRA as ComfyUI saves it names the UNet's modules in the original layout, dotted
+/// (`diffusion_model.input_blocks.1.1.proj_in`): diffusers' kohya-converted file renamed so
+/// merges to exactly what diffusers fused from the original.
+#[test]
+fn original_layout_dotted_names_merge_the_same() {
+    let configs = base_configs();
+    let layout = UnetLayout::of(&configs.unet);
+    let unet = unet_entries(&configs);
+    let flat_to_original: std::collections::HashMap<String, String> = unet
+        .iter()
+        .filter_map(|e| {
+            let module = e.key.strip_suffix(".weight")?;
+            let original = tav_core::single_file::unet_key(&e.key, &layout)?;
+            let original = original
+                .strip_prefix(tav_core::single_file::UNET_PREFIX)?
+                .strip_suffix(".weight")?
+                .to_string();
+            Some((module.replace('.', "_"), original))
+        })
+        .collect();
+    let source = fixtures().join("kohya_from_diffusers.safetensors");
+    let renamed: std::collections::BTreeMap<String, tav_tests::RawTensor> =
+        tav_tests::read_raw(&source)
+            .into_iter()
+            .filter_map(|(key, tensor)| {
+                let rest = key.strip_prefix("lora_unet_")?;
+                let (module, part) = rest.split_once('.')?;
+                let original = flat_to_original.get(module)?;
+                Some((format!("diffusion_model.{original}.{part}"), tensor))
+            })
+            .collect();
+    assert!(renamed.len() > 30, "{} tensors renamed", renamed.len());
+    let dir = std::env::temp_dir().join(format!("tav-interop-comfy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("comfy.safetensors");
+    tav_tests::write_raw(&path, &renamed);
+    let lora = Lora::read(&SafetensorsFile::open(&path).unwrap(), 1.0).unwrap();
+    let patches = Patches::resolve(&[&lora], Target::Unet, &unet, Some(&layout)).unwrap();
+    let base =
+        SafetensorsFile::open(&fixtures().join("base/unet/diffusion_pytorch_model.safetensors"))
+            .unwrap();
+    let merged = Patched {
+        base: &base,
+        patches: &patches,
+    };
+    let expected = open("kohya_from_diffusers.fused.safetensors");
+    let mut compared = 0;
+    for key in expected.keys() {
+        let Some(ours) = key.strip_prefix("unet.") else {
+            continue;
+        };
+        let (rel, _) = errors(
+            &merged.fetch(ours).unwrap().unwrap(),
+            &expected.fetch(&key).unwrap().unwrap(),
+        );
+        assert!(rel < 1e-6, "{ours}: {rel:.2e}");
+        compared += 1;
+    }
+    assert_eq!(compared, patches.keys().count());
+    let _ = std::fs::remove_dir_all(&dir);
+}

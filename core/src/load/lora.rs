@@ -15,7 +15,8 @@
 //!   `save_lora_weights` stores PEFT's `lora_alpha`, `r`, `alpha_pattern`, `use_rslora` there),
 //!   or an `.alpha` tensor; without either it is the rank.
 //!
-//! Text-encoder layers are named as transformers 4 (`text_model.encoder.layers.N`) or 5
+//! ComfyUI's saves (`diffusion_model.<original module path>`, `text_encoders.clip_l.transformer.`)
+//! are read too. Text-encoder layers are named as transformers 4 (`text_model.encoder.layers.N`) or 5
 //! (`encoder.layers.N`) names them. Other adapter kinds (LyCORIS LoHa, LoKr, OFT, full diffs;
 //! DoRA) are refused naming the format: merging them as LoRA would be silently wrong.
 //!
@@ -155,6 +156,21 @@ fn locate(stem: &str, path: &str, te1_is_sd1: bool) -> Result<(Target, String, b
             "LoRA {path} is for Stable Diffusion XL (two text encoders, lora_te1_ and \
              lora_te2_); tav runs SD v1.x"
         )));
+    }
+    // ComfyUI's LoRA saves name modules in the original layout, dotted:
+    // `diffusion_model.input_blocks.1.1.proj_in`, `text_encoders.clip_l.transformer.…`.
+    if let Some(rest) = stem
+        .strip_prefix("model.diffusion_model.")
+        .or_else(|| stem.strip_prefix("diffusion_model."))
+    {
+        return Ok((Target::Unet, rest.replace('.', "_"), true));
+    }
+    if let Some(rest) = stem
+        .strip_prefix("text_encoders.clip_l.transformer.")
+        .or_else(|| stem.strip_prefix("cond_stage_model.transformer."))
+    {
+        let rest = rest.strip_prefix("text_model.").unwrap_or(rest);
+        return Ok((Target::TextEncoder, format!("text_model.{rest}"), false));
     }
     let mut dotted = stem;
     for prefix in ["base_model.model.", "lora_unet.", "unet."] {
@@ -735,6 +751,11 @@ mod tests {
             ))
         );
         assert!(locate("lora_te2_text_model_encoder_layers_0_mlp_fc1", "x", false).is_err());
+        // ComfyUI's saves: the original layout, dotted, matched as kohya's flattened names.
+        assert_eq!(
+            locate("diffusion_model.input_blocks.1.1.proj_in", "x", false).unwrap(),
+            (Target::Unet, "input_blocks_1_1_proj_in".to_string(), true)
+        );
         assert!(locate("lora_te1_text_model_encoder_layers_0_mlp_fc1", "x", false).is_err());
         // SD v1's one text encoder as diffusers' kohya converter names it, and transformers
         // 5's names without `text_model.`.
@@ -757,6 +778,11 @@ mod tests {
             (
                 "text_encoder.encoder.layers.1.self_attn.q_proj",
                 "text_model.encoder.layers.1.self_attn.q_proj",
+                false,
+            ),
+            (
+                "text_encoders.clip_l.transformer.text_model.encoder.layers.1.mlp.fc2",
+                "text_model.encoder.layers.1.mlp.fc2",
                 false,
             ),
         ] {
