@@ -25,21 +25,8 @@ fn scratch_model(name: &str) -> PathBuf {
     let source = golden_dirs()[0].join("model");
     let dest = std::env::temp_dir().join(format!("tav-bad-input-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dest);
-    copy_dir(&source, &dest);
+    tav_tests::copy_dir(&source, &dest);
     dest
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 fn vae_file(model: &Path) -> PathBuf {

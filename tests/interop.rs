@@ -15,9 +15,7 @@ use burn::tensor::Device;
 use tav_core::checkpoint::{Folder, LoadOptions, Models, check_components_fit};
 use tav_core::clip::ClipTextEncoder;
 use tav_core::lora::{Lora, Patched, Patches, Target};
-use tav_core::single_file::{
-    Component, Configs, SingleFile, UnetLayout, configs_from_json, infer_configs,
-};
+use tav_core::single_file::{Component, Configs, SingleFile, UnetLayout, infer_configs};
 use tav_core::weights::{HostTensor, ParamBuilder, ParamEntry, SafetensorsFile, TensorSource};
 
 fn fixtures() -> PathBuf {
@@ -34,15 +32,7 @@ fn cpu() -> Device {
 }
 
 fn base_configs() -> Configs {
-    let base = fixtures().join("base");
-    let read = |p: &str| std::fs::read_to_string(base.join(p)).unwrap();
-    configs_from_json(
-        &read("unet/config.json"),
-        &read("vae/config.json"),
-        &read("text_encoder/config.json"),
-        &read("scheduler/scheduler_config.json"),
-    )
-    .unwrap()
+    tav_tests::folder_configs(&fixtures().join("base"))
 }
 
 fn unet_entries(configs: &Configs) -> Vec<ParamEntry> {
@@ -331,9 +321,9 @@ fn text_encoder_saved_by_transformers5_loads() {
     // The whole folder, its text encoder replaced by transformers 5's.
     let dir = std::env::temp_dir().join(format!("tav-interop-t5-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    copy_dir(&fixtures().join("base"), &dir);
+    tav_tests::copy_dir(&fixtures().join("base"), &dir);
     std::fs::remove_dir_all(dir.join("text_encoder")).unwrap();
-    copy_dir(
+    tav_tests::copy_dir(
         &fixtures().join("text_encoder_transformers5"),
         &dir.join("text_encoder"),
     );
@@ -351,19 +341,6 @@ fn text_encoder_saved_by_transformers5_loads() {
     };
     assert_eq!(embed(&dir), embed(&fixtures().join("base")));
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// The toy model tav ships (written by `tav pretrain`) is a folder diffusers and transformers

@@ -13,12 +13,14 @@ use tav_core::clip::ClipTextEncoder;
 use tav_core::config::{ClipConfig, UNetConfig, VaeConfig};
 use tav_core::lora::{Lora, Patched, Patches, Target};
 use tav_core::single_file::{
-    Configs, SingleFile, UnetLayout, clip_key, configs_from_json, identify, infer_clip,
-    infer_configs, infer_unet, infer_vae, refuse_pickle, unet_key, vae_key,
+    SingleFile, UnetLayout, clip_key, identify, infer_clip, infer_configs, infer_unet, infer_vae,
+    refuse_pickle, unet_key, vae_key,
 };
 use tav_core::vae::Vae;
 use tav_core::weights::{ParamBuilder, SafetensorsFile, TensorSource};
-use tav_tests::{RawTensor, golden_dirs, read_raw, to_vec, write_raw, write_single_file};
+use tav_tests::{
+    RawTensor, folder_configs, golden_dirs, read_raw, to_vec, write_raw, write_single_file,
+};
 
 fn cpu() -> Device {
     Device::flex()
@@ -29,17 +31,6 @@ fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn folder_configs(model: &std::path::Path) -> Configs {
-    let read = |relative: &str| std::fs::read_to_string(model.join(relative)).unwrap();
-    configs_from_json(
-        &read("unet/config.json"),
-        &read("vae/config.json"),
-        &read("text_encoder/config.json"),
-        &read("scheduler/scheduler_config.json"),
-    )
-    .unwrap()
 }
 
 fn error_of<T>(r: tav_core::Result<T>) -> String {

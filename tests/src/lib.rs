@@ -229,3 +229,29 @@ pub fn assert_loadable_by_diffusers(folder: &Path) {
         );
     }
 }
+
+/// Copies a folder tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The configs of a diffusers folder, as a single file loaded with `--model-config` uses them.
+pub fn folder_configs(model: &Path) -> tav_core::single_file::Configs {
+    let read = |relative: &str| std::fs::read_to_string(model.join(relative)).unwrap();
+    tav_core::single_file::configs_from_json(
+        &read("unet/config.json"),
+        &read("vae/config.json"),
+        &read("text_encoder/config.json"),
+        &read("scheduler/scheduler_config.json"),
+    )
+    .unwrap()
+}

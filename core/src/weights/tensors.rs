@@ -255,17 +255,9 @@ impl TensorSource for SafetensorsFile {
     }
 
     fn fetch(&self, key: &str) -> Result<Option<HostTensor>> {
-        let Some(info) = self.metadata.info(key) else {
-            return Ok(None);
-        };
-        let (start, end) = info.data_offsets;
-        let raw = &self.bytes[self.data_start + start..self.data_start + end];
-        let data = decode_floats(raw, info.dtype).ok_or_else(|| TavError::UnsupportedDtype {
-            path: self.path.clone(),
-            tensor: key.to_string(),
-            dtype: format!("{:?}", info.dtype),
-        })?;
-        Ok(Some(HostTensor::new(info.shape.clone(), data)))
+        Ok(self
+            .decoded(key, decode_floats)?
+            .map(|(shape, data)| HostTensor::new(shape, data)))
     }
 
     fn keys(&self) -> Vec<String> {
@@ -310,12 +302,22 @@ pub fn decode_numbers(raw: &[u8], dtype: Dtype) -> Option<Vec<f64>> {
 impl SafetensorsFile {
     /// A tensor of any numeric dtype as f64 (see [`decode_numbers`]), with its shape.
     pub fn fetch_numbers(&self, key: &str) -> Result<Option<(Vec<usize>, Vec<f64>)>> {
+        self.decoded(key, decode_numbers)
+    }
+
+    /// Tensor `key`'s shape and values as `decode` reads its dtype; a dtype it cannot read is
+    /// an error naming the tensor.
+    fn decoded<T>(
+        &self,
+        key: &str,
+        decode: fn(&[u8], Dtype) -> Option<Vec<T>>,
+    ) -> Result<Option<(Vec<usize>, Vec<T>)>> {
         let Some(info) = self.metadata.info(key) else {
             return Ok(None);
         };
         let (start, end) = info.data_offsets;
         let raw = &self.bytes[self.data_start + start..self.data_start + end];
-        let data = decode_numbers(raw, info.dtype).ok_or_else(|| TavError::UnsupportedDtype {
+        let data = decode(raw, info.dtype).ok_or_else(|| TavError::UnsupportedDtype {
             path: self.path.clone(),
             tensor: key.to_string(),
             dtype: format!("{:?}", info.dtype),
