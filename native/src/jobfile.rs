@@ -203,6 +203,17 @@ pub fn check_rescale(v: f64) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// A video's frames and size as the flags name them, for the subcommands that take them
+/// directly (`plan`, `check`, `bench`): the same bounds as their parsers and job files.
+pub fn check_video(frames: usize, width: usize, height: usize) -> Result<()> {
+    let named = |flag: &str, check: std::result::Result<(), String>| {
+        check.map_err(|reason| invalid(format!("--{flag}: {reason}")))
+    };
+    named("frames", check_frames(frames))?;
+    named("width", check_side(width))?;
+    named("height", check_side(height))
+}
+
 impl Job {
     /// Checks every setting of the job before any work starts (nothing loaded, nothing
     /// written): finite numbers in sensible ranges, sizes and frame counts whose arithmetic

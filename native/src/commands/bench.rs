@@ -101,16 +101,7 @@ fn config_name(size: ModelSize) -> &'static str {
 
 impl BenchSpec {
     fn validate(&self) -> Result<()> {
-        if self.size == 0 || !self.size.is_multiple_of(64) {
-            return Err(TavError::InvalidInput(format!(
-                "--size {} is not a multiple of 64",
-                self.size
-            )));
-        }
-        if self.frames == 0 {
-            return Err(TavError::InvalidInput("--frames must be at least 1".into()));
-        }
-        Ok(())
+        crate::jobfile::check_video(self.frames, self.size, self.size)
     }
 }
 

@@ -26,14 +26,7 @@ pub fn command(args: CheckCommand) -> Result<()> {
 }
 
 pub(crate) fn check(common: &Common, frames: usize, size: usize) -> Result<()> {
-    if size == 0 || !size.is_multiple_of(64) {
-        return Err(TavError::InvalidInput(format!(
-            "--size {size} is not a positive multiple of 64"
-        )));
-    }
-    if frames == 0 {
-        return Err(TavError::InvalidInput("--frames must be at least 1".into()));
-    }
+    jobfile::check_video(frames, size, size)?;
     let mut ui = ui_for(common);
     let opened = gpu::open(&common.device).map_err(TavError::Device)?;
     let kernels = gpu::AttentionChoice::resolve(common.attention, common.kernels, &opened.device)

@@ -8,11 +8,11 @@ use super::prelude::*;
 use std::path::PathBuf;
 
 use burn::tensor::Device;
+use tav_core::Result;
 use tav_core::checkpoint::{Folder, read_configs};
 use tav_core::config::{ClipConfig, UNetConfig, VaeConfig};
 use tav_core::limits::{DeviceLimits, human_bytes};
 use tav_core::plan::{JobShape, PlanInput, StepPlan, plan};
-use tav_core::{Result, TavError};
 
 /// `--config`: a model size known without a folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -58,19 +58,7 @@ pub fn plan_for(
     job: JobShape,
     limits: &DeviceLimits,
 ) -> Result<Vec<StepPlan>> {
-    if job.width == 0
-        || !job.width.is_multiple_of(64)
-        || job.height == 0
-        || !job.height.is_multiple_of(64)
-    {
-        return Err(TavError::InvalidInput(format!(
-            "--width {} / --height {}: each must be a positive multiple of 64",
-            job.width, job.height
-        )));
-    }
-    if job.frames == 0 {
-        return Err(TavError::InvalidInput("--frames must be at least 1".into()));
-    }
+    crate::jobfile::check_video(job.frames, job.width, job.height)?;
     let input = PlanInput::new(&configs.0, &configs.1, &configs.2, job, &Device::flex())?;
     Ok(plan(&input, limits))
 }
