@@ -1390,3 +1390,121 @@ fn edit_refuses_damaged_tuned_weights() {
     assert!(!dir.join("out").exists(), "nothing written");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One HTTP request to `tav demo-web`; the status line and the body.
+fn http(port: u16, method: &str, path: &str) -> (String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("headers end");
+    let head = String::from_utf8_lossy(&response[..end]).into_owned();
+    (head, response[end + 4..].to_vec())
+}
+
+/// `tav demo-web` (the README's demo command) with its package as it is: it packs the model it
+/// is given (a toy model folder) and serves the page, the model with `"kind": "toy"` and the
+/// example clip, refuses anything but GET/HEAD and paths outside the site, and packs again when
+/// the model is newer than its pack.
+#[test]
+fn demo_web_serves_the_page_the_toy_model_and_the_example_clip() {
+    use std::io::BufRead;
+    let model = scratch("demo-web-toy");
+    tav_tests::copy_dir(&repo().join("assets/toy-model"), &model);
+    let packed = repo()
+        .join("target/demo-web")
+        .join(model.file_name().unwrap());
+    // Started, it prints the URL once the model is packed; stopped, what it said on stderr.
+    let start = || {
+        let mut child = tav()
+            .args(["demo-web", "--port", "0", "--no-build", "--model"])
+            .arg(&model)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("tav demo-web starts");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line
+            .split("http://127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("a URL on its first line: {line:?}"));
+        (child, port)
+    };
+    let stop = |mut child: std::process::Child| {
+        use std::io::Read;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let mut said = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut said)
+            .unwrap();
+        said
+    };
+
+    let (child, port) = start();
+    let (head, body) = http(port, "GET", "/");
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.contains("text/html"),
+        "{head}"
+    );
+    assert!(String::from_utf8_lossy(&body).contains("<title>tav"));
+    let (head, body) = http(port, "GET", "/model/manifest.json");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let manifest: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(manifest["kind"], "toy", "the toy model is packed as toy");
+    let (head, body) = http(port, "GET", "/examples/toy-clip.gif");
+    assert!(
+        head.contains("image/gif") && body.starts_with(b"GIF89a"),
+        "{head}"
+    );
+    let (head, _) = http(port, "HEAD", "/gif.js");
+    assert!(head.contains("text/javascript"), "{head}");
+    assert!(http(port, "POST", "/").0.starts_with("HTTP/1.1 405"));
+    for outside in [
+        "/../Cargo.toml",
+        "/model/../../Cargo.toml",
+        "/%2e%2e/Cargo.toml",
+    ] {
+        let (head, _) = http(port, "GET", outside);
+        assert!(head.starts_with("HTTP/1.1 404"), "{outside}: {head}");
+    }
+    let said = stop(child);
+    assert!(
+        said.contains("packing"),
+        "packs a model it has not packed: {said}"
+    );
+
+    // Fresh: served as packed. Then the model changes: packed again.
+    let said = stop(start().0);
+    assert!(
+        !said.contains("packing"),
+        "a fresh pack is served as it is: {said}"
+    );
+    std::thread::sleep(Duration::from_millis(20));
+    let config = model.join("unet/config.json");
+    std::fs::write(&config, std::fs::read(&config).unwrap()).unwrap();
+    let said = stop(start().0);
+    assert!(
+        said.contains("packing"),
+        "a model newer than its pack is packed again: {said}"
+    );
+
+    let _ = std::fs::remove_dir_all(&model);
+    let _ = std::fs::remove_dir_all(&packed);
+}

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use burn::tensor::Tensor;
 use tav_core::checkpoint::{Folder, MemoryFiles};
 use tav_core::pack::{PackOptions, pack};
-use tav_core::stream::{Manifest, ShardStream, StreamedWeights, build_models};
+use tav_core::stream::{Manifest, ModelKind, ShardStream, StreamedWeights, build_models};
 use tav_core::transformer::VideoAttentionOptions;
 use tav_core::weights::SafetensorsFile;
 use tav_tests::{Golden, device, golden_dirs, rel_error, to_vec};
@@ -35,6 +35,11 @@ fn packed(dir: &std::path::Path, shard_bytes: u64) -> (Manifest, HashMap<String,
     assert_eq!(
         reparsed, manifest,
         "the written manifest is the one returned"
+    );
+    assert_eq!(
+        manifest.kind,
+        ModelKind::SdV1,
+        "a diffusers folder without tav_pretrain.json is packed as Stable Diffusion"
     );
     (manifest, files)
 }

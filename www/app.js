@@ -2,7 +2,7 @@
 // edit prompt, and shows the source and the edits side by side with GIF/WebM downloads.
 // The engine (./pkg/tav.js) is imported on the first run, so the page itself (and its
 // messages) works even where the engine cannot load.
-import { encodeGif } from './gif.js';
+import { GifError, decodeGif, encodeGif } from './gif.js';
 
 const FPS = 8; // playback and export rate of the views
 const $ = (id) => document.getElementById(id);
@@ -34,9 +34,81 @@ function explain(e) {
     return `${message}\nThis page needs WebGPU: use a recent Chrome, Edge or Safari (or enable WebGPU in your browser), over https or on localhost.`;
   if (/out of (gpu )?memory|\boom\b|allocat|device (was )?lost/i.test(message))
     return `${message}\nNot enough GPU memory for this run: try fewer frames or a smaller size, and close other GPU-heavy tabs.`;
+  if (/manifest\.json|\b404\b|not found/i.test(message) && /model|manifest/i.test(message))
+    return `${message}\nStart the page with \`tav demo-web\` (it packs the toy model), or pack a model with \`tav pack-web\` into the folder the model URL names.`;
   if (/limit/i.test(message))
     return `${message}\nThis GPU's limits are too small for the model; another browser or GPU may work.`;
   return message;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Presets: what suits the model the manifest names (`kind`), applied when the page opens and
+// when the model URL changes.
+
+const PRESETS = {
+  toy: {
+    describe: "tav's toy world (coloured shapes on 64×64 frames)",
+    size: 64, frames: 8, start: 0, stride: 0, tuneSteps: 300, ddimSteps: 25,
+    guidance: 4, guidanceRescale: 0.7, learningRate: 3e-4,
+    trainPrompt: 'a red circle is moving on the road',
+    edits: ['a blue circle is moving on the road', 'a red circle is moving on the grass', 'a red square is moving on the road'],
+    example: 'examples/toy-clip.gif',
+  },
+  'sd-v1': {
+    describe: 'Stable Diffusion v1.x',
+    size: 256, frames: 8, start: 0, stride: 0, tuneSteps: 50, ddimSteps: 20,
+    guidance: 12.5, guidanceRescale: 0, learningRate: 3e-5,
+    trainPrompt: 'a jeep car is moving on the road',
+    edits: ['a jeep car is moving on the snow', 'a Porsche car is moving on the beach, cartoon style'],
+    example: null,
+  },
+};
+
+let presetKind = null;
+
+function applyPresets(kind) {
+  const p = PRESETS[kind] || PRESETS['sd-v1'];
+  presetKind = kind;
+  $('size').value = String(p.size);
+  for (const [id, v] of [['frames', p.frames], ['start', p.start], ['stride', p.stride], ['tune-steps', p.tuneSteps],
+    ['ddim-steps', p.ddimSteps], ['guidance', p.guidance], ['guidance-rescale', p.guidanceRescale], ['learning-rate', p.learningRate]])
+    $(id).value = String(v);
+  $('train-prompt').value = p.trainPrompt;
+  $('edit-prompts').value = p.edits.join('\n');
+  $('example').hidden = !p.example;
+  $('model-kind').textContent = `Model: ${p.describe}; settings set to suit it.`;
+}
+
+/** Reads the manifest at `url` and applies its kind's presets; says what to do when there is none. */
+async function probeModel(url) {
+  let response;
+  try {
+    response = await fetch(new URL('manifest.json', new URL(url, location.href)));
+  } catch (e) {
+    throw new UserError(`Cannot reach the model at ${url}: ${e.message}.`);
+  }
+  if (!response.ok)
+    throw new UserError(`No model at ${url} (its manifest.json: HTTP ${response.status}). Start the page with \`tav demo-web\` (it packs the toy model), or pack one into that folder with \`tav pack-web\`.`);
+  let manifest;
+  try {
+    manifest = await response.json();
+  } catch {
+    throw new UserError(`The model at ${url} has an unreadable manifest.json: pack it again with \`tav pack-web\`.`);
+  }
+  const kind = manifest.kind || 'sd-v1';
+  if (kind !== presetKind) applyPresets(kind);
+  return manifest;
+}
+
+async function modelChanged() {
+  try {
+    showError('');
+    $('model-kind').textContent = '';
+    await probeModel($('model-url').value.trim() || './model/');
+    await preview();
+  } catch (e) {
+    showError(explain(e));
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -59,6 +131,8 @@ function readSettings() {
   if (size % 64 !== 0) throw new UserError('The size must be a multiple of 64.');
   const edits = $('edit-prompts').value.split('\n').map((s) => s.trim()).filter(Boolean);
   if (edits.length === 0) throw new UserError('Enter at least one edit prompt.');
+  if (Number($('guidance').value) > 100) throw new UserError('Guidance: enter a number from 0 to 100.');
+  if (Number($('guidance-rescale').value) > 1) throw new UserError('Guidance rescale: enter a number from 0 to 1.');
   const trainPrompt = $('train-prompt').value.trim();
   if (!trainPrompt) throw new UserError('Describe the clip in the training prompt.');
   return {
@@ -72,6 +146,7 @@ function readSettings() {
     tuneSteps: int('tune-steps', 1, 100000),
     ddimSteps: int('ddim-steps', 1, 1000),
     guidance: num('guidance', 0),
+    guidanceRescale: num('guidance-rescale', 0),
     learningRate: num('learning-rate', 0),
     seed: int('seed', 0, 2 ** 32 - 1),
   };
@@ -82,6 +157,7 @@ function readSettings() {
 
 let videoFile = null;
 let videoUrl = null;
+let gifClip = null; // the decoded GIF, when the clip is one: {width, height, frames: [{rgba, delay}]}
 
 const once = (target, events, timeoutMs, what) =>
   new Promise((resolve, reject) => {
@@ -132,9 +208,38 @@ function timestamps(duration, { frames, start, stride }) {
     Math.min(last, stride > 0 ? first + i * stride : first + ((i + 0.5) * span) / frames));
 }
 
+/** The frames of a decoded GIF at the settings' timestamps, centre-cropped and scaled like a video's. */
+function gifFrames(gif, settings) {
+  const starts = [];
+  let duration = 0;
+  for (const f of gif.frames) { starts.push(duration); duration += f.delay; }
+  const size = settings.size;
+  const full = new OffscreenCanvas(gif.width, gif.height);
+  const fullCtx = full.getContext('2d');
+  const canvas = new OffscreenCanvas(size, size);
+  const ctx = canvas.getContext('2d', { willReadFrequently: true });
+  ctx.imageSmoothingQuality = 'high';
+  const side = Math.min(gif.width, gif.height);
+  const sx = (gif.width - side) / 2;
+  const sy = (gif.height - side) / 2;
+  const times = timestamps(duration, settings);
+  const frames = new Uint8Array(times.length * size * size * 4);
+  for (const [i, t] of times.entries()) {
+    // The frame on screen at t: the last one that starts at or before it.
+    let k = 0;
+    while (k + 1 < starts.length && starts[k + 1] <= t + 1e-9) k++;
+    fullCtx.putImageData(new ImageData(gif.frames[k].rgba, gif.width, gif.height), 0, 0);
+    ctx.clearRect(0, 0, size, size);
+    ctx.drawImage(full, sx, sy, side, side, 0, 0, size, size);
+    frames.set(ctx.getImageData(0, 0, size, size).data, i * size * size * 4);
+  }
+  return { frames, width: size, height: size, count: times.length, duration };
+}
+
 /** `{frames, width, height, count, duration, name}`: the clip as RGBA bytes, frame after frame. */
 async function decodeFrames(settings, isCancelled, report) {
-  if (!videoUrl) throw new UserError('Choose a video first (file picker or drag and drop).');
+  if (gifClip) return gifFrames(gifClip, settings);
+  if (!videoUrl) throw new UserError('Choose a clip first (the example, the file picker, or drag and drop).');
   const video = await openVideo(videoUrl);
   try {
     const size = settings.size;
@@ -169,7 +274,7 @@ async function decodeFrames(settings, isCancelled, report) {
 // The last decode, reused while the clip and the frame settings stay the same.
 let decoded = null; // { key, promise }
 function sourceFrames(settings, isCancelled = () => false) {
-  const key = JSON.stringify([videoUrl, settings.frames, settings.size, settings.start, settings.stride]);
+  const key = JSON.stringify([videoUrl, Boolean(gifClip), settings.frames, settings.size, settings.start, settings.stride]);
   if (!decoded || decoded.key !== key) {
     // Only the newest decode reports progress (an older preview may still be seeking).
     const entry = { key };
@@ -203,6 +308,14 @@ function showVideo(canvas, video) {
   canvas.classList.toggle('upscaled', video.width < 256);
   canvas.getContext('2d').putImageData(images[tick % images.length], 0, 0);
   views.set(canvas, images);
+}
+
+/** The source frames in their view, with a GIF download of exactly what the model is tuned on. */
+function showSource(source) {
+  showVideo($('source-view'), source);
+  for (const a of $('source-links').querySelectorAll('a')) URL.revokeObjectURL(a.href);
+  const gif = new Blob([encodeGif(source.frames, source.width, source.height, source.count, { fps: FPS })], { type: 'image/gif' });
+  $('source-links').replaceChildren(link('download-source', gif, 'tav-source.gif', 'Download the source frames (GIF)'));
 }
 
 function clearResults() {
@@ -333,6 +446,30 @@ function drawLoss(losses, totalSteps) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Time left: from the steps timed so far, counting a tuning step as three UNet passes (forward
+// and backward), an inversion step as one and a guided sampling step as two (a batch of two).
+
+function timeLeft(settings) {
+  const units = { tune: 3, invert: 1, sample: settings.guidance === 1 ? 1 : 2 };
+  const total = { tune: settings.tuneSteps, invert: settings.ddimSteps, sample: settings.ddimSteps * settings.edits.length };
+  const done = { tune: 0, invert: 0, sample: 0 };
+  let timing = null; // { phase, step, at }: where the current phase's timing starts
+  let perUnit = null; // seconds per UNet pass, from the latest phase timed
+  return (phase, step) => {
+    const now = performance.now();
+    done[phase] = step;
+    // The first step of a phase includes its set-up (and shader compiles): time from it.
+    if (!timing || timing.phase !== phase) timing = { phase, step, at: now };
+    else if (step > timing.step) perUnit = (now - timing.at) / 1000 / (step - timing.step) / units[phase];
+    if (perUnit === null) return;
+    const left = Object.keys(total).reduce((sum, k) => sum + Math.max(0, total[k] - done[k]) * units[k], 0) * perUnit;
+    $('eta').textContent = left < 1 ? '' : `About ${duration(left)} left in all (estimated from the steps so far).`;
+  };
+}
+
+const duration = (s) => (s < 60 ? `${Math.ceil(s)} s` : `${Math.floor(s / 60)} min ${String(Math.round(s % 60)).padStart(2, '0')} s`);
+
+// ---------------------------------------------------------------------------------------------
 // The engine
 
 let engineModule = null;
@@ -385,6 +522,7 @@ async function run() {
   $('cancel').disabled = false;
   resetProgress();
   clearResults();
+  $('eta').textContent = '';
   const check = () => { if (job.cancelled) throw new Error('cancelled'); };
   try {
     const settings = readSettings();
@@ -393,7 +531,7 @@ async function run() {
 
     const source = await sourceFrames(settings, () => job.cancelled);
     check();
-    showVideo($('source-view'), source);
+    showSource(source);
     window.tavDebug = { sourceFrames: source, lastResult: null, results: [], losses: [] };
 
     const tav = await loadModel(settings.modelUrl);
@@ -404,6 +542,7 @@ async function run() {
     status(`Model ${modelName} on ${info.adapter || 'GPU'} (${info.computeDtype || 'f32'}). Tuning on ${source.count} frames…`);
 
     const losses = [];
+    const tick = timeLeft(settings);
     const tuneStarted = performance.now();
     const finalLosses = await tav.tune({
       frames: source.frames, width: source.width, height: source.height, count: source.count,
@@ -411,6 +550,7 @@ async function run() {
       onProgress: (p) => {
         if (p.phase !== 'tune') return;
         if (typeof p.loss === 'number') losses.push(p.loss);
+        tick('tune', p.step);
         const eta = p.step ? ((performance.now() - tuneStarted) / p.step) * (p.total - p.step) / 1000 : NaN;
         progress('tune', p.step / p.total, `step ${p.step} / ${p.total}` +
           (typeof p.loss === 'number' ? ` · loss ${p.loss.toFixed(4)}` : '') + (Number.isFinite(eta) && p.step < p.total ? ` · ~${Math.ceil(eta)} s left` : ''));
@@ -424,7 +564,11 @@ async function run() {
     status('Inverting the clip (DDIM)…');
     await tav.invert({
       steps: settings.ddimSteps,
-      onProgress: (p) => p.phase === 'invert' && progress('invert', p.step / p.total, `step ${p.step} / ${p.total}`),
+      onProgress: (p) => {
+        if (p.phase !== 'invert') return;
+        tick('invert', p.step);
+        progress('invert', p.step / p.total, `step ${p.step} / ${p.total}`);
+      },
     });
     check();
 
@@ -433,10 +577,11 @@ async function run() {
       const of = settings.edits.length > 1 ? `edit ${i + 1} / ${settings.edits.length}: ` : '';
       status(`Sampling “${prompt}”…`);
       const out = await tav.edit({
-        prompt, steps: settings.ddimSteps, guidance: settings.guidance,
+        prompt, steps: settings.ddimSteps, guidance: settings.guidance, guidanceRescale: settings.guidanceRescale,
         onProgress: (p) => {
           // Sampling is most of an edit; decoding the latents to frames is the rest.
           const part = p.phase === 'sample' ? 0.9 * (p.step / p.total) : p.phase === 'decode' ? 0.9 + 0.1 * (p.step / p.total) : 0;
+          if (p.phase === 'sample') tick('sample', i * p.total + p.step);
           progress('sample', (i + part) / settings.edits.length,
             `${of}${p.phase === 'decode' ? 'decoding' : `step ${p.step} / ${p.total}`}`);
         },
@@ -458,6 +603,7 @@ async function run() {
     const tuned = await tav.exportTuned().catch(() => null);
     if (tuned) $('tuned-links').append(link('download-tuned', new Blob([tuned]), 'tav-tuned.safetensors', 'Download the tuned weights'));
 
+    $('eta').textContent = '';
     status(`Done in ${((performance.now() - started) / 1000).toFixed(1)} s: ${made.length} edit${made.length > 1 ? 's' : ''} of ${source.count} frames at ${source.width}×${source.height}.`);
     setState('done');
   } catch (e) {
@@ -471,6 +617,7 @@ async function run() {
       setState('error');
     }
   } finally {
+    if (document.body.dataset.state !== 'running') $('eta').textContent = '';
     running = null;
     $('run').disabled = false;
     $('cancel').disabled = true;
@@ -488,14 +635,28 @@ function cancel() {
 // ---------------------------------------------------------------------------------------------
 // Picking a clip
 
+const isGif = (file) => file.type === 'image/gif' || /\.gif$/i.test(file.name);
+
 async function chooseFile(file) {
   if (!file) return;
   showError('');
   if (videoUrl) URL.revokeObjectURL(videoUrl);
   videoFile = file;
   videoUrl = URL.createObjectURL(file);
+  gifClip = null;
   decoded = null;
-  $('drop-text').textContent = `${file.name} (${mb(file.size)} MB) — drop or click to change`;
+  if (isGif(file)) {
+    try {
+      gifClip = decodeGif(new Uint8Array(await file.arrayBuffer()));
+    } catch (e) {
+      videoFile = null;
+      status('');
+      showError(e instanceof GifError ? `Cannot read ${file.name}: ${e.message}. Try another GIF, or an MP4 or WebM video.` : explain(e));
+      return;
+    }
+  }
+  const size = file.size < 1e6 ? `${Math.ceil(file.size / 1e3)} kB` : `${mb(file.size)} MB`;
+  $('drop-text').textContent = `${file.name} (${size}) — drop or click to change`;
   await preview();
 }
 
@@ -506,12 +667,26 @@ async function preview() {
     const settings = readSettings();
     const source = await sourceFrames(settings);
     if (running) return;
-    showVideo($('source-view'), source);
+    showSource(source);
     status(`${videoFile.name}: ${source.duration.toFixed(1)} s; ${source.count} frames at ${source.width}×${source.height}. Press Run.`);
     showError('');
   } catch (e) {
     if (running) return;
     status('');
+    showError(explain(e));
+  }
+}
+
+/** Loads the preset's example clip, as if the user had chosen the file. */
+async function useExample() {
+  const url = PRESETS[presetKind]?.example;
+  if (!url) return;
+  try {
+    const response = await fetch(url);
+    if (!response.ok) throw new UserError(`The example clip (${url}) is missing: HTTP ${response.status}. Start the page with \`tav demo-web\`.`);
+    const blob = await response.blob();
+    await chooseFile(new File([blob], url.split('/').pop(), { type: blob.type || 'image/gif' }));
+  } catch (e) {
     showError(explain(e));
   }
 }
@@ -527,13 +702,16 @@ function setup() {
   zone.addEventListener('drop', (e) => {
     e.preventDefault();
     zone.classList.remove('over');
-    const file = [...e.dataTransfer.files].find((f) => f.type.startsWith('video/')) || e.dataTransfer.files[0];
+    const file = [...e.dataTransfer.files].find((f) => f.type.startsWith('video/') || isGif(f)) || e.dataTransfer.files[0];
     chooseFile(file);
   });
   for (const id of ['frames', 'size', 'start', 'stride']) $(id).addEventListener('change', preview);
+  $('model-url').addEventListener('change', modelChanged);
+  $('example').addEventListener('click', useExample);
   $('run').addEventListener('click', run);
   $('cancel').addEventListener('click', cancel);
   drawLoss([], 0);
+  modelChanged();
   if (!navigator.gpu) {
     showError(explain(new Error(window.isSecureContext
       ? 'WebGPU is not available in this browser (navigator.gpu is missing).'

@@ -181,3 +181,167 @@ export function encodeGif(frames, width, height, count, { fps = 8 } = {}) {
   out.byte(0x3b); // trailer
   return out.result();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Decoding: any GIF87a/GIF89a (global and local colour tables, transparency, the three disposal
+// methods, interlacing), so the page takes GIFs as it takes videos.
+
+/** Thrown for bytes that are not a readable GIF; the message says what is wrong. */
+export class GifError extends Error {}
+
+/**
+ * Decodes a GIF into full frames: `{width, height, frames: [{rgba (Uint8ClampedArray), delay
+ * (seconds)}]}`, each frame composited over the ones before as a browser shows it.
+ */
+export function decodeGif(bytes) {
+  const b = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes);
+  let at = 0;
+  const need = (n, what) => {
+    if (at + n > b.length) throw new GifError(`the file ends inside ${what} (truncated?)`);
+  };
+  const u8 = () => b[at++];
+  const u16 = () => { const v = b[at] | (b[at + 1] << 8); at += 2; return v; };
+  need(13, 'the header');
+  const signature = String.fromCharCode(...b.subarray(0, 6));
+  if (signature !== 'GIF87a' && signature !== 'GIF89a') throw new GifError('it is not a GIF (no GIF87a/GIF89a signature)');
+  at = 6;
+  const width = u16();
+  const height = u16();
+  if (!width || !height) throw new GifError(`its screen is ${width}×${height}`);
+  if (width * height > 4096 * 4096) throw new GifError(`its screen, ${width}×${height}, is too large`);
+  const flags = u8();
+  const background = u8();
+  u8(); // pixel aspect ratio
+  const table = (size) => {
+    need(3 * size, 'a colour table');
+    const t = b.subarray(at, at + 3 * size);
+    at += 3 * size;
+    return t;
+  };
+  const globalTable = flags & 0x80 ? table(2 << (flags & 7)) : null;
+
+  const canvas = new Uint8ClampedArray(width * height * 4);
+  const frames = [];
+  let control = { delay: 0.1, transparent: -1, disposal: 0 };
+  for (;;) {
+    need(1, 'a block');
+    const block = u8();
+    if (block === 0x3b) break; // trailer
+    if (block === 0x21) {
+      need(1, 'an extension');
+      const label = u8();
+      const blocks = subBlocks();
+      if (label === 0xf9 && blocks.length >= 4) {
+        const delay = blocks[1] | (blocks[2] << 8);
+        // Browsers show 0 and 1 hundredths as 0.1 s; so do we.
+        control = { delay: delay <= 1 ? 0.1 : delay / 100, transparent: blocks[0] & 1 ? blocks[3] : -1, disposal: (blocks[0] >> 2) & 7 };
+      }
+      continue;
+    }
+    if (block !== 0x2c) throw new GifError(`an unknown block 0x${block.toString(16)} at byte ${at - 1}`);
+    need(9, 'an image descriptor');
+    const [left, top, w, h] = [u16(), u16(), u16(), u16()];
+    const imageFlags = u8();
+    const colours = imageFlags & 0x80 ? table(2 << (imageFlags & 7)) : globalTable;
+    if (!colours) throw new GifError('an image has no colour table');
+    need(1, 'the LZW code size');
+    const minCode = u8();
+    if (minCode < 2 || minCode > 11) throw new GifError(`an LZW code size of ${minCode}`);
+    const indices = lzw(subBlocks(), minCode, w * h);
+    const rows = imageFlags & 0x40 ? interlacedRows(h) : Array.from({ length: h }, (_, i) => i);
+    const before = control.disposal === 3 ? canvas.slice() : null;
+    for (let r = 0; r < h; r++) {
+      const y = top + rows[r];
+      if (y >= height) continue;
+      for (let x = 0; x < w && left + x < width; x++) {
+        const index = indices[r * w + x];
+        if (index === control.transparent || 3 * index + 2 >= colours.length) continue;
+        const p = (y * width + left + x) * 4;
+        canvas[p] = colours[3 * index];
+        canvas[p + 1] = colours[3 * index + 1];
+        canvas[p + 2] = colours[3 * index + 2];
+        canvas[p + 3] = 255;
+      }
+    }
+    frames.push({ rgba: canvas.slice(), delay: control.delay });
+    if (control.disposal === 2) {
+      for (let y = top; y < Math.min(height, top + h); y++)
+        canvas.fill(0, (y * width + left) * 4, (y * width + Math.min(width, left + w)) * 4);
+    } else if (before) {
+      canvas.set(before);
+    }
+    control = { delay: 0.1, transparent: -1, disposal: 0 };
+  }
+  if (!frames.length) throw new GifError('it has no frames');
+  void background; // the background colour: browsers draw transparent, as here
+  return { width, height, frames };
+
+  function subBlocks() {
+    const parts = [];
+    let total = 0;
+    for (;;) {
+      need(1, 'a data block');
+      const n = u8();
+      if (!n) break;
+      need(n, 'a data block');
+      parts.push(b.subarray(at, at + n));
+      total += n;
+      at += n;
+    }
+    const out = new Uint8Array(total);
+    let o = 0;
+    for (const p of parts) { out.set(p, o); o += p.length; }
+    return out;
+  }
+}
+
+/** GIF's LZW: `count` colour indices from the image's data (short data leaves zeros). */
+function lzw(data, minCode, count) {
+  const out = new Uint8Array(count);
+  const clear = 1 << minCode;
+  const end = clear + 1;
+  const prefix = new Int16Array(4096);
+  const suffix = new Uint8Array(4096);
+  const first = new Uint8Array(4096);
+  const stack = new Uint8Array(4097);
+  for (let i = 0; i < clear; i++) { suffix[i] = i; first[i] = i; prefix[i] = -1; }
+  let size = minCode + 1, next = end + 1, previous = -1;
+  let bits = 0, buffer = 0, o = 0;
+  for (let i = 0; i < data.length && o < count; ) {
+    while (bits < size && i < data.length) { buffer |= data[i++] << bits; bits += 8; }
+    if (bits < size) break;
+    const code = buffer & ((1 << size) - 1);
+    buffer >>>= size;
+    bits -= size;
+    if (code === clear) { size = minCode + 1; next = end + 1; previous = -1; continue; }
+    if (code === end) break;
+    let c = code, depth = 0;
+    if (previous === -1) {
+      if (code >= clear) throw new GifError('its image data is corrupt (a first code that is no colour)');
+      out[o++] = code;
+      previous = code;
+      continue;
+    }
+    if (code > next || (code === next && next >= 4096)) throw new GifError('its image data is corrupt (an LZW code out of range)');
+    if (code === next) { stack[depth++] = first[previous]; c = previous; }
+    while (c >= clear) { stack[depth++] = suffix[c]; c = prefix[c]; }
+    stack[depth++] = c;
+    if (next < 4096) {
+      prefix[next] = previous;
+      suffix[next] = c;
+      first[next] = first[previous];
+      next++;
+      if (next === 1 << size && size < 12) size++;
+    }
+    while (depth && o < count) out[o++] = stack[--depth];
+    previous = code;
+  }
+  return out;
+}
+
+/** Interlaced GIFs store rows in four passes: every 8th from 0, every 8th from 4, 4th from 2, 2nd from 1. */
+function interlacedRows(h) {
+  const rows = [];
+  for (const [start, step] of [[0, 8], [4, 8], [2, 4], [1, 2]]) for (let y = start; y < h; y += step) rows.push(y);
+  return rows;
+}

@@ -156,6 +156,9 @@ pub enum Command {
     /// Convert a model (diffusers folder or single-file checkpoint, LoRAs merged) into the layout the browser loads: f16 weights in shards
     /// under WebGPU's binding limits, a manifest with configs and SHA-256s, the tokenizer.
     PackWeb(commands::pack::PackWebCommand),
+    /// Serve the browser demo on 127.0.0.1 with nothing to download: builds the wasm package
+    /// and packs the toy model when they are missing or stale, then prints the page's URL.
+    DemoWeb(commands::demo_web::DemoWebCommand),
     /// Train the toy world's model from a seed (VAE, then text encoder and UNet) on generated
     /// frames and write it as a diffusers folder in f16, loadable with --model.
     Pretrain(commands::pretrain::PretrainCommand),

@@ -1,20 +1,29 @@
-// The demo page as a user drives it, in headless Chromium (WebGPU; SwiftShader without a GPU):
-// choose a clip, set a tiny run (2 frames of 64×64, 2 tuning and 2 DDIM steps), press Run,
-// wait until the page says done, then screenshot the results and check the picture itself is
-// not blank (decoded in the page: pixel spread and distinct colours), and that the results
-// have views and GIF downloads.
-// Env: TAV_WWW_URL (the page), TAV_VIDEO (the clip), TAV_TIMEOUT_MS, TAV_ARTIFACTS (where
-// page.png goes), CHROMIUM (the browser binary).
+// The demo page as a person uses it, served by `tav demo-web` (the README's command), in headless
+// Chromium (WebGPU; SwiftShader without a GPU):
+//   - the page reads the model's manifest and sets the toy model's presets;
+//   - a video upload is read (frames previewed), a broken GIF and a missing model are refused
+//     with a sentence that says what to do;
+//   - one click loads the example clip, Run tunes, inverts and samples the three toy edits to
+//     the end, with the loss plot, a time estimate, and every clip downloadable;
+//   - each edit did what its prompt says, from its pixels: the blue edit's object is blue (the
+//     source's is red), the grass edit's background is green, the square edit's object stays red
+//     on the road;
+//   - screenshots of the finished page (docs/demo-page.png is one of them).
+// Env: TAV_WWW_URL (the page), TAV_VIDEO (a video to upload), TAV_TUNE_STEPS and TAV_DDIM_STEPS
+// (fewer than the presets' for CI's time; the presets are the page's own), TAV_TIMEOUT_MS,
+// TAV_ARTIFACTS (where the screenshots go), CHROMIUM (the browser binary).
 import { chromium } from 'playwright-core';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-const url = process.env.TAV_WWW_URL || 'http://127.0.0.1:8123/index.html';
+const url = process.env.TAV_WWW_URL || 'http://127.0.0.1:8000/';
 const video = resolve(repo, process.env.TAV_VIDEO || '../shared/videos/car-turn.mp4');
-const timeout = Number(process.env.TAV_TIMEOUT_MS || 600000);
+const tuneSteps = process.env.TAV_TUNE_STEPS || '100';
+const ddimSteps = process.env.TAV_DDIM_STEPS || '10';
+const timeout = Number(process.env.TAV_TIMEOUT_MS || 1200000);
 const artifacts = process.env.TAV_ARTIFACTS || '/tmp/tav-browser';
 mkdirSync(artifacts, { recursive: true });
 
@@ -24,36 +33,26 @@ const check = (ok, what) => {
   if (!ok) failures.push(what);
 };
 
-/** Mean, standard deviation (over RGB values) and distinct colours of a PNG, decoded in the page. */
-function pixelStats(page, png) {
-  return page.evaluate(async (base64) => {
-    const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
-    const bitmap = await createImageBitmap(new Blob([bytes], { type: 'image/png' }));
-    const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
-    const ctx = canvas.getContext('2d');
-    ctx.drawImage(bitmap, 0, 0);
-    const { data } = ctx.getImageData(0, 0, bitmap.width, bitmap.height);
-    let sum = 0, sumSq = 0, n = 0;
-    const colours = new Set();
-    for (let i = 0; i < data.length; i += 4) {
-      for (let c = 0; c < 3; c++) {
-        sum += data[i + c];
-        sumSq += data[i + c] ** 2;
-        n++;
-      }
-      colours.add((data[i] << 16) | (data[i + 1] << 8) | data[i + 2]);
+/**
+ * Colour classes of a clip's pixels, per frame: `blue`, `red` (the toy world's object colours,
+ * clearly saturated) and `green` (grass), as fractions of the frame.
+ */
+function colours({ frames, width, height, count }) {
+  const n = width * height;
+  return Array.from({ length: count }, (_, f) => {
+    let blue = 0, red = 0, green = 0;
+    for (let p = f * n * 4; p < (f + 1) * n * 4; p += 4) {
+      const [r, g, b] = [frames[p], frames[p + 1], frames[p + 2]];
+      if (b > r + 40 && b > g + 40) blue++;
+      else if (r > g + 40 && r > b + 40) red++;
+      else if (g > r + 20 && g > b + 20) green++;
     }
-    const mean = sum / n;
-    return { width: bitmap.width, height: bitmap.height, mean, std: Math.sqrt(Math.max(0, sumSq / n - mean * mean)), colours: colours.size };
-  }, png.toString('base64'));
+    return { blue: blue / n, red: red / n, green: green / n };
+  });
 }
 
-function report(what, file, s, minStd, minColours) {
-  console.log(`     ${what} screenshot ${join(artifacts, file)}: ${s.width}×${s.height}, mean ${s.mean.toFixed(1)}, std ${s.std.toFixed(1)}, ${s.colours} colours`);
-  check(s.width >= 64 && s.height >= 64, `${what} screenshot is at least 64×64`);
-  check(s.std > minStd, `${what} screenshot is not blank (pixel std ${s.std.toFixed(1)} > ${minStd})`);
-  check(s.colours > minColours, `${what} screenshot has ${s.colours} distinct colours (> ${minColours})`);
-}
+const sum = (frames, key) => frames.reduce((s, f) => s + f[key], 0);
+const fmt = (frames, key) => frames.map((f) => f[key].toFixed(3)).join(' ');
 
 const profile = mkdtempSync(join(tmpdir(), 'tav-chromium-'));
 const context = await chromium.launchPersistentContext(profile, {
@@ -65,6 +64,8 @@ const context = await chromium.launchPersistentContext(profile, {
 });
 
 const page = context.pages()[0] || (await context.newPage());
+const state = () => page.evaluate(() => document.body.dataset.state);
+const errorText = async () => ((await page.isVisible('#error')) ? (await page.textContent('#error')) : '') || '';
 try {
   page.on('console', (m) => console.log(`  [browser ${m.type()}] ${m.text()}`));
   page.on('pageerror', (e) => console.log(`  [page error] ${e.message}`));
@@ -74,59 +75,102 @@ try {
   await page.goto(url);
   check(await page.evaluate(() => Boolean(navigator.gpu)), 'navigator.gpu exists');
 
+  // The manifest says toy: the page's presets follow.
+  await page.waitForFunction(() => /toy world/.test(document.getElementById('model-kind').textContent), null, { timeout: 30000 });
+  const presets = await page.evaluate(() => Object.fromEntries(['size', 'frames', 'guidance', 'guidance-rescale', 'train-prompt', 'edit-prompts']
+    .map((id) => [id, document.getElementById(id).value])));
+  check(presets.size === '64' && presets.frames === '8' && presets.guidance === '4' && presets['guidance-rescale'] === '0.7',
+    `toy presets: ${presets.size}², ${presets.frames} frames, guidance ${presets.guidance}, rescale ${presets['guidance-rescale']}`);
+  check(presets['train-prompt'] === 'a red circle is moving on the road' && presets['edit-prompts'].split('\n').length === 3,
+    `toy captions: "${presets['train-prompt']}" and ${presets['edit-prompts'].split('\n').length} edits`);
+
+  // A missing model: one sentence with what to do; then back to the served one.
+  await page.fill('#model-url', './no-such-model/');
+  await page.dispatchEvent('#model-url', 'change');
+  await page.waitForFunction(() => !document.getElementById('error').hidden, null, { timeout: 10000 });
+  const missing = await errorText();
+  check(/No model at/.test(missing) && /tav demo-web/.test(missing), `a missing model is named, with what to do: "${missing.split('\n')[0]}"`);
+  await page.fill('#model-url', './model/');
+  await page.dispatchEvent('#model-url', 'change');
+  await page.waitForFunction(() => document.getElementById('error').hidden, null, { timeout: 10000 });
+
+  // A broken GIF is refused with a reason.
+  await page.setInputFiles('#video-input', { name: 'broken.gif', mimeType: 'image/gif', buffer: Buffer.from('GIF89a\x40\x00') });
+  await page.waitForFunction(() => !document.getElementById('error').hidden, null, { timeout: 10000 });
+  const broken = await errorText();
+  check(/Cannot read broken\.gif/.test(broken), `a broken GIF is refused: "${broken}"`);
+
+  // A video is read: its frames are previewed.
   await page.setInputFiles('#video-input', video);
-  await page.fill('#frames', '2');
-  await page.selectOption('#size', '64');
-  await page.fill('#tune-steps', '2');
-  await page.fill('#ddim-steps', '2');
+  await page.waitForFunction(() => /Press Run/.test(document.getElementById('status').textContent), null, { timeout: 60000 });
+  check(true, `a video is read: ${await page.textContent('#status')}`);
+
+  // One click: the example clip.
+  await page.click('#example');
+  await page.waitForFunction(() => /toy-clip\.gif.*Press Run/.test(document.getElementById('status').textContent), null, { timeout: 30000 });
+  check(true, `the example clip: ${await page.textContent('#status')}`);
+  check(await page.locator('#source-links a.download-source').count() === 1, 'the source frames are downloadable');
+
+  await page.fill('#tune-steps', tuneSteps);
+  await page.fill('#ddim-steps', ddimSteps);
   const started = Date.now();
   await page.click('#run');
-
-  // Until the run ends: done, or error (then the page's message is the failure).
-  await page.waitForFunction(() => ['done', 'error', 'cancelled'].includes(document.body.dataset.state),
-    null, { timeout, polling: 500 });
-  const state = await page.evaluate(() => document.body.dataset.state);
-  const seconds = ((Date.now() - started) / 1000).toFixed(1);
-  console.log(`run ended in ${seconds} s with state '${state}'; status: ${await page.textContent('#status')}`);
-  if (state !== 'done') {
-    throw new Error(`the run ended in state '${state}': ${(await page.textContent('#error')) || '(no error text)'}`);
-  }
+  await page.waitForFunction(() => document.getElementById('eta').textContent.includes('left'), null, { timeout, polling: 250 });
+  check(true, `a time estimate during the run: "${await page.textContent('#eta')}"`);
+  // Progress in the log every 30 s, as the page shows it.
+  const ticker = setInterval(async () => {
+    const shown = await page.evaluate(() => ['tune', 'invert', 'sample'].map((p) => document.getElementById(`progress-${p}-text`).textContent)
+      .concat(document.getElementById('eta').textContent)).catch(() => null);
+    if (shown) console.log(`     ${((Date.now() - started) / 1000).toFixed(0)} s: tuning ${shown[0] || '-'}; inversion ${shown[1] || '-'}; sampling ${shown[2] || '-'}; ${shown[3]}`);
+  }, 30000);
+  await page.waitForFunction(() => ['done', 'error', 'cancelled'].includes(document.body.dataset.state), null, { timeout, polling: 500 })
+    .finally(() => clearInterval(ticker));
+  const ended = await state();
+  console.log(`run ended in ${((Date.now() - started) / 1000).toFixed(1)} s with state '${ended}'; status: ${await page.textContent('#status')}`);
+  if (ended !== 'done') throw new Error(`the run ended in state '${ended}': ${(await errorText()) || '(no error text)'}`);
 
   const views = await page.locator('#results .result-view').count();
-  check(views >= 1, `results show ${views} edit view(s)`);
+  check(views === 3, `three edits loop beside the source (${views} views)`);
   const gifs = await page.$$eval('#results a.download-gif', (as) => as.map((a) => a.getAttribute('href') || ''));
-  check(gifs.length >= 1 && gifs.every((h) => h.length > 0), `${gifs.length} GIF download link(s) with an href`);
-  const webms = await page.$$eval('#results a.download-webm', (as) => as.length);
-  console.log(`     (${webms} WebM download link(s))`);
+  check(gifs.length === 3, `each edit is downloadable as GIF (${gifs.length} links)`);
+  const gif = await page.evaluate(async (href) => {
+    const bytes = new Uint8Array(await (await fetch(href)).arrayBuffer());
+    return { size: bytes.length, header: String.fromCharCode(...bytes.slice(0, 6)) };
+  }, gifs[0]);
+  check(gif.header === 'GIF89a' && gif.size > 800, `the first GIF is a GIF89a file (${gif.size} bytes)`);
 
-  // The GIF link must hold a GIF: fetch the blob in the page and read its header.
-  if (gifs.length) {
-    const gif = await page.evaluate(async (href) => {
-      const bytes = new Uint8Array(await (await fetch(href)).arrayBuffer());
-      return { size: bytes.length, header: String.fromCharCode(...bytes.slice(0, 6)) };
-    }, gifs[0]);
-    check(gif.header === 'GIF89a' && gif.size > 800, `the first GIF is a GIF89a file (${gif.size} bytes)`);
-  }
-
-  const debug = await page.evaluate(() => {
+  const run = await page.evaluate(() => {
     const d = window.tavDebug;
-    const r = d && d.lastResult;
-    return r && { count: r.count, width: r.width, height: r.height, bytes: r.frames.length, source: d.sourceFrames.count };
+    const plain = (v) => ({ width: v.width, height: v.height, count: v.count, frames: Array.from(v.frames) });
+    return { source: plain(d.sourceFrames), results: d.results.map(plain), losses: d.losses };
   });
-  check(Boolean(debug) && debug.count === 2 && debug.width === 64 && debug.height === 64 &&
-    debug.bytes === 2 * 64 * 64 * 4, `the last result is 2 frames of 64×64 (${JSON.stringify(debug)})`);
+  check(run.losses.length === Number(tuneSteps) && run.losses.every(Number.isFinite),
+    `the loss plot has every tuning step (${run.losses.length}, finite)`);
+  check(run.results.every((r) => r.count === 8 && r.width === 64 && r.height === 64), 'each edit is 8 frames of 64×64');
 
-  // The screenshots themselves, decoded in the page, must be pictures, not blank boxes: the
-  // results (views, captions, links) and, alone, the first edit's canvas (a tiny random model
-  // may give low-contrast frames, hence the low bars there).
-  await page.screenshot({ path: join(artifacts, 'page-full.png'), fullPage: true });
-  const results = await pixelStats(page, await page.locator('#results').screenshot({ path: join(artifacts, 'page.png') }));
-  report('#results', 'page.png', results, 8, 16);
-  const view = await pixelStats(page, await page.locator('#results .result-view').first().screenshot({ path: join(artifacts, 'result-view.png') }));
-  report('the first .result-view', 'result-view.png', view, 1, 1);
+  // What each edit says, from its pixels.
+  const source = colours(run.source);
+  const [blue, grass, square] = run.results.map(colours);
+  console.log(`     source  red ${fmt(source, 'red')} | blue ${fmt(source, 'blue')}`);
+  console.log(`     blue    blue ${fmt(blue, 'blue')} | red ${fmt(blue, 'red')}`);
+  console.log(`     grass   green ${fmt(grass, 'green')} | red ${fmt(grass, 'red')}`);
+  console.log(`     square  red ${fmt(square, 'red')} | green ${fmt(square, 'green')}`);
+  check(sum(source, 'red') > 8 * 0.02 && sum(source, 'blue') < 8 * 0.002, 'the source object is red, nothing blue');
+  check(blue.filter((f) => f.blue > 0.02).length >= 4 && sum(blue, 'blue') > 10 * sum(blue, 'red'),
+    'the blue edit: a blue object in most frames, and its object pixels are blue, not red');
+  // Not yet every frame: the toy model keeps the road in the last frame or two of this edit
+  // (issue 27's flash frames, a fault of the model that the reference's code shares).
+  check(grass.filter((f) => f.green > 0.5).length >= 6 && grass.filter((f) => f.red > 0.02).length >= 6,
+    'the grass edit: a green background in most frames, the red object kept');
+  check(square.filter((f) => f.red > 0.02).length >= 6 && square.every((f) => f.green < 0.3),
+    'the square edit: the red object kept, on the road (not grass)');
+
+  await page.screenshot({ path: join(artifacts, 'demo-page.png'), fullPage: true });
+  await page.locator('#results').screenshot({ path: join(artifacts, 'demo-results.png') });
+  writeFileSync(join(artifacts, 'demo-run.json'), JSON.stringify({ losses: run.losses, source, edits: { blue, grass, square } }, null, 1));
+  console.log(`     screenshots in ${artifacts}: demo-page.png, demo-results.png`);
 } catch (e) {
   check(false, e.message);
-  // What the page said, and how it looked, when it failed (e.g. on a timeout).
   const said = await page.evaluate(() => ({
     state: document.body.dataset.state, status: document.getElementById('status')?.textContent,
     error: document.getElementById('error')?.textContent,

@@ -57,6 +57,8 @@ export interface EngineInfo {
   maxStorageBufferBindingSize: number;
   model?: { latentChannels: number; parameters: number };
   name: string;
+  /** What the model is, from its manifest: tav's toy world, or Stable Diffusion v1.x. */
+  kind: 'toy' | 'sd-v1';
 }
 
 /** One tuning step's random draws, injected (e.g. to reproduce a reference run). */
@@ -98,7 +100,12 @@ export class Tav {
   readonly loadStats: LoadStats;
   tune(options: TuneOptions): Promise<number[]>;
   invert(options?: { steps?: number; onProgress?: (p: StepProgress) => void }): Promise<void>;
-  edit(options: { prompt: string; steps?: number; guidance?: number; onProgress?: (p: StepProgress) => void }): Promise<Video>;
+  /**
+   * `guidance`: classifier-free guidance scale (0 to 100; the reference's 12.5). `guidanceRescale`:
+   * 0 to 1, how far the guided prediction is pulled back to the conditional one's scale (0: none,
+   * as the reference; the toy model wants 0.7 at guidance 4).
+   */
+  edit(options: { prompt: string; steps?: number; guidance?: number; guidanceRescale?: number; onProgress?: (p: StepProgress) => void }): Promise<Video>;
   exportTuned(): Promise<Uint8Array>;
   importTuned(bytes: Uint8Array): Promise<void>;
   cancel(): void;

@@ -183,9 +183,12 @@ export class Tav {
     });
   }
 
-  /** `{adapter, shaderF16, computeDtype, storageDtype, maxStorageBufferBindingSize, model}`. */
+  /**
+   * `{adapter, shaderF16, computeDtype, storageDtype, maxStorageBufferBindingSize, model, name,
+   * kind}`; `kind` is the manifest's: `toy` (tav's toy world) or `sd-v1` (Stable Diffusion v1.x).
+   */
   get info() {
-    return { ...this.engine.info(), name: this.manifest.name };
+    return { ...this.engine.info(), name: this.manifest.name, kind: this.manifest.kind || 'sd-v1' };
   }
 
   /**
@@ -207,8 +210,8 @@ export class Tav {
   }
 
   /** Samples an edited video for `prompt`: `{frames (RGBA bytes), width, height, count}`. */
-  async edit({ prompt, steps = 50, guidance = 12.5, onProgress }) {
-    return guarded(() => this.engine.edit(prompt, { steps, guidance, onProgress }));
+  async edit({ prompt, steps = 50, guidance = 12.5, guidanceRescale = 0, onProgress }) {
+    return guarded(() => this.engine.edit(prompt, { steps, guidance, guidanceRescale, onProgress }));
   }
 
   /** The tuned weights as bytes (a safetensors file `tav edit --tuned` also reads). */

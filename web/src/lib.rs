@@ -17,7 +17,7 @@ use wasm_bindgen_futures::future_to_promise;
 use tav_core::TavError;
 use tav_core::checkpoint::{MemoryFiles, Models};
 use tav_core::delta::{TuneMeta, TunedWeights, apply_tuned};
-use tav_core::edit::{Denoiser, decode_video, guidance_context};
+use tav_core::edit::{Denoiser, Guidance, decode_video, guidance_context};
 use tav_core::limits::DeviceLimits;
 use tav_core::progress::silent;
 use tav_core::schedule::Ddim;
@@ -377,7 +377,8 @@ impl Engine {
     }
 
     /// Samples an edited video for `prompt` from the inverted latents. Options: `steps`
-    /// (50), `guidance` (12.5), `onProgress`. Resolves to `{frames, width, height, count}`.
+    /// (50), `guidance` (12.5), `guidanceRescale` (0: none, as the reference), `onProgress`.
+    /// Resolves to `{frames, width, height, count}`.
     pub fn edit(&self, prompt: String, options: JsValue) -> js_sys::Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
@@ -661,6 +662,17 @@ impl Inner {
                 "option `guidance` is {guidance}: it must be 0 to 100 (the reference: 12.5)"
             )));
         }
+        let rescale = options.number("guidanceRescale")?.unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&rescale) {
+            return Err(error(format!(
+                "option `guidanceRescale` is {rescale}: it must be 0 to 1 (0: none, as the \
+                 reference; 0.7 for the toy model)"
+            )));
+        }
+        let guidance = Guidance {
+            scale: guidance,
+            rescale,
+        };
         let on_progress = options.function("onProgress");
         let (unet, start) = {
             let state = self.state.borrow();
@@ -673,7 +685,7 @@ impl Inner {
         let context = guidance_context(
             self.embed(&models, &prompt)?,
             self.embed(&models, "")?,
-            guidance,
+            guidance.scale,
         );
         let mut x = start;
         let ddim = Ddim::new(&models.schedule, steps).map_err(tav_error)?;

@@ -10,7 +10,7 @@ use half::f16;
 use crate::checkpoint::{CheckpointFiles, weights_file};
 use crate::delta::fingerprint;
 use crate::error::{Result, TavError};
-use crate::stream::{FORMAT, Manifest, PackedFile, PackedTensor, Shard, sha256_hex};
+use crate::stream::{FORMAT, Manifest, ModelKind, PackedFile, PackedTensor, Shard, sha256_hex};
 use crate::weights::{SafetensorsFile, TensorSource};
 
 /// Where packed files go: relative path and bytes.
@@ -216,9 +216,16 @@ pub fn pack_parts(
             sha256: sha256_hex(&bytes),
         });
     }
+    // `tav pretrain` leaves its report beside the components: that folder is a toy model.
+    let kind = if files.read("tav_pretrain.json")?.is_some() {
+        ModelKind::Toy
+    } else {
+        ModelKind::SdV1
+    };
     let manifest = Manifest {
         format: FORMAT.to_string(),
         name: options.name.clone(),
+        kind,
         configs: parts.configs.clone(),
         unet_fingerprint: fingerprint(parts.unet_base),
         files: packed_files,

@@ -31,6 +31,10 @@ pub struct Manifest {
     pub format: String,
     /// Where the model came from (the folder's name), for display.
     pub name: String,
+    /// What the model is, so that a page can offer settings that suit it (older manifests,
+    /// without the field, were all Stable Diffusion).
+    #[serde(default)]
+    pub kind: ModelKind,
     /// Component configs, as in the diffusers folder: `unet`, `vae`, `text_encoder`,
     /// `scheduler`.
     pub configs: BTreeMap<String, serde_json::Value>,
@@ -40,6 +44,18 @@ pub struct Manifest {
     /// Small files fetched whole (the tokenizer), by path relative to the manifest.
     pub files: Vec<PackedFile>,
     pub shards: Vec<Shard>,
+}
+
+/// What a packed model is.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ModelKind {
+    /// tav's toy world (`tav pretrain`): 64×64 frames of coloured shapes, its own captions.
+    #[serde(rename = "toy")]
+    Toy,
+    /// Stable Diffusion v1.x (or a model of its shape).
+    #[default]
+    #[serde(rename = "sd-v1")]
+    SdV1,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod demo_web;
 pub mod edit;
 pub mod pack;
 pub mod plan;
@@ -31,6 +32,7 @@ pub fn dispatch(command: Command) -> Result<()> {
         Command::Run(args) => run::command(args),
         Command::Check(args) => check::command(args),
         Command::PackWeb(args) => pack::command(args),
+        Command::DemoWeb(args) => demo_web::command(args),
         Command::Pretrain(args) => pretrain::command(args),
         Command::Sample(args) => sample::command(args),
         Command::Score(args) => score::command(args),

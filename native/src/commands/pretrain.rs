@@ -85,7 +85,7 @@ pub struct PretrainSpec {
     /// the latent, to the training noise. Plain noise leaves a latent's mean almost intact
     /// at every timestep, so the model never learns to move it. Tried for edits that change
     /// a background's brightness (road → beach, snow → grass); on the toy model it did not
-    /// fix them, though colour and shape edits improved (README).
+    /// fix them, though colour and shape edits improved (docs/toy-world.md).
     #[arg(long, default_value_t = 0.0)]
     pub offset_noise: f32,
     /// Take the VAE (weights and latent scale) from this toy model folder instead of
