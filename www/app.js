@@ -97,6 +97,8 @@ async function probeModel(url) {
   }
   const kind = manifest.kind || 'sd-v1';
   if (kind !== presetKind) applyPresets(kind);
+  // Nothing chosen yet: the model's example clip is the clip, so Run alone runs the demo.
+  if (!videoFile && !running && PRESETS[kind]?.example) await useExample();
   return manifest;
 }
 
@@ -525,6 +527,7 @@ async function run() {
   $('eta').textContent = '';
   const check = () => { if (job.cancelled) throw new Error('cancelled'); };
   try {
+    if (!videoFile && PRESETS[presetKind]?.example) await useExample();
     const settings = readSettings();
     if (!navigator.gpu)
       throw new UserError('WebGPU is not available in this browser (navigator.gpu is missing).');
@@ -649,7 +652,9 @@ async function chooseFile(file) {
     try {
       gifClip = decodeGif(new Uint8Array(await file.arrayBuffer()));
     } catch (e) {
+      URL.revokeObjectURL(videoUrl);
       videoFile = null;
+      videoUrl = null;
       status('');
       showError(e instanceof GifError ? `Cannot read ${file.name}: ${e.message}. Try another GIF, or an MP4 or WebM video.` : explain(e));
       return;

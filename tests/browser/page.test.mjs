@@ -9,7 +9,8 @@
 //     source's is red), the grass edit's background is green, the square edit's object stays red
 //     on the road;
 //   - screenshots of the finished page (docs/demo-page.png is one of them).
-// Env: TAV_WWW_URL (the page), TAV_VIDEO (a video to upload), TAV_TUNE_STEPS and TAV_DDIM_STEPS
+// Env: TAV_WWW_URL (the page), TAV_VIDEO (a video to upload), TAV_SD_MODEL_URL (a packed
+// SD-shaped model, to see the presets follow), TAV_TUNE_STEPS and TAV_DDIM_STEPS
 // (fewer than the presets' for CI's time; the presets are the page's own), TAV_TIMEOUT_MS,
 // TAV_ARTIFACTS (where the screenshots go), CHROMIUM (the browser binary).
 import { chromium } from 'playwright-core';
@@ -84,31 +85,9 @@ try {
   check(presets['train-prompt'] === 'a red circle is moving on the road' && presets['edit-prompts'].split('\n').length === 3,
     `toy captions: "${presets['train-prompt']}" and ${presets['edit-prompts'].split('\n').length} edits`);
 
-  // A missing model: one sentence with what to do; then back to the served one.
-  await page.fill('#model-url', './no-such-model/');
-  await page.dispatchEvent('#model-url', 'change');
-  await page.waitForFunction(() => !document.getElementById('error').hidden, null, { timeout: 10000 });
-  const missing = await errorText();
-  check(/No model at/.test(missing) && /tav demo-web/.test(missing), `a missing model is named, with what to do: "${missing.split('\n')[0]}"`);
-  await page.fill('#model-url', './model/');
-  await page.dispatchEvent('#model-url', 'change');
-  await page.waitForFunction(() => document.getElementById('error').hidden, null, { timeout: 10000 });
-
-  // A broken GIF is refused with a reason.
-  await page.setInputFiles('#video-input', { name: 'broken.gif', mimeType: 'image/gif', buffer: Buffer.from('GIF89a\x40\x00') });
-  await page.waitForFunction(() => !document.getElementById('error').hidden, null, { timeout: 10000 });
-  const broken = await errorText();
-  check(/Cannot read broken\.gif/.test(broken), `a broken GIF is refused: "${broken}"`);
-
-  // A video is read: its frames are previewed.
-  await page.setInputFiles('#video-input', video);
-  await page.waitForFunction(() => /Press Run/.test(document.getElementById('status').textContent), null, { timeout: 60000 });
-  check(true, `a video is read: ${await page.textContent('#status')}`);
-
-  // One click: the example clip.
-  await page.click('#example');
+  // Nothing chosen: the example clip is loaded, so one click on Run runs the demo.
   await page.waitForFunction(() => /toy-clip\.gif.*Press Run/.test(document.getElementById('status').textContent), null, { timeout: 30000 });
-  check(true, `the example clip: ${await page.textContent('#status')}`);
+  check(true, `the example clip is there without a click: ${await page.textContent('#status')}`);
   check(await page.locator('#source-links a.download-source').count() === 1, 'the source frames are downloadable');
 
   await page.fill('#tune-steps', tuneSteps);
@@ -169,6 +148,48 @@ try {
   await page.locator('#results').screenshot({ path: join(artifacts, 'demo-results.png') });
   writeFileSync(join(artifacts, 'demo-run.json'), JSON.stringify({ losses: run.losses, source, edits: { blue, grass, square } }, null, 1));
   console.log(`     screenshots in ${artifacts}: demo-page.png, demo-results.png`);
+
+  // After the run, what else a person may do: other models, other clips, mistakes.
+  // A model URL naming a packed Stable Diffusion-shaped model (the golden tiny one, on the
+  // test server): the presets follow its kind; back on the toy model, the toy presets return.
+  if (process.env.TAV_SD_MODEL_URL) {
+    await page.fill('#model-url', process.env.TAV_SD_MODEL_URL);
+    await page.dispatchEvent('#model-url', 'change');
+    await page.waitForFunction(() => /Stable Diffusion/.test(document.getElementById('model-kind').textContent), null, { timeout: 10000 });
+    const sd = await page.evaluate(() => ['size', 'guidance', 'guidance-rescale'].map((id) => document.getElementById(id).value));
+    check(sd.join(' ') === '256 12.5 0' && await page.isHidden('#example'),
+      `an SD model's presets: ${sd[0]}², guidance ${sd[1]}, rescale ${sd[2]}, no toy example`);
+    await page.fill('#model-url', './model/');
+    await page.dispatchEvent('#model-url', 'change');
+    await page.waitForFunction(() => /toy world/.test(document.getElementById('model-kind').textContent), null, { timeout: 10000 });
+    check(await page.inputValue('#guidance') === '4', 'back on the toy model, its presets return');
+  }
+
+  // A missing model: one sentence with what to do; then back to the served one.
+  await page.fill('#model-url', './no-such-model/');
+  await page.dispatchEvent('#model-url', 'change');
+  await page.waitForFunction(() => !document.getElementById('error').hidden, null, { timeout: 10000 });
+  const missing = await errorText();
+  check(/No model at/.test(missing) && /tav demo-web/.test(missing), `a missing model is named, with what to do: "${missing.split('\n')[0]}"`);
+  await page.fill('#model-url', './model/');
+  await page.dispatchEvent('#model-url', 'change');
+  await page.waitForFunction(() => document.getElementById('error').hidden, null, { timeout: 10000 });
+
+  // A broken GIF is refused with a reason.
+  await page.setInputFiles('#video-input', { name: 'broken.gif', mimeType: 'image/gif', buffer: Buffer.from('GIF89a\x40\x00') });
+  await page.waitForFunction(() => !document.getElementById('error').hidden, null, { timeout: 10000 });
+  const broken = await errorText();
+  check(/Cannot read broken\.gif/.test(broken), `a broken GIF is refused: "${broken}"`);
+
+  // A video is read: its frames are previewed.
+  await page.setInputFiles('#video-input', video);
+  await page.waitForFunction(() => /Press Run/.test(document.getElementById('status').textContent), null, { timeout: 60000 });
+  check(true, `a video is read: ${await page.textContent('#status')}`);
+
+  // The example button brings the example back after another clip.
+  await page.click('#example');
+  await page.waitForFunction(() => /toy-clip\.gif.*Press Run/.test(document.getElementById('status').textContent), null, { timeout: 30000 });
+  check(true, `the example button: ${await page.textContent('#status')}`);
 } catch (e) {
   check(false, e.message);
   const said = await page.evaluate(() => ({

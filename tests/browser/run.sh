@@ -55,8 +55,16 @@ server=$!
 demo=$!
 trap 'kill $server $demo 2>/dev/null || true' EXIT
 for _ in $(seq 50); do grep -q listening /tmp/tav-serve.log && break; sleep 0.2; done
-for _ in $(seq 300); do grep -q 'open http' /tmp/tav-demo-web.log && break; sleep 0.2; done
+for _ in $(seq 300); do
+  grep -q 'open http' /tmp/tav-demo-web.log && break
+  kill -0 $demo 2>/dev/null || break
+  sleep 0.2
+done
 cat /tmp/tav-demo-web.log
+if ! kill -0 $demo 2>/dev/null || ! grep -q 'open http' /tmp/tav-demo-web.log; then
+  echo "tav demo-web did not start serving (its output above)" >&2
+  exit 1
+fi
 
 echo "wasm: $(du -b web/pkg/tav_web_bg.wasm | cut -f1) bytes; site: $site"
 TAV_SITE_URL="http://127.0.0.1:$port/" node tests/browser/engine.test.mjs
@@ -64,4 +72,5 @@ TAV_SITE_URL="http://127.0.0.1:$port/" node tests/browser/engine.test.mjs
 # a UNet pass of the toy model, so this run takes about 6 minutes; the toy model edits as its
 # prompts say even untuned (docs/toy-world.md), which the test checks from the pixels.
 TAV_WWW_URL="http://127.0.0.1:$((port + 1))/" TAV_VIDEO="$root/../shared/videos/car-turn.mp4" \
-  TAV_TUNE_STEPS=1 TAV_DDIM_STEPS=3 node tests/browser/page.test.mjs
+  TAV_SD_MODEL_URL="http://127.0.0.1:$port/model/" TAV_TUNE_STEPS=1 TAV_DDIM_STEPS=3 \
+  node tests/browser/page.test.mjs

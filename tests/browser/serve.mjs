@@ -56,6 +56,8 @@ const server = createServer((req, res) => {
   res.writeHead(200, {
     'Content-Type': TYPES[extname(file).toLowerCase()] || 'application/octet-stream',
     'Content-Length': stat.size,
+    // The demo page (served by `tav demo-web` on another port) loads this server's model.
+    'Access-Control-Allow-Origin': '*',
   });
   if (req.method === 'HEAD') return res.end();
   createReadStream(file).on('error', () => res.destroy()).pipe(res);
