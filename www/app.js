@@ -76,7 +76,12 @@ function applyPresets(kind) {
   $('train-prompt').value = p.trainPrompt;
   $('edit-prompts').value = p.edits.join('\n');
   $('example').hidden = !p.example;
-  $('model-kind').textContent = `Model: ${p.describe}; settings set to suit it.`;
+}
+
+/** Says what the model is (kept while the user edits the settings the presets filled in). */
+function describeModel(kind, name) {
+  const p = PRESETS[kind] || PRESETS['sd-v1'];
+  $('model-kind').textContent = `Model: ${name ? `${name}, ` : ''}${p.describe}; settings suit it.`;
 }
 
 /** Reads the manifest at `url` and applies its kind's presets; says what to do when there is none. */
@@ -97,6 +102,7 @@ async function probeModel(url) {
   }
   const kind = manifest.kind || 'sd-v1';
   if (kind !== presetKind) applyPresets(kind);
+  describeModel(kind, manifest.name);
   // Nothing chosen yet: the model's example clip is the clip, so Run alone runs the demo.
   if (!videoFile && !running && PRESETS[kind]?.example) await useExample();
   return manifest;

@@ -173,7 +173,9 @@ try {
   check(/No model at/.test(missing) && /tav demo-web/.test(missing), `a missing model is named, with what to do: "${missing.split('\n')[0]}"`);
   await page.fill('#model-url', './model/');
   await page.dispatchEvent('#model-url', 'change');
-  await page.waitForFunction(() => document.getElementById('error').hidden, null, { timeout: 10000 });
+  await page.waitForFunction(() => document.getElementById('error').hidden &&
+    /toy world/.test(document.getElementById('model-kind').textContent), null, { timeout: 10000 });
+  check(true, 'back on the served model: the error is gone and the page names the toy model again');
 
   // A broken GIF is refused with a reason.
   await page.setInputFiles('#video-input', { name: 'broken.gif', mimeType: 'image/gif', buffer: Buffer.from('GIF89a\x40\x00') });
