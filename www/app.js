@@ -443,7 +443,7 @@ function drawLoss(losses, totalSteps) {
   const y = (v) => pad.top + (1 - (v - lo) / (hi - lo)) * (height - pad.top - pad.bottom);
   ctx.fillText(hi.toPrecision(3), 4, pad.top + 8);
   ctx.fillText(lo.toPrecision(3), 4, height - pad.bottom);
-  ctx.fillText(`step ${losses.length} / ${steps}`, pad.left, height - 6);
+  ctx.fillText(`step ${losses.length} / ${Math.max(totalSteps, losses.length)}`, pad.left, height - 6);
   ctx.strokeStyle = '#2563eb';
   ctx.lineWidth = 1.5;
   ctx.beginPath();
