@@ -649,23 +649,23 @@ const isGif = (file) => file.type === 'image/gif' || /\.gif$/i.test(file.name);
 async function chooseFile(file) {
   if (!file) return;
   showError('');
-  if (videoUrl) URL.revokeObjectURL(videoUrl);
-  videoFile = file;
-  videoUrl = URL.createObjectURL(file);
-  gifClip = null;
-  decoded = null;
+  // A GIF is decoded before it becomes the clip: a Run pressed meanwhile never sees a GIF
+  // without its frames (it would be read as a video).
+  let gif = null;
   if (isGif(file)) {
     try {
-      gifClip = decodeGif(new Uint8Array(await file.arrayBuffer()));
+      gif = decodeGif(new Uint8Array(await file.arrayBuffer()));
     } catch (e) {
-      URL.revokeObjectURL(videoUrl);
-      videoFile = null;
-      videoUrl = null;
       status('');
       showError(e instanceof GifError ? `Cannot read ${file.name}: ${e.message}. Try another GIF, or an MP4 or WebM video.` : explain(e));
       return;
     }
   }
+  if (videoUrl) URL.revokeObjectURL(videoUrl);
+  videoFile = file;
+  videoUrl = URL.createObjectURL(file);
+  gifClip = gif;
+  decoded = null;
   const size = file.size < 1e6 ? `${Math.ceil(file.size / 1e3)} kB` : `${mb(file.size)} MB`;
   $('drop-text').textContent = `${file.name} (${size}) — drop or click to change`;
   await preview();
