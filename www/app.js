@@ -216,6 +216,24 @@ function timestamps(duration, { frames, start, stride }) {
     Math.min(last, stride > 0 ? first + i * stride : first + ((i + 0.5) * span) / frames));
 }
 
+/**
+ * Centre-crops a `width`×`height` picture to a square and scales it to `size`×`size`: returns a
+ * function from a drawable (a `<video>` at its current frame, a canvas) to its RGBA bytes.
+ */
+function squareCrop(width, height, size) {
+  const canvas = new OffscreenCanvas(size, size);
+  const ctx = canvas.getContext('2d', { willReadFrequently: true });
+  ctx.imageSmoothingQuality = 'high';
+  const side = Math.min(width, height);
+  const sx = (width - side) / 2;
+  const sy = (height - side) / 2;
+  return (source) => {
+    ctx.clearRect(0, 0, size, size);
+    ctx.drawImage(source, sx, sy, side, side, 0, 0, size, size);
+    return ctx.getImageData(0, 0, size, size).data;
+  };
+}
+
 /** The frames of a decoded GIF at the settings' timestamps, centre-cropped and scaled like a video's. */
 function gifFrames(gif, settings) {
   const starts = [];
@@ -224,12 +242,7 @@ function gifFrames(gif, settings) {
   const size = settings.size;
   const full = new OffscreenCanvas(gif.width, gif.height);
   const fullCtx = full.getContext('2d');
-  const canvas = new OffscreenCanvas(size, size);
-  const ctx = canvas.getContext('2d', { willReadFrequently: true });
-  ctx.imageSmoothingQuality = 'high';
-  const side = Math.min(gif.width, gif.height);
-  const sx = (gif.width - side) / 2;
-  const sy = (gif.height - side) / 2;
+  const crop = squareCrop(gif.width, gif.height, size);
   const times = timestamps(duration, settings);
   const frames = new Uint8Array(times.length * size * size * 4);
   for (const [i, t] of times.entries()) {
@@ -237,9 +250,7 @@ function gifFrames(gif, settings) {
     let k = 0;
     while (k + 1 < starts.length && starts[k + 1] <= t + 1e-9) k++;
     fullCtx.putImageData(new ImageData(gif.frames[k].rgba, gif.width, gif.height), 0, 0);
-    ctx.clearRect(0, 0, size, size);
-    ctx.drawImage(full, sx, sy, side, side, 0, 0, size, size);
-    frames.set(ctx.getImageData(0, 0, size, size).data, i * size * size * 4);
+    frames.set(crop(full), i * size * size * 4);
   }
   return { frames, width: size, height: size, count: times.length, duration };
 }
@@ -251,13 +262,7 @@ async function decodeFrames(settings, isCancelled, report) {
   const video = await openVideo(videoUrl);
   try {
     const size = settings.size;
-    const canvas = new OffscreenCanvas(size, size);
-    const ctx = canvas.getContext('2d', { willReadFrequently: true });
-    ctx.imageSmoothingQuality = 'high';
-    // Centre-crop to a square, then scale to size×size.
-    const side = Math.min(video.videoWidth, video.videoHeight);
-    const sx = (video.videoWidth - side) / 2;
-    const sy = (video.videoHeight - side) / 2;
+    const crop = squareCrop(video.videoWidth, video.videoHeight, size);
     const times = timestamps(video.duration, settings);
     const frames = new Uint8Array(times.length * size * size * 4);
     for (const [i, t] of times.entries()) {
@@ -269,8 +274,7 @@ async function decodeFrames(settings, isCancelled, report) {
       } catch (e) {
         throw e instanceof UserError ? e : unreadable(video);
       }
-      ctx.drawImage(video, sx, sy, side, side, 0, 0, size, size);
-      frames.set(ctx.getImageData(0, 0, size, size).data, i * size * size * 4);
+      frames.set(crop(video), i * size * size * 4);
     }
     return { frames, width: size, height: size, count: times.length, duration: video.duration };
   } finally {
