@@ -16,6 +16,9 @@ use tav_core::transformer::VideoAttentionOptions;
 use tav_core::tune::{StepDraws, TuneBatch, TuneSettings, Tuner, clip_latents};
 use tav_core::unet::UNet3D;
 use tav_core::weights::{HostTensor, SafetensorsFile};
+use tav_tests::f16_bounds::{
+    CANCELLATION, Depths, f16_bound, mixed_precision_bound, roundings_per_layer,
+};
 use tav_tests::{Golden, device, golden_dirs, rel_error, to_vec};
 
 /// Components, UNet, DDIM step.
@@ -59,14 +62,14 @@ impl Run {
         };
         let ok = err <= tol;
         println!(
-            "  {:<8} {case:<40} rel.err {err:.3e} (tol {tol:.0e})",
+            "  {:<8} {case:<40} rel.err {err:.3e} (tol {tol:.1e})",
             if ok { "ok" } else { "FAIL" }
         );
         if ok {
             self.passed.push(case.to_string());
         } else {
             self.failed
-                .push(format!("{case}: rel.err {err:.3e} > {tol:.0e}"));
+                .push(format!("{case}: rel.err {err:.3e} > {tol:.1e}"));
         }
     }
 
@@ -149,19 +152,9 @@ fn parity(kernels: bool) {
     );
 }
 
-/// f16 weight storage (arithmetic in f32), and the UNet with f16 arithmetic too: the
-/// stated bound on the components' and the UNet's outputs, where the adapter supports f16.
-const TOL_F16: f64 = 1e-2;
-/// Mixed-precision tuning (f16 arithmetic, loss scaling) against the reference's f32 run:
-/// losses and step-0 gradients (measured on tiny-a: 6.5e-5 and 4.1e-3), and the tuned
-/// weights' change after three steps (5.3e-2; AdamW's first steps move each weight by about
-/// the learning rate whatever its gradient's size, so near-zero gradients' rounding shows).
-const TOL_MIXED_TRAIN: f64 = 1e-2;
-/// Each tensor's step-0 gradient in mixed precision (measured 5.6e-2 at the worst, the last
-/// temporal attention's output bias: its gradient sums f16 gradients of every token, which
-/// mostly cancel, so their rounding shows; 1.2e-4 in f32).
-const TOL_MIXED_GRAD_TENSOR: f64 = 1e-1;
-const TOL_MIXED_AFTER: f64 = 1e-1;
+// The f16 paths' bounds come from f16's precision and each component's depth, counted from
+// the golden set's own configs ([`tav_tests::f16_bounds`]), so a set of other widths or
+// depths is held to its own.
 
 #[test]
 fn golden_f16_weights_within_bound() {
@@ -190,8 +183,27 @@ fn golden_f16_weights_within_bound() {
             failed: Vec::new(),
             covered: BTreeSet::new(),
         };
-        println!("golden set {} with f16 weights", golden.name());
-        text_cases(&golden, &models, &device, &mut run, TOL_F16);
+        let depths = Depths::of_model(&folder.0);
+        let weights_bound = |layers: usize| f16_bound(layers * roundings_per_layer(false));
+        println!(
+            "golden set {} with f16 weights; layers in sequence: {depths:?}",
+            golden.name()
+        );
+        text_cases(
+            &golden,
+            &models,
+            &device,
+            &mut run,
+            weights_bound(depths.text_encoder),
+        );
+        let pixels: Tensor<4> = golden.tensor("vae.pixels", &device);
+        let posterior = models.vae.encode(pixels).unwrap();
+        run.check(
+            "vae.mean (f16)",
+            &to_vec(posterior.mean),
+            &golden.host("vae.mean").data,
+            weights_bound(depths.vae_encoder),
+        );
         let latents: Tensor<4> = golden.tensor("vae.latents", &device);
         let decoded = models
             .vae
@@ -200,7 +212,7 @@ fn golden_f16_weights_within_bound() {
             "vae.decoded (f16)",
             &to_vec(decoded),
             &golden.host("vae.decoded").data,
-            TOL_F16,
+            weights_bound(depths.vae_decoder),
         );
         for case in golden
             .keys()
@@ -231,7 +243,8 @@ fn golden_f16_weights_within_bound() {
                     (true, true) => "f16 arithmetic, kernels",
                 };
                 let out = to_vec(out);
-                run.check(&format!("{case} ({label})"), &out, reference, TOL_F16);
+                let bound = f16_bound(depths.unet * roundings_per_layer(f16_compute));
+                run.check(&format!("{case} ({label})"), &out, reference, bound);
                 outputs.push(out);
             }
             // f16 arithmetic really ran: its rounding shows against f32 arithmetic.
@@ -258,10 +271,12 @@ fn golden_f16_weights_within_bound() {
                     ..attention()
                 },
                 label: " (mixed precision)",
-                tol_pred: TOL_F16,
-                tol_train: TOL_MIXED_TRAIN,
-                tol_grad_tensor: TOL_MIXED_GRAD_TENSOR,
-                tol_after: TOL_MIXED_AFTER,
+                // The noisy latents come through the f16 VAE encoder.
+                tol_latents: weights_bound(depths.vae_encoder),
+                tol_pred: f16_bound(depths.unet * roundings_per_layer(true)),
+                tol_train: mixed_precision_bound(&depths),
+                tol_grad_tensor: CANCELLATION * mixed_precision_bound(&depths),
+                tol_after: CANCELLATION * mixed_precision_bound(&depths),
             };
             drop(train_cases_checked(
                 &golden, &models, "train", &device, &mut run, check,
@@ -567,6 +582,8 @@ fn ddim_case_steps(golden: &Golden) -> usize {
 struct TrainCheck {
     attention: VideoAttentionOptions,
     label: &'static str,
+    /// The noisy latents of step 0 (the VAE encoder's posterior, noised).
+    tol_latents: f64,
     tol_pred: f64,
     tol_train: f64,
     /// Each tensor's step-0 gradient.
@@ -580,6 +597,7 @@ impl TrainCheck {
         Self {
             attention: attention(),
             label: "",
+            tol_latents: TOL,
             tol_pred: TOL,
             tol_train: TOL_TRAIN,
             tol_grad_tensor: TOL_TRAIN,
@@ -639,7 +657,7 @@ fn train_cases_checked(
         &label("noisy0"),
         &to_vec(noisy.clone()),
         &golden.host(&format!("{prefix}.noisy0")).data,
-        TOL,
+        check.tol_latents,
     );
     let predicted = models
         .unet
@@ -836,7 +854,7 @@ impl SetReport {
             .collect();
         let ok = self.global <= tol && bad.is_empty();
         println!(
-            "  {:<8} {case:<40} rel.err {:.3e} (tol {tol:.0e}) over {} tensors; worst tensor {:.3e} at {}{}",
+            "  {:<8} {case:<40} rel.err {:.3e} (tol {tol:.1e}) over {} tensors; worst tensor {:.3e} at {}{}",
             if ok { "ok" } else { "FAIL" },
             self.global,
             self.per_tensor.len(),

@@ -1,5 +1,7 @@
 //! Shared helpers for the integration tests: the device, golden sets, error measures.
 
+pub mod f16_bounds;
+
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, DeviceKind, Tensor};
