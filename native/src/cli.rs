@@ -241,6 +241,16 @@ pub fn guidance(s: &str) -> Result<f64, String> {
     crate::jobfile::check_guidance(v).map(|()| v)
 }
 
+/// Min-SNR's γ: finite, above 0 (papers use 1 to 20).
+pub fn min_snr_gamma(s: &str) -> Result<f64, String> {
+    let v: f64 = number(s)?;
+    if v.is_finite() && v > 0.0 && v <= 1e6 {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a γ above 0 (typically 5)"))
+    }
+}
+
 /// A guidance rescale: 0 to 1.
 pub fn rescale(s: &str) -> Result<f64, String> {
     let v: f64 = number(s)?;

@@ -88,6 +88,12 @@ pub struct PretrainSpec {
     /// fix them, though colour and shape edits improved (docs/toy-world.md).
     #[arg(long, default_value_t = 0.0)]
     pub offset_noise: f32,
+    /// Min-SNR loss weighting (Hang et al. 2023): weigh each item's denoising loss by
+    /// min(SNR, γ)/SNR, so the nearly clean timesteps, which are easy, stop dominating the
+    /// gradient and the noisy ones, where the model decides a frame's layout, get their share
+    /// [default: off, every timestep weighs the same].
+    #[arg(value_parser = crate::cli::min_snr_gamma, long)]
+    pub min_snr_gamma: Option<f64>,
     /// Take the VAE (weights and latent scale) from this toy model folder instead of
     /// training one (`--vae-steps` is then ignored): retrain the text side only.
     #[arg(long)]
@@ -257,6 +263,18 @@ pub fn run(spec: &PretrainSpec, device: &Device, ui: &mut Ui) -> Result<Pretrain
             .map(|_| rng.below(timesteps) as usize)
             .collect();
         let ids = caption_ids(&tokenizer, &batch.captions, spec.empty_captions, &mut rng)?;
+        let weights = match spec.min_snr_gamma {
+            Some(gamma) => {
+                let per_item: Vec<f32> = t
+                    .iter()
+                    .map(|&t| min_snr_weight(schedule.alphas_cumprod[t] as f64, gamma) as f32)
+                    .collect();
+                let per_item = Tensor::<1>::from_floats(per_item.as_slice(), device)
+                    .reshape([spec.batch, 1, 1, 1]);
+                weights * per_item
+            }
+            None => weights,
+        };
         let batch = TextToImageBatch {
             latents,
             noise,
@@ -411,6 +429,13 @@ fn normal<const D: usize>(rng: &mut SeededRng, shape: [usize; D], device: &Devic
     HostTensor::new(shape.to_vec(), rng.normal_vec(n)).to_device(device)
 }
 
+/// Min-SNR-γ's weight of a timestep whose `ᾱ` is `alpha_cumprod`: `min(SNR, γ)/SNR`, with
+/// `SNR = ᾱ/(1−ᾱ)` (1 at the noisy end, γ/SNR below 1 where the latent is nearly clean).
+fn min_snr_weight(alpha_cumprod: f64, gamma: f64) -> f64 {
+    let snr = alpha_cumprod / (1.0 - alpha_cumprod).max(f64::MIN_POSITIVE);
+    snr.min(gamma) / snr.max(f64::MIN_POSITIVE)
+}
+
 /// Normal noise of `shape` `[N, C, h, w]`, plus `offset` times one normal draw per `(n, c)`
 /// spread over `h × w` (none are drawn at offset 0, so earlier runs replay exactly).
 fn training_noise(rng: &mut SeededRng, shape: [usize; 4], offset: f32) -> HostTensor {
@@ -533,6 +558,14 @@ mod tests {
         let mut all = vec!["pretrain", "x"];
         all.extend(args);
         Flags::parse_from(all).spec
+    }
+
+    #[test]
+    fn min_snr_weighs_clean_timesteps_down_and_leaves_noisy_ones() {
+        // SNR 9 at ᾱ 0.9: γ 5 weighs it 5/9; SNR 1/9 at ᾱ 0.1 is under γ: weight 1.
+        assert!((min_snr_weight(0.9, 5.0) - 5.0 / 9.0).abs() < 1e-12);
+        assert!((min_snr_weight(0.1, 5.0) - 1.0).abs() < 1e-12);
+        assert!(min_snr_weight(0.999, 5.0) < min_snr_weight(0.9, 5.0));
     }
 
     #[test]
