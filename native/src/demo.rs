@@ -4,7 +4,7 @@
 //! Stable Diffusion weights.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, DeviceKind};
 use safetensors::Dtype;
@@ -82,29 +82,40 @@ fn scheduler_config() -> serde_json::Value {
     })
 }
 
-fn safetensors_bytes(entries: &[ParamEntry]) -> Result<Vec<u8>> {
+/// The `RandomInit { seed }` values of `entries`, as a safetensors file of `dtype` (F32 or F16).
+fn safetensors_bytes(entries: &[ParamEntry], seed: u64, dtype: Dtype) -> Result<Vec<u8>> {
     let data: Vec<(String, Vec<usize>, Vec<u8>)> = entries
         .iter()
         .map(|e| {
-            let bytes = RandomInit { seed: SEED }
-                .value(&e.key, &e.shape)
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect();
+            let values = RandomInit { seed }.value(&e.key, &e.shape);
+            let bytes = match dtype {
+                Dtype::F16 => values
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                    .collect(),
+                _ => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            };
             (e.key.clone(), e.shape.clone(), bytes)
         })
         .collect();
+    let dtype = if dtype == Dtype::F16 {
+        Dtype::F16
+    } else {
+        Dtype::F32
+    };
     let views: Vec<(String, TensorView)> = data
         .iter()
         .map(|(k, s, b)| {
             (
                 k.clone(),
-                TensorView::new(Dtype::F32, s.clone(), b).expect("consistent view"),
+                TensorView::new(dtype, s.clone(), b).expect("consistent view"),
             )
         })
         .collect();
-    safetensors::serialize(views, None::<HashMap<String, String>>)
-        .map_err(|e| TavError::InvalidInput(format!("demo model: {e}")))
+    // transformers and diffusers read `{"format": "pt"}` from every safetensors file.
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize(views, Some(metadata))
+        .map_err(|e| TavError::InvalidInput(format!("random model: {e}")))
 }
 
 fn parse<T: for<'de> serde::Deserialize<'de>>(v: &serde_json::Value) -> T {
@@ -126,6 +137,58 @@ pub fn ensure_demo_model() -> Result<PathBuf> {
     if dir.join("model_index.json").exists() {
         return Ok(dir);
     }
+    let configs = RandomModelConfigs {
+        unet: unet_config(),
+        vae: vae_config(),
+        text_encoder: clip_config(),
+        scheduler: scheduler_config(),
+    };
+    write_random_model(&dir, &configs, SEED, Dtype::F32, VERSION)?;
+    Ok(dir)
+}
+
+/// The configs (as diffusers writes them) of a model with random weights.
+pub struct RandomModelConfigs {
+    pub unet: serde_json::Value,
+    pub vae: serde_json::Value,
+    pub text_encoder: serde_json::Value,
+    pub scheduler: serde_json::Value,
+}
+
+impl RandomModelConfigs {
+    /// Stable Diffusion v1.5's own configs (`tav bench --config sd15 --write-model`).
+    pub fn sd_v1_5() -> Self {
+        let json = |v: serde_json::Result<serde_json::Value>| v.expect("configs serialise");
+        Self {
+            unet: json(serde_json::to_value(UNetConfig::sd_v1_5())),
+            vae: json(serde_json::to_value(VaeConfig::sd_v1_5())),
+            text_encoder: json(serde_json::to_value(ClipConfig::sd_v1_5())),
+            scheduler: json(serde_json::to_value(
+                tav_core::config::SchedulerConfig::sd_v1_5(),
+            )),
+        }
+    }
+
+    /// The demo model's configs (`tav bench --config tiny --write-model`).
+    pub fn tiny() -> Self {
+        Self {
+            unet: unet_config(),
+            vae: vae_config(),
+            text_encoder: clip_config(),
+            scheduler: scheduler_config(),
+        }
+    }
+}
+
+/// Writes a diffusers folder with `RandomInit { seed }` weights in `dtype` for `configs`,
+/// with the bundled CLIP tokenizer; `model_index.json` last, naming `version`.
+pub fn write_random_model(
+    dir: &Path,
+    configs: &RandomModelConfigs,
+    seed: u64,
+    dtype: Dtype,
+    version: &str,
+) -> Result<()> {
     // Shapes come from the model code itself, so the folder always matches what tav loads.
     let device = Device::wgpu(DeviceKind::DefaultDevice);
     let shapes = |build: &dyn Fn(&ParamBuilder) -> Result<()>| -> Result<Vec<ParamEntry>> {
@@ -133,29 +196,33 @@ pub fn ensure_demo_model() -> Result<PathBuf> {
         build(&p)?;
         Ok(p.entries())
     };
-    let (ucfg, vcfg, ccfg) = (unet_config(), vae_config(), clip_config());
     let unet: Vec<ParamEntry> =
-        shapes(&|p| UNet3D::load(p, &parse::<UNetConfig>(&ucfg)).map(drop))?
+        shapes(&|p| UNet3D::load(p, &parse::<UNetConfig>(&configs.unet)).map(drop))?
             .into_iter()
             .filter(|e| !is_temporal(&e.key))
             .collect();
-    let vae = shapes(&|p| Vae::load(p, &parse::<VaeConfig>(&vcfg)).map(drop))?;
-    let text = shapes(&|p| ClipTextEncoder::load(p, &parse::<ClipConfig>(&ccfg)).map(drop))?;
+    let vae = shapes(&|p| Vae::load(p, &parse::<VaeConfig>(&configs.vae)).map(drop))?;
+    let text = shapes(&|p| {
+        ClipTextEncoder::load(p, &parse::<ClipConfig>(&configs.text_encoder)).map(drop)
+    })?;
     let json = |v: &serde_json::Value| serde_json::to_vec_pretty(v).expect("json");
     let mut files: Vec<(String, Vec<u8>)> = vec![
-        ("unet/config.json", json(&ucfg)),
+        ("unet/config.json", json(&configs.unet)),
         (
             "unet/diffusion_pytorch_model.safetensors",
-            safetensors_bytes(&unet)?,
+            safetensors_bytes(&unet, seed, dtype)?,
         ),
-        ("vae/config.json", json(&vcfg)),
+        ("vae/config.json", json(&configs.vae)),
         (
             "vae/diffusion_pytorch_model.safetensors",
-            safetensors_bytes(&vae)?,
+            safetensors_bytes(&vae, seed, dtype)?,
         ),
-        ("text_encoder/config.json", json(&ccfg)),
-        ("text_encoder/model.safetensors", safetensors_bytes(&text)?),
-        ("scheduler/scheduler_config.json", json(&scheduler_config())),
+        ("text_encoder/config.json", json(&configs.text_encoder)),
+        (
+            "text_encoder/model.safetensors",
+            safetensors_bytes(&text, seed, dtype)?,
+        ),
+        ("scheduler/scheduler_config.json", json(&configs.scheduler)),
     ]
     .into_iter()
     .map(|(relative, bytes)| (relative.to_string(), bytes))
@@ -165,9 +232,9 @@ pub fn ensure_demo_model() -> Result<PathBuf> {
         write_atomic(&dir.join(relative), &bytes)?;
     }
     // Written last: its presence means the folder is complete.
-    let index = serde_json::json!({"_class_name": "StableDiffusionPipeline", "_tav": VERSION});
+    let index = serde_json::json!({"_class_name": "StableDiffusionPipeline", "_tav": version});
     write_atomic(&dir.join("model_index.json"), &json(&index))?;
-    Ok(dir)
+    Ok(())
 }
 
 /// The demo clip: a red ball rolling along a textured road, `total` frames at 256×256, of
@@ -225,5 +292,52 @@ pub fn demo_clip(total: usize, sampling: Sampling) -> Clip {
         height: h as u32,
         fps: 8.0,
         frames,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `tav bench --config sd15 --write-model` writes SD v1.5's configs as JSON; tav must read
+    /// back exactly the configs it benchmarks and plans.
+    #[test]
+    fn sd15_configs_written_as_json_read_back_the_same() {
+        let configs = RandomModelConfigs::sd_v1_5();
+        assert_eq!(parse::<UNetConfig>(&configs.unet), UNetConfig::sd_v1_5());
+        assert_eq!(parse::<VaeConfig>(&configs.vae), VaeConfig::sd_v1_5());
+        assert_eq!(
+            parse::<ClipConfig>(&configs.text_encoder),
+            ClipConfig::sd_v1_5()
+        );
+    }
+
+    /// The tiny random model written in f16 loads, and its weights are the f16 rounding of the
+    /// f32 ones.
+    #[test]
+    fn a_random_model_written_in_f16_holds_the_rounded_values() {
+        let dir = std::env::temp_dir().join(format!("tav-random-f16-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        write_random_model(&dir, &RandomModelConfigs::tiny(), 7, Dtype::F16, "test").unwrap();
+        let bytes = std::fs::read(dir.join("vae/diffusion_pytorch_model.safetensors")).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let (key, view) = file
+            .tensors()
+            .into_iter()
+            .find(|(_, v)| v.shape().len() == 4)
+            .unwrap();
+        assert_eq!(view.dtype(), Dtype::F16);
+        let expected = RandomInit { seed: 7 }.value(&key, view.shape());
+        let stored: Vec<f32> = view
+            .data()
+            .chunks(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect();
+        assert_eq!(stored.len(), expected.len());
+        for (s, e) in stored.iter().zip(&expected) {
+            assert_eq!(*s, half::f16::from_f32(*e).to_f32());
+        }
+        assert!(dir.join("model_index.json").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -37,6 +37,9 @@ pub struct Opened {
     /// The device's smallest subgroup, where it has subgroup operations (even where tav does
     /// not split attention rows over them: CPU adapters).
     pub subgroup_size: Option<u32>,
+    /// What the adapter is and allows, as one JSON object (`tav bench --probe`): name,
+    /// driver, backend, `shader-f16`, subgroup sizes, limits.
+    pub probe: serde_json::Value,
 }
 
 /// Opens the device for `--device` and describes it (name, type, graphics API). `flex` is
@@ -45,8 +48,13 @@ pub struct Opened {
 pub fn open(choice: &str) -> Result<Opened, String> {
     if choice == "flex" {
         let (device, description) = flex();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         return Ok(Opened {
             device,
+            probe: serde_json::json!({
+                "adapter": description, "backend": "flex (burn's CPU backend)",
+                "threads": threads, "shader_f16": false,
+            }),
             description,
             subgroup_size: None,
             limits: DeviceLimits {
@@ -87,11 +95,27 @@ pub fn open(choice: &str) -> Result<Opened, String> {
         granted.max_buffer_size,
         granted.max_storage_buffer_binding_size,
     );
+    let features = setup.device.features();
+    let probe = serde_json::json!({
+        "adapter": info.name, "vendor": info.vendor, "device_id": info.device,
+        "device_type": format!("{:?}", info.device_type),
+        "backend": format!("{:?}", info.backend),
+        "driver": info.driver, "driver_info": info.driver_info,
+        "shader_f16": features.contains(wgpu::Features::SHADER_F16),
+        "subgroups": features.contains(wgpu::Features::SUBGROUP),
+        "subgroup_min_size": info.subgroup_min_size,
+        "subgroup_max_size": info.subgroup_max_size,
+        "max_buffer_size": granted.max_buffer_size,
+        "max_storage_buffer_binding_size": granted.max_storage_buffer_binding_size,
+        "max_compute_workgroup_storage_size": granted.max_compute_workgroup_storage_size,
+        "max_compute_invocations_per_workgroup": granted.max_compute_invocations_per_workgroup,
+    });
     Ok(Opened {
         device,
         description,
         limits,
         subgroup_size,
+        probe,
     })
 }
 

@@ -11,6 +11,7 @@ use super::prelude::*;
 use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
+use safetensors::Dtype;
 use tav_core::config::{SchedulerConfig, UNetConfig};
 use tav_core::edit::Denoiser;
 use tav_core::limits::DeviceLimits;
@@ -605,6 +606,15 @@ pub struct BenchCommand {
     /// kernels; several times faster than lavapipe on a machine without a GPU).
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Print what the adapter is (name, driver, backend, `shader-f16`, subgroup sizes,
+    /// limits) as one JSON line, and time nothing.
+    #[arg(long)]
+    pub probe: bool,
+    /// Write the benchmarked model (`--config`) with its random weights as a diffusers
+    /// folder here (f16 files with `--f16`), for whole `tav run`s at that size, and time
+    /// nothing.
+    #[arg(long, value_name = "DIR")]
+    pub write_model: Option<std::path::PathBuf>,
 }
 
 /// Runs `tav bench`.
@@ -627,13 +637,38 @@ pub fn command(args: BenchCommand) -> Result<()> {
         subgroups,
         mode,
         device,
+        probe,
+        write_model,
     } = args;
+    if let Some(dir) = write_model {
+        let started = Instant::now();
+        let configs = match config {
+            plan::ModelSize::Tiny => crate::demo::RandomModelConfigs::tiny(),
+            plan::ModelSize::Sd15 => crate::demo::RandomModelConfigs::sd_v1_5(),
+        };
+        let dtype = if f16 { Dtype::F16 } else { Dtype::F32 };
+        crate::demo::write_random_model(&dir, &configs, 0, dtype, "tav-bench-random")?;
+        let line = serde_json::json!({
+            "bench": "write-model", "config": config_name(config), "dir": dir,
+            "dtype": if f16 { "f16" } else { "f32" }, "seconds": started.elapsed().as_secs_f64(),
+        });
+        println!("{line}");
+        return Ok(());
+    }
     let gpu::Opened {
         device,
         description: adapter,
         limits,
         subgroup_size,
+        probe: adapter_probe,
     } = gpu::open(&device).map_err(TavError::Device)?;
+    if probe {
+        println!(
+            "{}",
+            serde_json::json!({"bench": "probe", "adapter": adapter_probe})
+        );
+        return Ok(());
+    }
     if kernel.is_some() {
         let spec = bench::KernelBenchSpec {
             tokens,
