@@ -13,6 +13,11 @@ Setup (a CUDA GPU):
     pip install torch diffusers==0.11.1 transformers einops
     python benches/pytorch_reference.py --reference ./Tune-A-Video --frames 8 --size 512 --f16
 
+--config tiny --device cpu runs the same code on tav's demo model on the CPU (the GPU check's dry
+run, benches/gpu/run.sh --dry-run). --steps attention times scaled_dot_product_attention alone
+on tav's `bench --kernel attention` shapes (--tokens, --heads, --head-dim, --frames; no
+--reference needed).
+
 --f16 matches the reference's fp16 mixed precision: frozen weights in f16, trainable weights
 in f32, autocast to f16. --gradient-checkpointing is the reference's training default.
 """
@@ -46,6 +51,10 @@ SD15_UNET = {
     "sample_size": 64,
     "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"],
 }
+# tav's demo model (`tav bench --config tiny`), for a dry run of the same code on the CPU.
+TINY_UNET = dict(SD15_UNET, attention_head_dim=4, block_out_channels=[32, 64, 64, 64],
+                 cross_attention_dim=32, sample_size=16)
+CONFIGS = {"sd15": SD15_UNET, "tiny": TINY_UNET}
 TRAINABLE = ("attn1.to_q", "attn2.to_q", "attn_temp")
 
 
@@ -66,7 +75,7 @@ def build(args):
     use_sdpa()
     from tuneavideo.models.unet import UNet3DConditionModel
 
-    unet = UNet3DConditionModel.from_config(SD15_UNET).cuda()
+    unet = UNet3DConditionModel.from_config(CONFIGS[args.config]).to(args.device)
     if args.f16:
         unet.half()
     trainable = []
@@ -81,25 +90,72 @@ def build(args):
     return unet, trainable
 
 
-def measure(once, runs):
+def measure(once, runs, device):
+    cuda = device == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     once()
-    torch.cuda.synchronize()
+    sync()
     times = []
     for _ in range(runs):
         start = time.perf_counter()
         once()
-        torch.cuda.synchronize()
+        sync()
         times.append((time.perf_counter() - start) * 1e3)
+    if not cuda:
+        return times, None
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     once()
-    torch.cuda.synchronize()
+    sync()
     return times, torch.cuda.max_memory_allocated()
+
+
+def attention_bench(args):
+    """scaled_dot_product_attention alone on tav's `bench --kernel attention` shapes:
+    sparse-causal (each frame's queries over frame 0's and the previous frame's keys) and
+    temporal (each token's frames over each other), forward and forward + backward."""
+    dtype = torch.float16 if args.f16 else torch.float32
+    f, n, h, d = args.frames, args.tokens, args.heads, args.head_dim
+    name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+
+    def make(*shape):
+        return torch.randn(*shape, device=args.device, dtype=dtype, requires_grad=True)
+
+    shapes = {
+        # [frames·heads, tokens, d] queries over [frames·heads, 2·tokens, d] keys.
+        "sparse-causal": ((f * h, n, d), (f * h, 2 * n, d)),
+        # [tokens·heads, frames, d] over the same.
+        "temporal": ((n * h, f, d), (n * h, f, d)),
+    }
+    for mode, (qs, ks) in shapes.items():
+        q, k, v = make(*qs), make(*ks), make(*ks)
+        grad = torch.randn(*qs, device=args.device, dtype=dtype)
+
+        def forward():
+            with torch.no_grad():
+                F.scaled_dot_product_attention(q, k, v)
+
+        def backward():
+            out = F.scaled_dot_product_attention(q, k, v)
+            out.backward(grad)
+
+        for pass_name, once in (("forward", forward), ("forward+backward", backward)):
+            times, peak = measure(once, args.runs, args.device)
+            print(json.dumps({"bench": "attention", "mode": mode, "pass": pass_name,
+                              "device": name, "impl": "pytorch-sdpa", "frames": f,
+                              "tokens": n, "heads": h, "head_dim": d, "f16": args.f16,
+                              "median_ms": statistics.median(times), "min_ms": min(times),
+                              "runs": len(times), "peak_bytes": peak}), flush=True)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reference", required=True, help="a checkout of showlab/Tune-A-Video")
+    ap.add_argument("--reference", help="a checkout of showlab/Tune-A-Video (not needed for --steps attention)")
+    ap.add_argument("--config", choices=sorted(CONFIGS), default="sd15")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--tokens", type=int, default=4096, help="--steps attention: tokens per frame")
+    ap.add_argument("--heads", type=int, default=8, help="--steps attention")
+    ap.add_argument("--head-dim", type=int, default=40, help="--steps attention")
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--f16", action="store_true")
@@ -107,21 +163,30 @@ def main():
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--steps", default="forward,tune,sample")
     args = ap.parse_args()
+    if args.steps == "attention":
+        attention_bench(args)
+        return
+    if not args.reference:
+        ap.error("--reference is needed for the UNet's steps")
 
     unet, trainable = build(args)
     side = args.size // 8
     dtype = torch.float16 if args.f16 else torch.float32
-    device_name = torch.cuda.get_device_name()
-    autocast = torch.autocast("cuda", dtype=torch.float16, enabled=args.f16)
+    cuda = args.device == "cuda"
+    device_name = torch.cuda.get_device_name() if cuda else "cpu"
+    autocast = torch.autocast(args.device, dtype=torch.float16 if cuda else torch.bfloat16,
+                              enabled=args.f16)
     optimizer = torch.optim.AdamW(trainable, lr=3e-5, weight_decay=1e-2)
 
     def latents(batch):
-        return torch.randn(batch, 4, args.frames, side, side, device="cuda", dtype=dtype)
+        return torch.randn(batch, 4, args.frames, side, side, device=args.device, dtype=dtype)
+
+    width = CONFIGS[args.config]["cross_attention_dim"]
 
     def context(batch):
-        return torch.randn(batch, 77, 768, device="cuda", dtype=dtype)
+        return torch.randn(batch, 77, width, device=args.device, dtype=dtype)
 
-    t = torch.tensor([500], device="cuda")
+    t = torch.tensor([500], device=args.device)
 
     def forward():
         with torch.no_grad(), autocast:
@@ -153,11 +218,13 @@ def main():
                       "size": args.size, "f16": args.f16,
                       "gradient_checkpointing": args.gradient_checkpointing}))
     for name in args.steps.split(","):
-        times, peak = measure(steps[name], args.runs)
+        times, peak = measure(steps[name], args.runs, args.device)
         print(json.dumps({"bench": name, "device": device_name, "impl": "pytorch-sdpa",
+                          "config": args.config,
                           "frames": args.frames, "size": args.size, "f16": args.f16,
                           "median_ms": statistics.median(times), "min_ms": min(times),
-                          "runs": len(times), "peak_bytes": peak, "peak_gib": peak / 2**30}),
+                          "runs": len(times), "peak_bytes": peak,
+                          "peak_gib": peak / 2**30 if peak is not None else None}),
               flush=True)
 
 
