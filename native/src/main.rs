@@ -3,6 +3,7 @@
 //! `main` parses the command line (`cli.rs`) and runs the subcommand (`commands/`, one file
 //! each); a failure inside the GPU stack becomes an error that says what to reduce.
 
+mod allocator;
 mod atomic;
 mod cli;
 mod commands;
@@ -25,6 +26,7 @@ use tav_core::TavError;
 use crate::cli::Cli;
 
 fn main() -> ExitCode {
+    allocator::tune_for_tensor_work();
     let cli = Cli::parse();
     let message = match run_catching_panics(cli) {
         Ok(()) => return ExitCode::SUCCESS,

@@ -21,6 +21,9 @@ pub struct Ui {
     log: Option<File>,
     /// Records made before the log file exists (it is created once the inputs are accepted).
     pending: Vec<serde_json::Value>,
+    /// When the command started: each progress record says how long since, so a phase's
+    /// time can be read from the log (benches/peer_cpu.sh does).
+    started: std::time::Instant,
 }
 
 impl Ui {
@@ -30,6 +33,7 @@ impl Ui {
             bar: None,
             log: None,
             pending: Vec::new(),
+            started: std::time::Instant::now(),
         }
     }
 
@@ -78,6 +82,7 @@ impl Ui {
             "step": e.step,
             "total": e.total,
             "loss": e.loss,
+            "elapsed_s": (self.started.elapsed().as_secs_f64() * 1e3).round() / 1e3,
         });
         self.write_log(&record);
         match self.mode {

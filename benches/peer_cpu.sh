@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# tav and the PyTorch reference on the same CPU job, side by side: jobs/toy.toml (the toy
+# model and clip, three edits) with `tav run --device flex`, then the reference's own code
+# (benches/peer_cpu.py) on the same cores with the same thread count, one after the other.
+#
+#   bash benches/peer_cpu.sh --reference PATH/TO/Tune-A-Video [--python PYTHON] [--threads N]
+#                            [--steps N] [--out DIR]
+#
+# PYTHON needs torch, diffusers==0.11.1, transformers==4.36.2, einops, imageio and safetensors.
+# tav is the test command's build (target/debug/tav: our code at opt-level 1, dependencies
+# optimised). Threads: RAYON_NUM_THREADS for tav (burn's CPU backend), torch.set_num_threads
+# for the reference; both pinned to the same cores with taskset. Prints one table.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+reference="" python=python3 threads=2 steps="" out=outputs/peer-cpu
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --reference) reference=$2; shift 2 ;;
+    --python) python=$2; shift 2 ;;
+    --threads) threads=$2; shift 2 ;;
+    --steps) steps=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    *) echo "unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
+  esac
+done
+if [ -z "$reference" ] || [ ! -d "$reference/tuneavideo" ]; then
+  echo "--reference PATH/TO/Tune-A-Video (a checkout with tuneavideo/) is needed" >&2
+  exit 2
+fi
+cores=$(nproc)
+if [ "$threads" -gt "$cores" ]; then
+  echo "--threads $threads: this machine has $cores cores" >&2
+  exit 2
+fi
+cpus="0-$((threads - 1))"
+mkdir -p "$out"
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/xdg-runtime-$(id -u)}"
+mkdir -p -m 700 "$XDG_RUNTIME_DIR"
+
+# The test command's build (its feature set; autotune changes nothing on burn's CPU backend).
+cargo build --workspace --locked --no-default-features --bins
+step_flags=()
+[ -n "$steps" ] && step_flags=(--steps "$steps")
+
+echo "== tav: run jobs/toy.toml --device flex, $threads threads on cores $cpus" >&2
+rm -rf "$out/tav"
+tav_started=$(date +%s.%N)
+RAYON_NUM_THREADS=$threads taskset -c "$cpus" target/debug/tav run jobs/toy.toml --device flex \
+  --json "${step_flags[@]}" --out "$out/tav" >"$out/tav.jsonl"
+tav_total=$(awk -v a="$tav_started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+
+echo "== the reference: benches/peer_cpu.py, $threads threads on cores $cpus" >&2
+ref_started=$(date +%s.%N)
+OMP_NUM_THREADS=$threads taskset -c "$cpus" "$python" benches/peer_cpu.py --reference "$reference" \
+  --threads "$threads" "${step_flags[@]}" --out "$out/reference" >"$out/reference.jsonl"
+ref_total=$(awk -v a="$ref_started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+
+# tav's phases from its progress records (seconds since start at each step), the reference's
+# from its stage lines.
+"$python" - "$out/tav.jsonl" "$out/reference.jsonl" "$tav_total" "$ref_total" "$threads" <<'EOF'
+import json, sys
+tav_log, ref_log, tav_total, ref_total, threads = sys.argv[1:]
+phases = {}
+for line in open(tav_log):
+    r = json.loads(line)
+    if r.get("event") == "progress" and "elapsed_s" in r:
+        first, last, n = phases.get(r["phase"], (None, None, 0))
+        phases[r["phase"]] = (first if first is not None else r["elapsed_s"], r["elapsed_s"], max(n, r["total"]))
+ref = {r["stage"]: r for r in map(json.loads, open(ref_log))}
+
+def span(phase):  # from the phase's first record to its last, plus one step's share
+    first, last, n = phases[phase]
+    return (last - first) * n / max(n - 1, 1)
+
+tune_steps = phases["tune"][2]
+tav_tune = span("tune")
+rows = [
+    ("tuning step (s)", tav_tune / tune_steps, ref["tune"]["seconds_per_step"]),
+    (f"tuning, {tune_steps} steps (s)", tav_tune, ref["tune"]["seconds"]),
+    ("whole job, process start to exit (s)", float(tav_total), float(ref_total)),
+]
+print(f"threads: {threads} each (tav: RAYON_NUM_THREADS, burn's CPU backend; reference: torch.set_num_threads)")
+print(f"| what | tav | reference | tav / reference |")
+print(f"| --- | --- | --- | --- |")
+for name, a, b in rows:
+    print(f"| {name} | {a:.3f} | {b:.3f} | {a / b:.2f}× |")
+print(json.dumps({"bench": "peer_cpu", "threads": int(threads), "tune_steps": tune_steps,
+                  "tav_step_s": tav_tune / tune_steps, "reference_step_s": ref["tune"]["seconds_per_step"],
+                  "tav_total_s": float(tav_total), "reference_total_s": float(ref_total)}))
+EOF
