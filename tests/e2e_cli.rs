@@ -1508,3 +1508,198 @@ fn demo_web_serves_the_page_the_toy_model_and_the_example_clip() {
     let _ = std::fs::remove_dir_all(&model);
     let _ = std::fs::remove_dir_all(&packed);
 }
+
+/// A batch manifest for the toy model: shared settings and one `[[clips]]` per entry of
+/// `clips` (name, video, edits), in `dir`.
+fn batch_manifest(dir: &Path, clips: &[(&str, &Path, &[&str])]) -> PathBuf {
+    let model = repo().join("assets/toy-model");
+    let mut text = format!(
+        "model = {model:?}\noutput = \"out\"\n\
+         [clip]\nframes = 2\nstride = 1\nwidth = 64\nheight = 64\n\
+         [tune]\nsteps = 6\nlearning_rate = 3e-4\ncheckpoint_every = 1\n\
+         [edit]\ninversion_steps = 2\ninference_steps = 2\nguidance = 4.0\nguidance_rescale = 0.7\n"
+    );
+    for (name, video, edits) in clips {
+        text.push_str(&format!(
+            "\n[[clips]]\nname = {name:?}\nvideo = {video:?}\n\
+             prompt = \"a red circle is moving on the road\"\nedits = {edits:?}\n"
+        ));
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("batch.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn batch_shard(manifest: &Path, index: usize, count: usize) -> Command {
+    let mut cmd = tav();
+    cmd.current_dir(manifest.parent().unwrap()).args([
+        "batch",
+        manifest.file_name().unwrap().to_str().unwrap(),
+        "--index",
+        &index.to_string(),
+        "--count",
+        &count.to_string(),
+        "--device",
+        "flex",
+        "--json",
+    ]);
+    cmd
+}
+
+/// Every file of a finished clip's folder with its modification time.
+fn stamps(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| (e.path(), e.metadata().unwrap().modified().unwrap()))
+        .collect();
+    files.sort();
+    files
+}
+
+/// `tav batch` as a scheduler runs it: a 3-clip manifest as 3 processes (`--index 0..2
+/// --count 3`), one killed mid-tuning; the rerun resumes it from its checkpoint, skips the
+/// finished clips without touching their files, and every clip ends with its edits.
+#[test]
+fn batch_shards_resume_after_a_kill_and_skip_finished_clips() {
+    let dir = scratch("batch");
+    let _ = std::fs::remove_dir_all(&dir);
+    let clip = repo().join("assets/toy-clip.gif");
+    let clips: [(&str, &Path, &[&str]); 3] = [
+        (
+            "red-to-blue",
+            &clip,
+            &["a blue circle is moving on the road"],
+        ),
+        (
+            "two-edits",
+            &clip,
+            &[
+                "a red square is moving on the road",
+                "a red circle is moving on the grass",
+            ],
+        ),
+        ("to-grass", &clip, &["a red circle is moving on the grass"]),
+    ];
+    let manifest = batch_manifest(&dir, &clips);
+    let out = dir.join("out");
+
+    let mut shards: Vec<std::process::Child> = (0..3)
+        .map(|i| {
+            batch_shard(&manifest, i, 3)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Shard 1 is killed once its clip has a checkpoint: mid-tuning.
+    let checkpoint = out.join("two-edits/checkpoint.safetensors");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !checkpoint.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    shards[1].kill().unwrap();
+    shards[1].wait().unwrap();
+    for i in [0, 2] {
+        assert!(shards[i].wait().unwrap().success(), "shard {i} finishes");
+    }
+    assert!(checkpoint.exists(), "shard 1 checkpointed before the kill");
+    assert!(
+        !out.join("two-edits/done.json").exists(),
+        "the killed clip is not marked done"
+    );
+    let before: Vec<_> = ["red-to-blue", "to-grass"]
+        .iter()
+        .map(|name| stamps(&out.join(name)))
+        .collect();
+
+    // The rerun: every shard again.
+    let mut said = Vec::new();
+    for i in 0..3 {
+        let again = run(&mut batch_shard(&manifest, i, 3));
+        assert!(again.status.success(), "shard {i}: {}", stderr(&again));
+        said.push(String::from_utf8_lossy(&again.stdout).into_owned());
+    }
+    assert!(said[1].contains("resuming from"), "{}", said[1]);
+    for i in [0, 2] {
+        assert!(said[i].contains("skipped"), "shard {i}: {}", said[i]);
+    }
+    for (name, files) in ["red-to-blue", "to-grass"].iter().zip(&before) {
+        assert_eq!(
+            &stamps(&out.join(name)),
+            files,
+            "{name}'s finished outputs are left as they were"
+        );
+    }
+    // Every clip has its edits, each a 64×64 video of 2 frames, and its done mark.
+    for (name, _, edits) in &clips {
+        let folder = out.join(name);
+        assert!(folder.join("done.json").exists(), "{name} is done");
+        let gifs: Vec<PathBuf> = std::fs::read_dir(&folder)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "gif")
+                    && !p.file_name().unwrap().to_string_lossy().starts_with("grid")
+            })
+            .collect();
+        assert_eq!(gifs.len(), edits.len(), "{name}: one video per edit");
+        for gif in gifs {
+            let (w, h, frames) = gif_frames(&gif);
+            assert_eq!((w, h, frames.len()), (64, 64, 2), "{}", gif.display());
+        }
+    }
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary-1-of-3.json")).unwrap()).unwrap();
+    assert_eq!(summary["clips"][0]["clip"], "two-edits");
+    assert_eq!(summary["clips"][0]["status"], "done");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary-0-of-3.json")).unwrap()).unwrap();
+    assert_eq!(summary["clips"][0]["status"], "skipped");
+
+    // One clip that cannot be read fails, named, and the others still run.
+    let broken = dir.join("broken.gif");
+    std::fs::write(&broken, b"GIF89a not really").unwrap();
+    let second = dir.join("second");
+    let manifest = batch_manifest(
+        &second,
+        &[
+            (
+                "unreadable",
+                &broken,
+                &["a blue circle is moving on the road"],
+            ),
+            ("fine", &clip, &["a blue circle is moving on the road"]),
+        ],
+    );
+    let out_run = run(&mut batch_shard(&manifest, 0, 1));
+    assert!(!out_run.status.success(), "a failed clip fails the shard");
+    assert!(
+        stderr(&out_run).contains("unreadable"),
+        "{}",
+        stderr(&out_run)
+    );
+    assert!(second.join("out/fine/done.json").exists());
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(second.join("out/summary-0-of-1.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["clips"][0]["status"], "failed");
+    assert_eq!(summary["clips"][1]["status"], "done");
+
+    // A manifest that cannot run is refused before any work, naming the field.
+    let dup = dir.join("dup");
+    let manifest = batch_manifest(
+        &dup,
+        &[
+            ("same", &clip, &["a blue circle is moving on the road"]),
+            ("same", &clip, &["a red square is moving on the road"]),
+        ],
+    );
+    expect_error(&mut batch_shard(&manifest, 0, 1), "clips[1].name");
+    assert!(!dup.join("out").exists(), "nothing written");
+    expect_error(&mut batch_shard(&manifest, 3, 3), "--index 3");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -76,7 +76,7 @@ pub struct Common {
     pub json: bool,
 }
 
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Default)]
 pub struct ClipArgs {
     /// The input clip: .mp4 (H.264), .gif, or a folder of PNG/JPEG frames; `demo` for the
     /// built-in procedural clip.
@@ -102,7 +102,7 @@ pub struct ClipArgs {
     pub no_crop: bool,
 }
 
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Default)]
 pub struct TuneArgs {
     /// Tuning steps [default: 500].
     #[arg(value_parser = crate::cli::steps, long)]
@@ -150,6 +150,11 @@ pub enum Command {
     /// The whole job from a job file (tune, invert, edit), e.g. jobs/car-turn.toml.
     /// Flags override the file.
     Run(commands::run::RunCommand),
+    /// Many clips from one manifest, each tuned and inverted once and edited with each of its
+    /// prompts; `--index I --count N` runs the clips at positions I mod N, so a Kubernetes
+    /// Indexed Job or a Slurm array shards a batch (docs/scale-out.md). Resumable: finished
+    /// clips are skipped, a clip cut off mid-tuning resumes from its checkpoint.
+    Batch(commands::batch::BatchCommand),
     /// Load a checkpoint folder and run every component once on random input, printing
     /// what was loaded and checked.
     Check(commands::check::CheckCommand),

@@ -1,6 +1,7 @@
 //! One file per subcommand (its arguments and what it runs), and what they share: the session
 //! a command opens, the job flow of `tune`/`edit`/`run`.
 
+pub mod batch;
 pub mod bench;
 pub mod check;
 pub mod demo_web;
@@ -30,6 +31,7 @@ pub fn dispatch(command: Command) -> Result<()> {
         Command::Tune(args) => tune::command(args),
         Command::Edit(args) => edit::command(args),
         Command::Run(args) => run::command(args),
+        Command::Batch(args) => batch::command(args),
         Command::Check(args) => check::command(args),
         Command::PackWeb(args) => pack::command(args),
         Command::DemoWeb(args) => demo_web::command(args),
