@@ -438,3 +438,287 @@ fn a_broken_link_is_reported() {
     assert!(broken[0].starts_with("README.md:2: (docs/missing.md)"));
     assert!(broken[1].starts_with("README.md:3: (docs/ok.md#nope)"));
 }
+
+/// A YAML node: the block-style subset the Kubernetes example uses (maps, sequences, plain,
+/// quoted and flow-sequence scalars, comments).
+#[derive(Debug, Clone, PartialEq)]
+enum Yaml {
+    Map(Vec<(String, Yaml)>),
+    Seq(Vec<Yaml>),
+    Scalar(String),
+}
+
+impl Yaml {
+    fn get(&self, key: &str) -> Option<&Yaml> {
+        match self {
+            Yaml::Map(entries) => entries.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// The node at a dotted path of map keys.
+    fn at(&self, path: &str) -> Result<&Yaml, String> {
+        path.split('.').try_fold(self, |node, key| {
+            node.get(key).ok_or_else(|| format!("{path}: no `{key}`"))
+        })
+    }
+
+    fn text(&self, path: &str) -> Result<String, String> {
+        match self.at(path)? {
+            Yaml::Scalar(s) if !s.is_empty() => Ok(s.clone()),
+            other => Err(format!("{path} is not a value: {other:?}")),
+        }
+    }
+}
+
+/// Parses block YAML (two-space or other consistent indentation, no tabs, no anchors, no
+/// multi-line scalars); an error names the line.
+fn parse_yaml(text: &str) -> Result<Yaml, String> {
+    let mut lines: Vec<(usize, usize, String)> = Vec::new();
+    for (number, raw) in text.lines().enumerate() {
+        if raw.contains('\t') {
+            return Err(format!("line {}: a tab", number + 1));
+        }
+        let content = strip_comment(raw);
+        if content.trim().is_empty() {
+            continue;
+        }
+        let indent = content.len() - content.trim_start().len();
+        lines.push((number + 1, indent, content.trim().to_string()));
+    }
+    let mut at = 0;
+    let node = parse_block(&mut lines, &mut at, 0)?;
+    match lines.get(at) {
+        Some((n, _, l)) => Err(format!(
+            "line {n}: `{l}` is outside the document's structure"
+        )),
+        None => Ok(node),
+    }
+}
+
+fn strip_comment(line: &str) -> String {
+    let mut quote = None;
+    for (i, c) in line.char_indices() {
+        match (quote, c) {
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, '#') if i == 0 || line[..i].ends_with(' ') => return line[..i].to_string(),
+            _ => {}
+        }
+    }
+    line.to_string()
+}
+
+fn parse_block(
+    lines: &mut Vec<(usize, usize, String)>,
+    at: &mut usize,
+    indent: usize,
+) -> Result<Yaml, String> {
+    let Some((_, first_indent, first)) = lines.get(*at).cloned() else {
+        return Err("an empty block".into());
+    };
+    if first_indent != indent {
+        return Err(format!(
+            "line {}: indentation {first_indent}, expected {indent}",
+            lines[*at].0
+        ));
+    }
+    if first == "-" || first.starts_with("- ") {
+        let mut items = Vec::new();
+        while let Some((number, i, line)) = lines.get(*at).cloned() {
+            if i != indent || !(line == "-" || line.starts_with("- ")) {
+                break;
+            }
+            let rest = line[1..].trim_start().to_string();
+            if rest.is_empty() {
+                *at += 1;
+                items.push(parse_block(
+                    lines,
+                    at,
+                    lines.get(*at).map_or(indent + 2, |l| l.1),
+                )?);
+            } else if key_value(&rest).is_some() {
+                // `- key: value`: a map whose first entry sits after the dash.
+                lines[*at] = (number, indent + 2, rest);
+                items.push(parse_block(lines, at, indent + 2)?);
+            } else {
+                items.push(scalar(&rest));
+                *at += 1;
+            }
+        }
+        return Ok(Yaml::Seq(items));
+    }
+    let mut entries = Vec::new();
+    while let Some((number, i, line)) = lines.get(*at).cloned() {
+        if i < indent {
+            break;
+        }
+        if i > indent {
+            return Err(format!("line {number}: unexpected indentation"));
+        }
+        let (key, value) = key_value(&line)
+            .ok_or_else(|| format!("line {number}: `{line}` is not `key: value`"))?;
+        *at += 1;
+        let node = if value.is_empty() {
+            match lines.get(*at) {
+                Some((_, next, l))
+                    if *next > indent || (*next == indent && l.starts_with("- ")) =>
+                {
+                    let next = *next;
+                    parse_block(lines, at, next)?
+                }
+                _ => Yaml::Scalar(String::new()),
+            }
+        } else {
+            scalar(&value)
+        };
+        if entries.iter().any(|(k, _)| *k == key) {
+            return Err(format!("line {number}: `{key}` twice"));
+        }
+        entries.push((key, node));
+    }
+    Ok(Yaml::Map(entries))
+}
+
+/// `key: value` (value possibly empty), outside quotes.
+fn key_value(line: &str) -> Option<(String, String)> {
+    if line.starts_with(['"', '\'', '[']) {
+        return None;
+    }
+    let colon = line
+        .find(": ")
+        .or_else(|| line.strip_suffix(':').map(|s| s.len()))?;
+    let key = line[..colon].trim();
+    if key.is_empty() || key.contains(' ') {
+        return None;
+    }
+    Some((key.to_string(), line[colon + 1..].trim().to_string()))
+}
+
+fn scalar(text: &str) -> Yaml {
+    let text = text.trim();
+    if let Some(inner) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+        return Yaml::Seq(
+            inner
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(scalar)
+                .collect(),
+        );
+    }
+    let unquoted = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .or_else(|| text.strip_prefix('\'').and_then(|t| t.strip_suffix('\'')))
+        .unwrap_or(text);
+    Yaml::Scalar(unquoted.to_string())
+}
+
+/// What a Kubernetes Indexed Job running `tav batch` needs (the Job schema's required fields
+/// and the values that make it indexed), and that its shard count is its completions.
+fn check_indexed_job(job: &Yaml) -> Result<(), String> {
+    let expect = |path: &str, want: &[&str]| -> Result<(), String> {
+        let got = job.text(path)?;
+        if want.contains(&got.as_str()) {
+            Ok(())
+        } else {
+            Err(format!("{path} is `{got}`, not {want:?}"))
+        }
+    };
+    expect("apiVersion", &["batch/v1"])?;
+    expect("kind", &["Job"])?;
+    job.text("metadata.name")?;
+    expect("spec.completionMode", &["Indexed"])?;
+    let completions: usize = job
+        .text("spec.completions")?
+        .parse()
+        .map_err(|_| "spec.completions is not a count".to_string())?;
+    let parallelism: usize = job
+        .text("spec.parallelism")?
+        .parse()
+        .map_err(|_| "spec.parallelism is not a count".to_string())?;
+    if completions == 0 || parallelism == 0 || parallelism > completions {
+        return Err(format!(
+            "completions {completions}, parallelism {parallelism}"
+        ));
+    }
+    // A Job's pods may not restart Always; per-index retries need Never.
+    let policy = job.text("spec.template.spec.restartPolicy")?;
+    let allowed: &[&str] = if job.at("spec.backoffLimitPerIndex").is_ok() {
+        &["Never"]
+    } else {
+        &["Never", "OnFailure"]
+    };
+    expect("spec.template.spec.restartPolicy", allowed).map_err(|e| format!("{e} ({policy})"))?;
+    let Yaml::Seq(containers) = job.at("spec.template.spec.containers")? else {
+        return Err("spec.template.spec.containers is not a list".into());
+    };
+    if containers.is_empty() {
+        return Err("no containers".into());
+    }
+    for (i, c) in containers.iter().enumerate() {
+        c.text("name").map_err(|e| format!("containers[{i}].{e}"))?;
+        c.text("image")
+            .map_err(|e| format!("containers[{i}].{e}"))?;
+    }
+    let command: Vec<String> = containers
+        .iter()
+        .flat_map(|c| ["command", "args"].map(|k| c.get(k).cloned()))
+        .flatten()
+        .flat_map(|node| match node {
+            Yaml::Seq(items) => items,
+            other => vec![other],
+        })
+        .filter_map(|node| match node {
+            Yaml::Scalar(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    let command = command.join(" ");
+    for needed in [
+        "tav batch".to_string(),
+        "$JOB_COMPLETION_INDEX".to_string(),
+        format!("--count {completions}"),
+    ] {
+        if !command.contains(&needed) {
+            return Err(format!(
+                "the container's command lacks `{needed}`: {command}"
+            ));
+        }
+    }
+    let gpu = containers
+        .iter()
+        .any(|c| c.at("resources.limits.nvidia.com/gpu").is_ok() || {
+            matches!(c.at("resources.limits"), Ok(Yaml::Map(m)) if m.iter().any(|(k, _)| k == "nvidia.com/gpu"))
+        });
+    if !gpu {
+        return Err("no container asks for a GPU (resources.limits: nvidia.com/gpu)".into());
+    }
+    Ok(())
+}
+
+#[test]
+fn the_kubernetes_example_is_an_indexed_job_running_tav_batch() {
+    let path = root().join("docs/scale-out/tav-batch-job.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let job = parse_yaml(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    check_indexed_job(&job).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    // The check fails when the file breaks.
+    for (from, to) in [
+        ("completionMode: Indexed", "completionMode: NonIndexed"),
+        ("--count 4 --json", "--count 3 --json"),
+        ("restartPolicy: Never", "restartPolicy: Always"),
+        ("  name: tav-batch", "  nom: tav-batch"),
+        ("nvidia.com/gpu: 1", "cpu: 1"),
+    ] {
+        assert!(text.contains(from), "{from}");
+        let broken = text.replacen(from, to, 1);
+        let verdict = parse_yaml(&broken).and_then(|job| check_indexed_job(&job));
+        assert!(verdict.is_err(), "`{from}` → `{to}` passed");
+    }
+    assert!(
+        parse_yaml("a: 1\n   b: 2\n").is_err(),
+        "bad indentation is refused"
+    );
+}

@@ -1703,3 +1703,66 @@ fn batch_shards_resume_after_a_kill_and_skip_finished_clips() {
     expect_error(&mut batch_shard(&manifest, 3, 3), "--index 3");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The Slurm example runs as the tasks of its array would: each task with its
+/// `SLURM_ARRAY_TASK_ID`, `tav` on the path; together they finish every clip. Its array's
+/// size is the shard count it passes.
+#[test]
+fn the_slurm_example_runs_a_batch_as_its_array_tasks() {
+    let script = repo().join("docs/scale-out/tav-batch.sbatch");
+    let text = std::fs::read_to_string(&script).unwrap();
+    let array = text
+        .lines()
+        .find_map(|l| l.strip_prefix("#SBATCH --array=0-"))
+        .expect("an #SBATCH --array=0-N line");
+    let last: usize = array.trim().parse().unwrap();
+    let shards: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("shards="))
+        .expect("shards=N")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(shards, last + 1, "the shard count is the array's size");
+
+    let dir = scratch("slurm");
+    let _ = std::fs::remove_dir_all(&dir);
+    let clip = repo().join("assets/toy-clip.gif");
+    let manifest = batch_manifest(
+        &dir,
+        &[
+            ("first", &clip, &["a blue circle is moving on the road"]),
+            ("second", &clip, &["a red square is moving on the road"]),
+        ],
+    );
+    let bin = Path::new(env!("CARGO_BIN_EXE_tav")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for task in 0..shards {
+        let out = run(Command::new("bash")
+            .arg(&script)
+            .current_dir(&dir)
+            .env("PATH", &path)
+            .env("XDG_CACHE_HOME", scratch("cache"))
+            .env("SLURM_ARRAY_TASK_ID", task.to_string())
+            .env("TAV_BATCH_FLAGS", "--device flex")
+            .env("TAV_MANIFEST", &manifest));
+        assert!(out.status.success(), "task {task}: {}", stderr(&out));
+    }
+    for name in ["first", "second"] {
+        assert!(
+            dir.join("out").join(name).join("done.json").exists(),
+            "{name}"
+        );
+    }
+    for task in 0..shards {
+        assert!(
+            dir.join(format!("out/summary-{task}-of-{shards}.json"))
+                .exists()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
