@@ -19,7 +19,7 @@ pub mod weights;
 pub use error::{Result, TavError};
 pub use gpu::{flops, footprint, kernels, limits, plan};
 pub use load::{checkpoint, delta, lora, single_file};
-pub use method::{adamw, draws, edit, progress, schedule, tune};
+pub use method::{adamw, draws, edit, progress, schedule, tune, window};
 pub use model::{
     attention, clip, config, layers, recompute, resnet, tokenizer, transformer, unet, vae,
 };

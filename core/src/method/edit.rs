@@ -91,9 +91,22 @@ impl Denoiser<'_> {
         context: Tensor<3>,
         guidance: impl Into<Guidance>,
     ) -> Result<Tensor<5>> {
+        let eps = self.guided_prediction(x.clone(), t, context, guidance)?;
+        Ok(self.ddim.step(eps, t, x))
+    }
+
+    /// The guided noise prediction at timestep `t` (the unconditional and conditional ones
+    /// in one batch of 2 where it fits the device, else in two passes).
+    pub fn guided_prediction(
+        &self,
+        x: Tensor<5>,
+        t: usize,
+        context: Tensor<3>,
+        guidance: impl Into<Guidance>,
+    ) -> Result<Tensor<5>> {
         let guidance = guidance.into();
         let (unet, options) = (self.unet, self.options);
-        let eps = if guidance.scale == 1.0 {
+        Ok(if guidance.scale == 1.0 {
             unet.forward(x.clone(), &[t as f64], context, options)?
         } else if fits_as_one_batch(unet, &x, options) {
             let input = Tensor::cat(vec![x.clone(), x.clone()], 0);
@@ -105,10 +118,9 @@ impl Denoiser<'_> {
             // result.
             let [c_uncond, c_cond] = context.chunk(2, 0).try_into().expect("two halves");
             let e_uncond = unet.forward(x.clone(), &[t as f64], c_uncond, options)?;
-            let e_cond = unet.forward(x.clone(), &[t as f64], c_cond, options)?;
+            let e_cond = unet.forward(x, &[t as f64], c_cond, options)?;
             guidance.combine(e_uncond, e_cond)
-        };
-        Ok(self.ddim.step(eps, t, x))
+        })
     }
 }
 
