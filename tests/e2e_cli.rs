@@ -1766,3 +1766,143 @@ fn the_slurm_example_runs_a_batch_as_its_array_tasks() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Editing past the tuned length: tuned on 4 frames spread over a 20-frame clip, then the
+/// whole clip (`--frames all`) inverted and edited at once and in windows; both give a
+/// video of every frame. Windows that cannot advance, and `all` of the endless demo clip,
+/// are refused before any work.
+#[test]
+fn edits_reach_past_the_tuned_frames_whole_and_in_windows() {
+    let dir = scratch("long");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = repo().join("assets/toy-model");
+    let clip = dir.join("clip.gif");
+    let made = run(tav()
+        .args(["toy-clip", "--seed", "3", "--frames", "20"])
+        .arg(&clip));
+    assert!(made.status.success(), "{}", stderr(&made));
+    let prompt = String::from_utf8_lossy(&made.stdout).trim().to_string();
+    let tuned = dir.join("tuned");
+    let tune = run(tav()
+        .args(["tune", "--device", "flex", "--frames", "4", "--stride", "5"])
+        .args([
+            "--width", "64", "--height", "64", "--steps", "3", "--prompt",
+        ])
+        .arg(&prompt)
+        .arg("--model")
+        .arg(&model)
+        .arg("--video")
+        .arg(&clip)
+        .arg("--out")
+        .arg(&tuned));
+    assert!(tune.status.success(), "{}", stderr(&tune));
+    let edit = |out: &Path, extra: &[&str]| {
+        let mut cmd = tav();
+        cmd.args([
+            "edit", "--device", "flex", "--frames", "all", "--stride", "1",
+        ])
+        .args([
+            "--inversion-steps",
+            "2",
+            "--inference-steps",
+            "2",
+            "--guidance",
+            "4",
+        ])
+        .args(["--prompt", "a blue circle is moving on the road"])
+        .args(extra)
+        .arg("--model")
+        .arg(&model)
+        .arg("--video")
+        .arg(&clip)
+        .arg("--tuned")
+        .arg(tuned.join("tuned.safetensors"))
+        .arg("--out")
+        .arg(out);
+        cmd
+    };
+    for (name, extra) in [
+        ("whole", &[][..]),
+        ("windowed", &["--window", "6", "--window-overlap", "2"][..]),
+    ] {
+        let out = dir.join(name);
+        let done = run(&mut edit(&out, extra));
+        assert!(done.status.success(), "{name}: {}", stderr(&done));
+        let gif = out.join("01-a-blue-circle-is-moving-on-the-road.gif");
+        let (w, h, frames) = gif_frames(&gif);
+        assert_eq!(
+            (w, h, frames.len()),
+            (64, 64, 20),
+            "{name}: every frame edited"
+        );
+        assert!(
+            variance(&frames[19]) > 10.0,
+            "{name}: the last frame is a picture"
+        );
+    }
+    expect_error(
+        &mut edit(
+            &dir.join("bad"),
+            &["--window", "4", "--window-overlap", "4"],
+        ),
+        "--window",
+    );
+    assert!(!dir.join("bad").exists(), "nothing written");
+    expect_error(
+        tav()
+            .args([
+                "run",
+                "jobs/demo.toml",
+                "--video",
+                "demo",
+                "--frames",
+                "all",
+                "--steps",
+                "1",
+            ])
+            .current_dir(repo()),
+        "demo clip has no end",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The windowed plan: every step's peak is the same for 64 and 640 frames (the UNet sees one
+/// window and its anchor), while the whole-clip plan grows with the clip.
+#[test]
+fn the_windowed_plan_does_not_grow_with_the_clip() {
+    let plan = |frames: &str, window: Option<&str>| -> Vec<(String, u64, u64)> {
+        let mut cmd = tav();
+        cmd.args([
+            "plan", "--config", "sd15", "--f16", "--json", "--frames", frames,
+        ]);
+        if let Some(w) = window {
+            cmd.args(["--window", w, "--tune-frames", "8"]);
+        }
+        let out = run(&mut cmd);
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    v["step"].as_str().unwrap().to_string(),
+                    v["peak_bytes"].as_u64().unwrap(),
+                    v["frames"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let short = plan("64", Some("16"));
+    let long = plan("640", Some("16"));
+    assert_eq!(short, long, "windowed: the same peak at 64 and 640 frames");
+    for (step, _, frames) in &short {
+        let expected = if step == "tuning" { 8 } else { 17 };
+        assert_eq!(*frames, expected, "{step}: the frames the UNet sees");
+    }
+    let whole_short = plan("64", None);
+    let whole_long = plan("640", None);
+    for (a, b) in whole_short.iter().zip(&whole_long) {
+        assert!(b.1 > a.1, "whole-clip {}: grows with the clip", a.0);
+    }
+}

@@ -82,8 +82,9 @@ pub struct ClipArgs {
     /// built-in procedural clip.
     #[arg(long)]
     pub video: Option<PathBuf>,
-    /// Number of frames to sample [default: 24, or the tuned weights' value].
-    #[arg(value_parser = crate::cli::frames, long)]
+    /// Number of frames to sample, or `all` (every frame from --start at --stride to the
+    /// clip's end) [default: 24, or the tuned weights' value].
+    #[arg(value_parser = crate::cli::clip_frames, long)]
     pub frames: Option<usize>,
     /// First frame [default: 0].
     #[arg(long)]
@@ -139,6 +140,14 @@ pub struct EditArgs {
     /// Also write every edited frame as PNG.
     #[arg(long)]
     pub png: bool,
+    /// Invert and edit in windows of this many frames, each anchored on the clip's frame 0,
+    /// their predictions blended where they overlap: memory stays that of one window however
+    /// long the clip (docs/long-clips.md) [default: the whole clip at once].
+    #[arg(value_parser = crate::cli::frames, long)]
+    pub window: Option<usize>,
+    /// Frames neighbouring windows share [default: a quarter of --window, at least 1].
+    #[arg(long, requires = "window")]
+    pub window_overlap: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -205,6 +214,14 @@ fn number<T: std::str::FromStr>(s: &str) -> Result<T, String> {
 pub fn frames(s: &str) -> Result<usize, String> {
     let v: usize = number(s)?;
     crate::jobfile::check_frames(v).map(|()| v)
+}
+
+/// A clip's frame count, or `all` ([`crate::video::Sampling::ALL`]).
+pub fn clip_frames(s: &str) -> Result<usize, String> {
+    if s.trim().eq_ignore_ascii_case("all") {
+        return Ok(crate::video::Sampling::ALL);
+    }
+    frames(s)
 }
 
 /// Width, height or size in pixels: a positive multiple of 64 up to [`jobfile::MAX_SIDE`].

@@ -25,6 +25,7 @@ use tav_core::{Result, TavError};
 use crate::models::ModelChoice;
 use crate::ui::Ui;
 use crate::video::{self, Clip, Sampling};
+use tav_core::window::WindowedDenoiser;
 
 /// Which frames of which video, at what size.
 #[derive(Debug, Clone)]
@@ -55,6 +56,8 @@ pub struct EditSpec {
     pub steps: usize,
     pub guidance: Guidance,
     pub png: bool,
+    /// Invert and edit window by window (`--window`), or the whole clip at once.
+    pub window: Option<tav_core::window::Window>,
 }
 
 impl TuneSpec {
@@ -72,6 +75,12 @@ impl TuneSpec {
 }
 
 impl EditSpec {
+    /// How many frames the UNet sees at once when editing `frames`: a window and its
+    /// anchor, or the whole clip.
+    pub fn unet_frames(&self, frames: usize) -> usize {
+        self.window.map_or(frames, |w| frames.min(w.size + 1))
+    }
+
     /// The reference's settings: 50 inversion and 50 sampling steps, guidance 12.5.
     pub fn reference(prompts: Vec<String>) -> Self {
         Self {
@@ -80,6 +89,7 @@ impl EditSpec {
             steps: 50,
             guidance: Guidance::from(12.5),
             png: false,
+            window: None,
         }
     }
 }
@@ -161,9 +171,33 @@ pub fn check_not_black(clip: &Clip, what: &str) -> Result<()> {
 impl ClipSpec {
     /// The index of the last frame sampled, `None` if it overflows.
     pub fn last_frame(&self) -> Option<usize> {
+        if self.frames == Sampling::ALL {
+            return Some(self.start);
+        }
         self.stride
             .checked_mul(self.frames.checked_sub(1)?)?
             .checked_add(self.start)
+    }
+
+    /// With `--frames all`, reads the clip to count its frames and returns it with
+    /// `frames` set to that count (refusing more than [`crate::jobfile::MAX_FRAMES`]);
+    /// otherwise nothing is read.
+    pub fn resolve_all(&mut self) -> Result<Option<Clip>> {
+        if self.frames != Sampling::ALL {
+            return Ok(None);
+        }
+        let clip = self.read()?;
+        let count = clip.frames.len();
+        crate::jobfile::check_frames(count).map_err(|reason| {
+            TavError::InvalidInput(format!(
+                "--frames all: {} has {count} frames from {} at stride {}: {reason}; raise --stride",
+                self.video.display(),
+                self.start,
+                self.stride
+            ))
+        })?;
+        self.frames = count;
+        Ok(Some(clip))
     }
 
     /// The sampled, resized frames.
@@ -177,6 +211,11 @@ impl ClipSpec {
             count: self.frames,
         };
         let clip = if self.video.as_os_str() == "demo" {
+            if self.frames == Sampling::ALL {
+                return Err(TavError::InvalidInput(
+                    "--frames all: the demo clip has no end; give a number of frames".into(),
+                ));
+            }
             crate::demo::demo_clip(last + 1, sampling)
         } else {
             video::read_clip(&self.video, sampling).map_err(video_error)?
@@ -638,8 +677,26 @@ pub fn edited_clips(
         ddim,
         options,
     };
-    let trajectory = denoiser(&inversion).invert(latents, uncond.clone(), &mut progress)?;
-    let start = trajectory.last().expect("trajectory has the input").clone();
+    let frames = latents.dims()[2];
+    // Window by window when asked and the clip is longer than a window.
+    let windowed = spec
+        .window
+        .filter(|w| frames > w.size)
+        .map(|window| WindowedDenoiser {
+            denoiser: denoiser(&sampling),
+            window,
+        });
+    let start = match windowed {
+        Some(w) => WindowedDenoiser {
+            denoiser: denoiser(&inversion),
+            ..w
+        }
+        .invert(latents, uncond.clone(), &mut progress)?,
+        None => denoiser(&inversion)
+            .invert(latents, uncond.clone(), &mut progress)?
+            .pop()
+            .expect("trajectory has the input"),
+    };
     check_finite(
         &start,
         "the inverted latents (after DDIM inversion)",
@@ -650,13 +707,22 @@ pub fn edited_clips(
         ui.say(&format!("edit {}: {prompt}", i + 1));
         let cond = session.embed(prompt)?;
         let mut progress = |e: Event| ui.event(e);
-        let edited = denoiser(&sampling).sample(
-            start.clone(),
-            cond,
-            uncond.clone(),
-            spec.guidance,
-            &mut progress,
-        )?;
+        let edited = match windowed {
+            Some(w) => w.sample(
+                start.clone(),
+                cond,
+                uncond.clone(),
+                spec.guidance,
+                &mut progress,
+            )?,
+            None => denoiser(&sampling).sample(
+                start.clone(),
+                cond,
+                uncond.clone(),
+                spec.guidance,
+                &mut progress,
+            )?,
+        };
         check_finite(
             &edited,
             &format!("the latents of edit {} (after sampling)", i + 1),

@@ -233,7 +233,9 @@ impl Job {
         }
         named("width", check_side(c.width))?;
         named("height", check_side(c.height))?;
-        named("frames", check_frames(c.frames))?;
+        if c.frames != crate::video::Sampling::ALL {
+            named("frames", check_frames(c.frames))?;
+        }
         if c.stride == 0 {
             return Err(invalid(format!(
                 "{}: 0 is out of range (at least 1)",
@@ -278,6 +280,9 @@ impl Job {
             named("inference-steps", check_ddim_steps(e.steps))?;
             named("guidance", check_guidance(e.guidance.scale))?;
             named("guidance-rescale", check_rescale(e.guidance.rescale))?;
+            if let Some(window) = e.window {
+                named("window", window.check())?;
+            }
         }
         Ok(())
     }
@@ -598,4 +603,10 @@ fn apply_edit(spec: &mut EditSpec, a: &EditArgs) {
     spec.guidance.scale = a.guidance.unwrap_or(spec.guidance.scale);
     spec.guidance.rescale = a.guidance_rescale.unwrap_or(spec.guidance.rescale);
     spec.png |= a.png;
+    if let Some(size) = a.window {
+        spec.window = Some(tav_core::window::Window {
+            size,
+            overlap: a.window_overlap.unwrap_or((size / 4).max(1).min(size - 1)),
+        });
+    }
 }

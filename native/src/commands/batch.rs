@@ -341,13 +341,12 @@ fn run_clip(
         let session = session.as_mut().expect("opened above");
         let spec = &clip.job;
         let out = &spec.out;
-        session.check_plan(
-            spec.clip.frames,
-            spec.clip.height,
-            spec.clip.width,
-            &["tuning", "inversion", "sampling"],
-        )?;
-        session.check_fits(spec.clip.frames, spec.clip.height, spec.clip.width)?;
+        let (frames, height, width) = (spec.clip.frames, spec.clip.height, spec.clip.width);
+        let unet_frames = spec.edit.unet_frames(frames);
+        session.check_plan(unet_frames, height, width, &["inversion", "sampling"])?;
+        // Last: it also decides whether tuning recomputes blocks.
+        session.check_plan(frames, height, width, &["tuning"])?;
+        session.check_fits(frames, height, width)?;
         let video = spec.clip.read()?;
         let mut clip_ui = ui_for(common);
         create_output_folder(out, &mut clip_ui)?;

@@ -45,15 +45,18 @@ pub(crate) fn edit_only(
     // The tuned file and every setting are checked before the model loads.
     let tuned_file = SafetensorsFile::open(tuned)?;
     let tuned_weights = TunedWeights::from_file(&tuned_file)?;
-    let spec =
+    let mut spec =
         jobfile::Job::for_edit(common, clip_args, edit, &tuned_weights.meta, prompts, tuned)?;
     spec.validate(false, true)?;
     check_creatable(&spec.out)?;
+    // `--frames all`: the clip is read first, to know its length.
+    spec.clip.resolve_all()?;
     let mut session = open_session(common, &mut ui)?;
     let unet = job::apply_tuned_weights(&session, &tuned_weights, tuned_file.path(), &mut ui)?;
-    session.check_fits(spec.clip.frames, spec.clip.height, spec.clip.width)?;
+    let unet_frames = spec.edit.unet_frames(spec.clip.frames);
+    session.check_fits(unet_frames, spec.clip.height, spec.clip.width)?;
     session.check_plan(
-        spec.clip.frames,
+        unet_frames,
         spec.clip.height,
         spec.clip.width,
         &["inversion", "sampling"],

@@ -102,18 +102,24 @@ pub(crate) fn run_job(common: &Common, spec: &jobfile::Job, edit: bool) -> Resul
     let out = spec.out.clone();
     spec.validate(true, edit)?;
     check_creatable(&out)?;
+    // `--frames all`: the clip is read first, to know its length.
+    let mut spec = spec.clone();
+    spec.clip.resolve_all()?;
+    let spec = &spec;
     let mut session_common = common.clone();
     session_common.model = spec.model.clone();
     session_common.model_config = spec.model_config.clone();
     session_common.loras = spec.loras.clone();
     let mut session = open_session(&session_common, &mut ui)?;
-    let steps: &[&str] = if edit {
-        &["tuning", "inversion", "sampling"]
-    } else {
-        &["tuning"]
-    };
-    session.check_plan(spec.clip.frames, spec.clip.height, spec.clip.width, steps)?;
-    session.check_fits(spec.clip.frames, spec.clip.height, spec.clip.width)?;
+    let (frames, height, width) = (spec.clip.frames, spec.clip.height, spec.clip.width);
+    if edit {
+        // Editing may go window by window: the UNet then sees fewer frames than it tunes on.
+        let unet_frames = spec.edit.unet_frames(frames);
+        session.check_plan(unet_frames, height, width, &["inversion", "sampling"])?;
+    }
+    // Last: it also decides whether tuning recomputes blocks.
+    session.check_plan(frames, height, width, &["tuning"])?;
+    session.check_fits(frames, height, width)?;
     let started = Instant::now();
     // The clip is read and encoded once; tuning and editing share its posterior.
     let clip = spec.clip.read()?;

@@ -63,26 +63,15 @@ pub fn plan_for(
     Ok(plan(&input, limits))
 }
 
-/// Prints the plan as a table, or as JSON lines.
-pub fn print(plans: &[StepPlan], job: &JobShape, limits: &DeviceLimits, json: bool) {
-    if json {
-        for p in plans {
-            println!(
-                "{}",
-                serde_json::json!({
-                    "step": p.step, "peak_bytes": p.peak_bytes,
-                    "largest_buffer_bytes": p.largest_buffer_bytes, "dominant": p.dominant,
-                    "frames": job.frames, "width": job.width, "height": job.height,
-                    "f16": job.f16, "kernels": job.kernels,
-                    "max_buffer_bytes": limits.max_buffer_bytes,
-                })
-            );
-        }
-        return;
-    }
+/// Prints the plan as a table: each step with the frames the UNet sees in it.
+pub fn print(
+    plans: &[StepPlan],
+    job: &JobShape,
+    limits: &DeviceLimits,
+    frames_of: impl Fn(&str) -> usize,
+) {
     println!(
-        "{} frames of {}×{}, {}, attention {} (buffers capped at {}):",
-        job.frames,
+        "{}×{}, {}, attention {} (buffers capped at {}):",
         job.width,
         job.height,
         if job.f16 { "f16" } else { "f32" },
@@ -90,13 +79,14 @@ pub fn print(plans: &[StepPlan], job: &JobShape, limits: &DeviceLimits, json: bo
         human_bytes(limits.max_buffer_bytes)
     );
     println!(
-        "{:<10} {:>11} {:>15}  dominated by",
-        "step", "peak", "largest buffer"
+        "{:<10} {:>7} {:>11} {:>15}  dominated by",
+        "step", "frames", "peak", "largest buffer"
     );
     for p in plans {
         println!(
-            "{:<10} {:>11} {:>15}  {}",
+            "{:<10} {:>7} {:>11} {:>15}  {}",
             p.step,
+            frames_of(p.step),
             human_bytes(p.peak_bytes),
             human_bytes(p.largest_buffer_bytes),
             p.dominant
@@ -118,8 +108,17 @@ pub struct PlanCommand {
     /// cannot tell them).
     #[arg(long, conflicts_with = "config")]
     pub model_config: Option<PathBuf>,
+    /// Frames of the clip to edit (and to tune on, unless --tune-frames or --window).
     #[arg(value_parser = crate::cli::frames, long, default_value_t = 24)]
     pub frames: usize,
+    /// Edit in windows of this many frames (`tav edit --window`): the forward, inversion and
+    /// sampling steps are planned at W + 1 frames (the clip's frame 0 rides along as every
+    /// window's anchor) whatever --frames is.
+    #[arg(value_parser = crate::cli::frames, long)]
+    pub window: Option<usize>,
+    /// Frames the tuning step sees [default: --frames; with --window, the window's size].
+    #[arg(value_parser = crate::cli::frames, long)]
+    pub tune_frames: Option<usize>,
     /// Width in pixels, a multiple of 64.
     #[arg(value_parser = crate::cli::side, long, default_value_t = 512)]
     pub width: usize,
@@ -153,6 +152,8 @@ pub fn command(args: PlanCommand) -> Result<()> {
         model,
         model_config,
         frames,
+        window,
+        tune_frames,
         width,
         height,
         f16,
@@ -166,7 +167,10 @@ pub fn command(args: PlanCommand) -> Result<()> {
         max_buffer_bytes: max_buffer_mib << 20,
         memory_bytes: None,
     };
-    let keeping_everything = tav_core::plan::JobShape {
+    // What the UNet sees at once: the window and its anchor, or the whole clip.
+    let unet_frames = window.map_or(frames, |w| frames.min(w + 1));
+    let tune_frames = tune_frames.unwrap_or(window.map_or(frames, |w| frames.min(w)));
+    let shape = |frames| tav_core::plan::JobShape {
         frames,
         height,
         width,
@@ -174,14 +178,73 @@ pub fn command(args: PlanCommand) -> Result<()> {
         kernels: attention == gpu::AttentionChoice::Kernels,
         recompute: false,
     };
-    let job = tav_core::plan::JobShape {
-        recompute: resolve_recompute(
+    let recompute = resolve_recompute(
+        recompute,
+        &plan::plan_for(&configs, shape(tune_frames), &limits)?,
+    );
+    let tuning = plan::plan_for(
+        &configs,
+        tav_core::plan::JobShape {
             recompute,
-            &plan::plan_for(&configs, keeping_everything, &limits)?,
-        ),
-        ..keeping_everything
+            ..shape(tune_frames)
+        },
+        &limits,
+    )?;
+    let job = tav_core::plan::JobShape {
+        recompute,
+        ..shape(unet_frames)
     };
-    let plans = plan::plan_for(&configs, job, &limits)?;
-    plan::print(&plans, &job, &limits, json);
+    let editing = plan::plan_for(&configs, job, &limits)?;
+    // The tuning step from its own frames, the others from what the UNet sees when editing.
+    let plans: Vec<StepPlan> = editing
+        .into_iter()
+        .map(|p| match p.step {
+            "tuning" => tuning
+                .iter()
+                .find(|t| t.step == "tuning")
+                .cloned()
+                .expect("the plan has a tuning step"),
+            _ => p,
+        })
+        .collect();
+    let frames_of = |step: &str| {
+        if step == "tuning" {
+            tune_frames
+        } else {
+            unet_frames
+        }
+    };
+    let (down, channels) = (configs.1.downscale(), configs.1.latent_channels);
+    let latent_bytes = |frames: usize| {
+        (frames * channels * (height / down) * (width / down) * if f16 { 2 } else { 4 }) as u64
+    };
+    if json {
+        for p in &plans {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "step": p.step, "peak_bytes": p.peak_bytes,
+                    "largest_buffer_bytes": p.largest_buffer_bytes, "dominant": p.dominant,
+                    "frames": frames_of(p.step), "clip_frames": frames, "window": window,
+                    "clip_latents_bytes": latent_bytes(frames),
+                    "width": width, "height": height,
+                    "f16": f16, "kernels": job.kernels,
+                    "max_buffer_bytes": limits.max_buffer_bytes,
+                })
+            );
+        }
+        return Ok(());
+    }
+    if let Some(w) = window {
+        println!(
+            "{frames} frames edited in windows of {w} (the UNet sees {unet_frames} at once, \
+             the anchor included), tuned on {tune_frames}; the clip's latents take {} beside \
+             each step's peak",
+            human_bytes(latent_bytes(frames))
+        );
+    } else if tune_frames != frames {
+        println!("{frames} frames edited, tuned on {tune_frames}");
+    }
+    plan::print(&plans, &job, &limits, frames_of);
     Ok(())
 }

@@ -84,6 +84,11 @@ pub struct ScoreSpec {
     pub methods: Vec<Method>,
     /// Where to write `score.json` and `videos/` (each clip beside its edits, per method).
     pub out: Option<PathBuf>,
+    /// Edit this many frames of each clip (tuned on `frames` of them, evenly spaced over
+    /// the clip, as the reference tunes on 24 frames of a longer video) [default: `frames`].
+    pub edit_frames: Option<usize>,
+    /// Invert and edit window by window (`--window`).
+    pub window: Option<tav_core::window::Window>,
 }
 
 /// Which attribute an edit changes.
@@ -157,6 +162,13 @@ pub struct EditScore {
     /// low, and per-frame generation does not.
     pub background_change: f32,
     pub source_background_change: f32,
+    /// With windows: the mean change between consecutive frames where windows join (the
+    /// pairs in or at the edge of an overlap) and inside one window; the object's colour
+    /// drift within each window, averaged. Measured at the same frames without windows too,
+    /// for comparison.
+    pub join_frame_change: Option<f32>,
+    pub inside_frame_change: Option<f32>,
+    pub window_colour_drift: Option<f32>,
 }
 
 impl ScoreSpec {
@@ -169,6 +181,18 @@ impl ScoreSpec {
             )));
         }
         crate::commands::toy::check_pan(self.pan)?;
+        if let Some(window) = self.window {
+            window
+                .check()
+                .map_err(|e| TavError::InvalidInput(format!("--window: {e}")))?;
+        }
+        if self.edit_frames.is_some_and(|f| f < self.frames) {
+            return Err(TavError::InvalidInput(format!(
+                "--edit-frames {} is fewer than the {} tuned on (--frames)",
+                self.edit_frames.unwrap_or(0),
+                self.frames
+            )));
+        }
         if self.clips == 0 || self.frames == 0 || self.methods.is_empty() {
             return Err(TavError::InvalidInput(
                 "--clips, --frames and --methods must not be empty".into(),
@@ -181,12 +205,22 @@ impl ScoreSpec {
 /// Runs every method on every clip and returns the scores, edit by edit.
 pub fn run(session: &Session, spec: &ScoreSpec, ui: &mut Ui) -> Result<Vec<EditScore>> {
     spec.validate()?;
-    session.check_fits(spec.frames, spec.size, spec.size)?;
+    let edit_frames = spec.edit_frames.unwrap_or(spec.frames);
+    let unet_frames = spec
+        .window
+        .map_or(edit_frames, |w| edit_frames.min(w.size + 1));
+    session.check_fits(spec.frames.max(unet_frames), spec.size, spec.size)?;
+    // Where windows would join, so whole-clip edits are measured at the same frames.
+    let layout = tav_core::window::Window {
+        size: spec.window.map_or(16, |w| w.size),
+        overlap: spec.window.map_or(4, |w| w.overlap),
+    };
+    let joins = join_pairs(&layout, edit_frames);
     let mut scores = Vec::new();
     for c in 0..spec.clips {
         let clip_spec = ClipSpec {
             pan: spec.pan,
-            ..ClipSpec::random(spec.seed + c as u64, spec.frames, spec.size)
+            ..ClipSpec::random(spec.seed + c as u64, edit_frames, spec.size)
         };
         let clip = crate::commands::toy::as_clip(render(&clip_spec));
         let source = analyse(&clip.frames, spec.size);
@@ -228,6 +262,22 @@ pub fn run(session: &Session, spec: &ScoreSpec, ui: &mut Ui) -> Result<Vec<EditS
                         shift,
                     ),
                     source_background_change,
+                    join_frame_change: (edit_frames > layout.size)
+                        .then(|| pair_change(&edited.frames, joins.iter().copied())),
+                    inside_frame_change: (edit_frames > layout.size).then(|| {
+                        pair_change(
+                            &edited.frames,
+                            (0..edit_frames - 1).filter(|j| !joins.contains(j)),
+                        )
+                    }),
+                    window_colour_drift: (edit_frames > layout.size).then(|| {
+                        let ranges = layout.ranges(edit_frames);
+                        ranges
+                            .iter()
+                            .map(|r| analyse(&edited.frames[r.clone()], spec.size).colour_drift)
+                            .sum::<f32>()
+                            / ranges.len() as f32
+                    }),
                 });
             }
         }
@@ -241,6 +291,8 @@ pub fn run(session: &Session, spec: &ScoreSpec, ui: &mut Ui) -> Result<Vec<EditS
                 "inversion_steps": spec.inversion_steps, "steps": spec.steps,
                 "guidance": spec.guidance.scale,
                 "guidance_rescale": spec.guidance.rescale,
+                "edit_frames": edit_frames,
+                "window": spec.window.map(|w| serde_json::json!({"size": w.size, "overlap": w.overlap})),
             },
             "summary": summary(&scores),
             "edits": scores,
@@ -249,6 +301,28 @@ pub fn run(session: &Session, spec: &ScoreSpec, ui: &mut Ui) -> Result<Vec<EditS
         write_atomic(&out.join("score.json"), &json)?;
     }
     Ok(scores)
+}
+
+/// The consecutive-frame pairs `(j, j + 1)`, by `j`, in or at the edge of an overlap
+/// between windows.
+fn join_pairs(window: &tav_core::window::Window, frames: usize) -> Vec<usize> {
+    let ranges = window.ranges(frames);
+    let mut pairs = Vec::new();
+    for pair in ranges.windows(2) {
+        let (start, end) = (pair[1].start, pair[0].end);
+        pairs.extend(start.saturating_sub(1)..end.min(frames - 1));
+    }
+    pairs.sort_unstable();
+    pairs.dedup();
+    pairs
+}
+
+/// The mean change between frames `j` and `j + 1` over the given `j`s.
+fn pair_change(frames: &[Vec<u8>], pairs: impl Iterator<Item = usize>) -> f32 {
+    let changes: Vec<f32> = pairs
+        .map(|j| tav_core::score::frame_change(&frames[j..j + 2]))
+        .collect();
+    changes.iter().sum::<f32>() / changes.len().max(1) as f32
 }
 
 /// Tunes (unless ablated), inverts and makes the clip's three edits with `method`.
@@ -265,7 +339,7 @@ fn edit_clip(
     if method == Method::TextToVideo {
         let sampling = SampleSpec {
             prompts,
-            frames: spec.frames,
+            frames: spec.edit_frames.unwrap_or(spec.frames),
             size: Some(spec.size),
             steps: spec.steps,
             guidance: spec.guidance,
@@ -279,8 +353,25 @@ fn edit_clip(
     let unet = if method == Method::NoTuning {
         models.unet.clone()
     } else {
+        // Tuned on `frames` of the clip, evenly spaced over it.
+        let stride = (clip.frames.len() / spec.frames).max(1);
+        let tuning_clip = Clip {
+            frames: clip
+                .frames
+                .iter()
+                .step_by(stride)
+                .take(spec.frames)
+                .cloned()
+                .collect(),
+            ..clip.clone()
+        };
+        let tuning_posterior = if tuning_clip.frames.len() == clip.frames.len() {
+            posterior.clone()
+        } else {
+            session.encode(&tuning_clip, ui)?
+        };
         let batch = TuneBatch {
-            posterior: posterior.clone(),
+            posterior: tuning_posterior,
             context: session.embed(&clip_spec.caption())?,
             scaling_factor: models.vae.scaling_factor,
             attention: options,
@@ -294,6 +385,7 @@ fn edit_clip(
         steps: spec.steps,
         guidance: spec.guidance,
         png: false,
+        window: spec.window,
     };
     edited_clips(session, &unet, latents, clip.fps, &edit, options, ui)
 }
@@ -477,6 +569,17 @@ pub struct ScoreCommand {
         value_delimiter = ','
     )]
     pub methods: Vec<score::Method>,
+    /// Edit this many frames of each clip, tuned on --frames of them spread evenly over it
+    /// [default: --frames].
+    #[arg(value_parser = crate::cli::frames, long)]
+    pub edit_frames: Option<usize>,
+    /// Invert and edit in windows of this many frames (`tav edit --window`); scores then add
+    /// the frame change where windows join and inside them, and the colour drift per window.
+    #[arg(value_parser = crate::cli::frames, long)]
+    pub window: Option<usize>,
+    /// Frames neighbouring windows share [default: a quarter of --window, at least 1].
+    #[arg(long, requires = "window")]
+    pub window_overlap: Option<usize>,
 }
 
 /// Runs `tav score`.
@@ -495,6 +598,9 @@ pub fn command(args: ScoreCommand) -> Result<()> {
         guidance,
         guidance_rescale,
         methods,
+        edit_frames,
+        window,
+        window_overlap,
     } = args;
     let spec = score::ScoreSpec {
         clips,
@@ -512,6 +618,11 @@ pub fn command(args: ScoreCommand) -> Result<()> {
         },
         methods,
         out: common.out.clone(),
+        edit_frames,
+        window: window.map(|size| tav_core::window::Window {
+            size,
+            overlap: window_overlap.unwrap_or((size / 4).max(1).min(size - 1)),
+        }),
     };
     spec.validate()?;
     let mut ui = ui_for(&common);

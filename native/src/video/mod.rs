@@ -81,8 +81,15 @@ pub struct Sampling {
 }
 
 impl Sampling {
-    /// Index of the last source frame the sampling needs, or `None` if that overflows `usize`.
+    /// `count` for every frame from `start` on, at `stride`, to the clip's end (`--frames all`).
+    pub const ALL: usize = usize::MAX;
+
+    /// Index of the last source frame the sampling needs, or `None` if that overflows `usize`
+    /// (with [`Sampling::ALL`], the first: at least one frame is needed).
     fn last_index(&self) -> Option<usize> {
+        if self.count == Self::ALL {
+            return Some(self.start);
+        }
         let span = self.stride.checked_mul(self.count.checked_sub(1)?)?;
         self.start.checked_add(span)
     }
@@ -159,14 +166,18 @@ impl fmt::Display for VideoError {
                     || "more frames than fit in memory".to_string(),
                     |last| format!("{} frames", last + 1),
                 );
+                let count = if sampling.count == Sampling::ALL {
+                    "all".to_string()
+                } else {
+                    sampling.count.to_string()
+                };
                 write!(
                     f,
                     "{}: too short: the clip has {available} frames, but start {}, stride {}, \
-                     count {} needs {needed}",
+                     count {count} needs {needed}",
                     path.display(),
                     sampling.start,
                     sampling.stride,
-                    sampling.count,
                 )
             }
             Self::InvalidInput { path, reason } => write!(f, "{}: {reason}", path.display()),
@@ -317,7 +328,8 @@ impl<'a> FramePicker<'a> {
     /// Turns the collected frames into a clip; `available` is how many source frames were seen
     /// (only used for the error when the source ran out early).
     fn finish(self, available: usize, source_fps: f32) -> Result<Clip> {
-        if !self.is_done() {
+        let all_there = self.sampling.count == Sampling::ALL && !self.frames.is_empty();
+        if !self.is_done() && !all_there {
             return Err(VideoError::TooShort {
                 path: self.path.to_path_buf(),
                 available,
