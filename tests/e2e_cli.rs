@@ -1229,6 +1229,12 @@ fn hostile_settings_are_refused_before_any_work() {
         "`[edit] guidance_rescale` in",
     );
     with_key(
+        "window.toml",
+        "guidance_rescale = 0.7",
+        "guidance_rescale = 0.7\nwindow = 1",
+        "`[edit] window` in",
+    );
+    with_key(
         "steps.toml",
         "steps = 300",
         "steps = 0",

@@ -74,6 +74,10 @@ struct EditSection {
     guidance: Option<f64>,
     guidance_rescale: Option<f64>,
     png: Option<bool>,
+    /// `--window`: invert and edit in windows of this many frames.
+    window: Option<usize>,
+    /// `--window-overlap`.
+    window_overlap: Option<usize>,
 }
 
 /// Everything a run needs, defaults filled in.
@@ -337,6 +341,13 @@ impl Job {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
+        if file.edit.window_overlap.is_some() && file.edit.window.is_none() {
+            return Err(TavError::Config {
+                path: path.display().to_string(),
+                reason: "[edit] window_overlap without [edit] window: give the window's size too"
+                    .into(),
+            });
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         let name = path
             .file_stem()
@@ -372,6 +383,7 @@ impl Job {
                 file.edit.guidance_rescale.is_some(),
                 "[edit] guidance_rescale",
             ),
+            ("window", file.edit.window.is_some(), "[edit] window"),
         ] {
             names.file_key(flag, present, key, path);
         }
@@ -422,6 +434,13 @@ impl Job {
                         rescale: file.edit.guidance_rescale.unwrap_or(d.guidance.rescale),
                     },
                     png: file.edit.png.unwrap_or(d.png),
+                    window: file.edit.window.map(|size| tav_core::window::Window {
+                        size,
+                        overlap: file
+                            .edit
+                            .window_overlap
+                            .unwrap_or((size / 4).max(1).min(size.saturating_sub(1))),
+                    }),
                     ..d
                 }
             },
