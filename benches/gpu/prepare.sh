@@ -5,6 +5,7 @@
 #   bash benches/gpu/prepare.sh PATH/TO/Tune-A-Video
 #
 # --golden also packs the golden sets and the golden test (they do not fit today; see below).
+# --tav BINARY takes a tav already built for x86-64 Linux instead of building one.
 # PATH/TO/Tune-A-Video is a checkout of showlab/Tune-A-Video (fetch it yourself; it is never
 # committed here): its tuneavideo/ package is what benches/pytorch_reference.py times.
 # It builds and strips a release `tav` (compressed with xz), downloads the Vulkan loader's
@@ -14,11 +15,14 @@
 # `benches/gpu/carry` carried (docs/testing.md, "The GPU check").
 set -euo pipefail
 
-golden=0
-if [ "${1:-}" = "--golden" ]; then
-  golden=1
-  shift
-fi
+golden=0 prebuilt=""
+while [ $# -gt 1 ]; do
+  case "$1" in
+    --golden) golden=1; shift ;;
+    --tav) prebuilt=$2; shift 2 ;;
+    *) break ;;
+  esac
+done
 if [ $# -ne 1 ] || [ ! -d "$1/tuneavideo" ]; then
   echo "usage: bash benches/gpu/prepare.sh [--golden] PATH/TO/Tune-A-Video (a checkout with tuneavideo/)" >&2
   exit 2
@@ -34,8 +38,12 @@ mkdir -p "$carry/gl" "$carry/wheels" "$carry/Tune-A-Video"
 step() { echo "== $*" >&2; }
 
 step "tav: release build, stripped, xz-compressed (the GPU machine has no cargo)"
-cargo build --release --locked -p tav-native
-strip -o "$carry/tav" target/release/tav
+if [ -n "$prebuilt" ]; then
+  strip -o "$carry/tav" "$prebuilt"
+else
+  cargo build --release --locked -p tav-native
+  strip -o "$carry/tav" target/release/tav
+fi
 xz -9e -T0 -f "$carry/tav"
 git rev-parse HEAD >"$carry/commit"
 
