@@ -25,7 +25,7 @@ use tav_core::{Result, TavError};
 use crate::models::ModelChoice;
 use crate::ui::Ui;
 use crate::video::{self, Clip, Sampling};
-use tav_core::window::WindowedDenoiser;
+use tav_core::window::{Window, WindowedDenoiser};
 
 /// Which frames of which video, at what size.
 #[derive(Debug, Clone)]
@@ -677,26 +677,18 @@ pub fn edited_clips(
         ddim,
         options,
     };
+    // Window by window when asked; a clip no longer than its window is one window, which
+    // is the whole-clip method exactly (tests/window.rs).
     let frames = latents.dims()[2];
-    // Window by window when asked and the clip is longer than a window.
-    let windowed = spec
-        .window
-        .filter(|w| frames > w.size)
-        .map(|window| WindowedDenoiser {
-            denoiser: denoiser(&sampling),
-            window,
-        });
-    let start = match windowed {
-        Some(w) => WindowedDenoiser {
-            denoiser: denoiser(&inversion),
-            ..w
-        }
-        .invert(latents, uncond.clone(), &mut progress)?,
-        None => denoiser(&inversion)
-            .invert(latents, uncond.clone(), &mut progress)?
-            .pop()
-            .expect("trajectory has the input"),
+    let window = spec.window.unwrap_or(Window {
+        size: frames.max(2),
+        overlap: 0,
+    });
+    let windowed = |ddim| WindowedDenoiser {
+        denoiser: denoiser(ddim),
+        window,
     };
+    let start = windowed(&inversion).invert(latents, uncond.clone(), &mut progress)?;
     check_finite(
         &start,
         "the inverted latents (after DDIM inversion)",
@@ -707,22 +699,13 @@ pub fn edited_clips(
         ui.say(&format!("edit {}: {prompt}", i + 1));
         let cond = session.embed(prompt)?;
         let mut progress = |e: Event| ui.event(e);
-        let edited = match windowed {
-            Some(w) => w.sample(
-                start.clone(),
-                cond,
-                uncond.clone(),
-                spec.guidance,
-                &mut progress,
-            )?,
-            None => denoiser(&sampling).sample(
-                start.clone(),
-                cond,
-                uncond.clone(),
-                spec.guidance,
-                &mut progress,
-            )?,
-        };
+        let edited = windowed(&sampling).sample(
+            start.clone(),
+            cond,
+            uncond.clone(),
+            spec.guidance,
+            &mut progress,
+        )?;
         check_finite(
             &edited,
             &format!("the latents of edit {} (after sampling)", i + 1),

@@ -160,7 +160,7 @@ impl WindowedDenoiser<'_> {
         self.window.check().map_err(TavError::InvalidInput)?;
         let [b, c, f, h, w] = x.dims();
         let device = x.device();
-        let mut sum: Tensor<5> = Tensor::zeros([b, c, f, h, w], &device);
+        let mut sum: Option<Tensor<5>> = None;
         let mut total = vec![0f32; f];
         for range in self.window.ranges(f) {
             let frames = x.clone().narrow(2, range.start, range.len());
@@ -178,18 +178,21 @@ impl WindowedDenoiser<'_> {
             for (j, weight) in range.clone().zip(&weights) {
                 total[j] += weight;
             }
-            let weights = Tensor::<1>::from_floats(weights.as_slice(), &device).reshape([
-                1,
-                1,
-                range.len(),
-                1,
-                1,
-            ]);
+            // In the prediction's own dtype (f16 where the UNet computes in f16).
+            let weights = Tensor::<1>::from_floats(weights.as_slice(), &device)
+                .cast(eps.dtype())
+                .reshape([1, 1, range.len(), 1, 1]);
+            let sum = sum.get_or_insert_with(|| {
+                Tensor::<5>::zeros([b, c, f, h, w], &device).cast(eps.dtype())
+            });
             let ranges = [0..b, 0..c, range.clone(), 0..h, 0..w];
             let blended = sum.clone().slice(ranges.clone()) + eps * weights;
-            sum = sum.slice_assign(ranges, blended);
+            *sum = sum.clone().slice_assign(ranges, blended);
         }
-        let total = Tensor::<1>::from_floats(total.as_slice(), &device).reshape([1, 1, f, 1, 1]);
+        let sum = sum.expect("at least one window");
+        let total = Tensor::<1>::from_floats(total.as_slice(), &device)
+            .cast(sum.dtype())
+            .reshape([1, 1, f, 1, 1]);
         Ok(sum / total)
     }
 }
