@@ -434,13 +434,10 @@ impl Job {
                         rescale: file.edit.guidance_rescale.unwrap_or(d.guidance.rescale),
                     },
                     png: file.edit.png.unwrap_or(d.png),
-                    window: file.edit.window.map(|size| tav_core::window::Window {
-                        size,
-                        overlap: file
-                            .edit
-                            .window_overlap
-                            .unwrap_or((size / 4).max(1).min(size.saturating_sub(1))),
-                    }),
+                    window: file
+                        .edit
+                        .window
+                        .map(|size| tav_core::window::Window::new(size, file.edit.window_overlap)),
                     ..d
                 }
             },
@@ -623,9 +620,6 @@ fn apply_edit(spec: &mut EditSpec, a: &EditArgs) {
     spec.guidance.rescale = a.guidance_rescale.unwrap_or(spec.guidance.rescale);
     spec.png |= a.png;
     if let Some(size) = a.window {
-        spec.window = Some(tav_core::window::Window {
-            size,
-            overlap: a.window_overlap.unwrap_or((size / 4).max(1).min(size - 1)),
-        });
+        spec.window = Some(tav_core::window::Window::new(size, a.window_overlap));
     }
 }

@@ -28,6 +28,16 @@ pub struct Window {
 }
 
 impl Window {
+    /// Windows of `size` frames overlapping by `overlap`, or by default a quarter of the
+    /// window (at least 1, less than the window; a 1-frame window is left for
+    /// [`Window::check`] to refuse).
+    pub fn new(size: usize, overlap: Option<usize>) -> Self {
+        Self {
+            size,
+            overlap: overlap.unwrap_or((size / 4).max(1).min(size.saturating_sub(1))),
+        }
+    }
+
     /// Refuses windows that cannot advance: at least 2 frames, overlap below the size.
     pub fn check(&self) -> std::result::Result<(), String> {
         if self.size < 2 {

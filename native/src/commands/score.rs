@@ -619,10 +619,7 @@ pub fn command(args: ScoreCommand) -> Result<()> {
         methods,
         out: common.out.clone(),
         edit_frames,
-        window: window.map(|size| tav_core::window::Window {
-            size,
-            overlap: window_overlap.unwrap_or((size / 4).max(1).min(size - 1)),
-        }),
+        window: window.map(|size| tav_core::window::Window::new(size, window_overlap)),
     };
     spec.validate()?;
     let mut ui = ui_for(&common);
