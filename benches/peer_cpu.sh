@@ -1,26 +1,30 @@
 #!/usr/bin/env bash
 # tav and the PyTorch reference on the same CPU job, side by side: jobs/toy.toml (the toy
-# model and clip, three edits) with `tav run --device flex`, then the reference's own code
-# (benches/peer_cpu.py) on the same cores with the same thread count, one after the other.
+# model and clip, three edits) with `tav run --device flex` (or `--device torch`), then the
+# reference's own code (benches/peer_cpu.py) on the same cores with the same thread count, one
+# after the other.
 #
 #   bash benches/peer_cpu.sh --reference PATH/TO/Tune-A-Video [--python PYTHON] [--threads N]
-#                            [--steps N] [--out DIR]
+#                            [--steps N] [--device flex|torch] [--out DIR]
 #
 # PYTHON needs torch, diffusers==0.11.1, transformers==4.36.2, einops, imageio and safetensors.
 # tav is the test command's build (target/debug/tav: our code at opt-level 1, dependencies
-# optimised). Threads: RAYON_NUM_THREADS for tav (burn's CPU backend), torch.set_num_threads
-# for the reference; both pinned to the same cores with taskset. Prints one table.
+# optimised); with --device torch, the same build with libtorch (native/libtorch.sh, linked
+# against PYTHON's PyTorch: the reference's own kernels). Threads: RAYON_NUM_THREADS for burn's
+# CPU backend, OMP_NUM_THREADS for libtorch (tav's and the reference's), torch.set_num_threads
+# for the reference; all pinned to the same cores with taskset. Prints one table.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-reference="" python=python3 threads=2 steps="" out=outputs/peer-cpu
+reference="" python=python3 threads=2 steps="" device=flex out=outputs/peer-cpu
 while [ $# -gt 0 ]; do
   case "$1" in
     --reference) reference=$2; shift 2 ;;
     --python) python=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
     --steps) steps=$2; shift 2 ;;
+    --device) device=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     *) echo "unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
   esac
@@ -39,15 +43,23 @@ mkdir -p "$out"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/xdg-runtime-$(id -u)}"
 mkdir -p -m 700 "$XDG_RUNTIME_DIR"
 
-# The test command's build (its feature set; autotune changes nothing on burn's CPU backend).
-cargo build --workspace --locked --no-default-features --bins
+case "$device" in
+  flex)
+    # The test command's build (its feature set; autotune changes nothing on burn's CPU backend).
+    cargo build --workspace --locked --no-default-features --bins
+    tav=target/debug/tav ;;
+  torch)
+    bash native/libtorch.sh --python "$python" >&2
+    tav=target/debug/tav-torch ;;
+  *) echo "--device $device: flex or torch" >&2; exit 2 ;;
+esac
 step_flags=()
 [ -n "$steps" ] && step_flags=(--steps "$steps")
 
-echo "== tav: run jobs/toy.toml --device flex, $threads threads on cores $cpus" >&2
+echo "== tav: run jobs/toy.toml --device $device, $threads threads on cores $cpus" >&2
 rm -rf "$out/tav"
 tav_started=$(date +%s.%N)
-RAYON_NUM_THREADS=$threads taskset -c "$cpus" target/debug/tav run jobs/toy.toml --device flex \
+RAYON_NUM_THREADS=$threads OMP_NUM_THREADS=$threads taskset -c "$cpus" "$tav" run jobs/toy.toml --device "$device" \
   --json "${step_flags[@]}" --out "$out/tav" >"$out/tav.jsonl"
 tav_total=$(awk -v a="$tav_started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 
@@ -59,9 +71,9 @@ ref_total=$(awk -v a="$ref_started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f"
 
 # tav's phases from its progress records (seconds since start at each step), the reference's
 # from its stage lines.
-"$python" - "$out/tav.jsonl" "$out/reference.jsonl" "$tav_total" "$ref_total" "$threads" <<'EOF'
+"$python" - "$out/tav.jsonl" "$out/reference.jsonl" "$tav_total" "$ref_total" "$threads" "$device" <<'EOF'
 import json, sys
-tav_log, ref_log, tav_total, ref_total, threads = sys.argv[1:]
+tav_log, ref_log, tav_total, ref_total, threads, device = sys.argv[1:]
 phases = {}
 for line in open(tav_log):
     r = json.loads(line)
@@ -81,12 +93,13 @@ rows = [
     (f"tuning, {tune_steps} steps (s)", tav_tune, ref["tune"]["seconds"]),
     ("whole job, process start to exit (s)", float(tav_total), float(ref_total)),
 ]
-print(f"threads: {threads} each (tav: RAYON_NUM_THREADS, burn's CPU backend; reference: torch.set_num_threads)")
+backend = "burn's CPU backend (flex), RAYON_NUM_THREADS" if device == "flex" else "libtorch, OMP_NUM_THREADS"
+print(f"threads: {threads} each (tav --device {device}: {backend}; reference: torch.set_num_threads)")
 print(f"| what | tav | reference | tav / reference |")
 print(f"| --- | --- | --- | --- |")
 for name, a, b in rows:
     print(f"| {name} | {a:.3f} | {b:.3f} | {a / b:.2f}× |")
-print(json.dumps({"bench": "peer_cpu", "threads": int(threads), "tune_steps": tune_steps,
+print(json.dumps({"bench": "peer_cpu", "device": device, "threads": int(threads), "tune_steps": tune_steps,
                   "tav_step_s": tav_tune / tune_steps, "reference_step_s": ref["tune"]["seconds_per_step"],
                   "tav_total_s": float(tav_total), "reference_total_s": float(ref_total)}))
 EOF

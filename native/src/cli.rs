@@ -61,8 +61,9 @@ pub struct Common {
     #[arg(long, value_enum, default_value = "auto")]
     pub recompute: gpu::RecomputeChoice,
     /// Device: auto (wgpu's default adapter), discrete[:N], integrated[:N], virtual[:N],
-    /// cpu (a wgpu CPU adapter such as lavapipe) or flex (burn's CPU backend; no WGSL
-    /// kernels; several times faster than lavapipe on a machine without a GPU).
+    /// cpu (a wgpu CPU adapter such as lavapipe), flex (burn's CPU backend; no WGSL
+    /// kernels; several times faster than lavapipe on a machine without a GPU) or torch
+    /// (libtorch's CPU kernels; only in a tav built with the `libtorch` feature).
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Output folder.

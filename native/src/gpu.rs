@@ -23,7 +23,7 @@ pub fn parse_device_kind(choice: &str) -> Result<DeviceKind, String> {
         "cpu" => DeviceKind::Cpu,
         other => {
             return Err(format!(
-                "unknown device `{other}`: use auto, discrete[:N], integrated[:N], virtual[:N], cpu or flex"
+                "unknown device `{other}`: use auto, discrete[:N], integrated[:N], virtual[:N], cpu, flex or torch"
             ));
         }
     })
@@ -62,6 +62,9 @@ pub fn open(choice: &str) -> Result<Opened, String> {
                 ..DeviceLimits::UNLIMITED
             },
         });
+    }
+    if choice == "torch" {
+        return libtorch();
     }
     let kind = parse_device_kind(choice)?;
     let (device, setup) = Device::wgpu_options().device_kind(kind).init_with_setup().map_err(|e| {
@@ -128,6 +131,46 @@ fn flex() -> (Device, String) {
     )
 }
 
+/// burn's libtorch backend on the CPU: PyTorch's own CPU kernels (its convolutions, matrix
+/// products and vectorised element-wise ops) under tav's model and autodiff. Built only with
+/// the `libtorch` feature, since it links libtorch (BENCHMARKS.md "The CPU path").
+#[cfg(feature = "libtorch")]
+fn libtorch() -> Result<Opened, String> {
+    #[allow(deprecated)]
+    // burn marks its libtorch backend deprecated; it is still the fastest CPU path
+    let device = Device::libtorch();
+    // libtorch sizes its thread pool from OMP_NUM_THREADS, else the cores it may use.
+    let threads = std::env::var("OMP_NUM_THREADS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let description = format!("libtorch on the CPU ({threads} threads)");
+    Ok(Opened {
+        device,
+        probe: serde_json::json!({
+            "adapter": description, "backend": "libtorch (burn-tch, CPU)",
+            "threads": threads, "shader_f16": false,
+        }),
+        description,
+        subgroup_size: None,
+        limits: DeviceLimits {
+            memory_bytes: free_host_memory(),
+            ..DeviceLimits::UNLIMITED
+        },
+    })
+}
+
+#[cfg(not(feature = "libtorch"))]
+fn libtorch() -> Result<Opened, String> {
+    Err(
+        "--device torch runs on libtorch, and this tav was built without it: build with \
+         `cargo build --release -p tav-native --features libtorch` and libtorch present \
+         (LIBTORCH=/path/to/libtorch, or LIBTORCH_USE_PYTORCH=1 with PyTorch installed; \
+         docs/usage.md), or use --device flex"
+            .into(),
+    )
+}
+
 /// `--attention`: how sparse-causal and temporal attention run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttentionChoice {
@@ -146,7 +189,7 @@ impl AttentionChoice {
             (Some(AttentionChoice::Plain), _) => Ok(false),
             (Some(AttentionChoice::Kernels), _) | (None, true) if !wgsl => Err(
                 "--attention kernels runs tav's WGSL kernels, which need a wgpu adapter; \
-                 --device flex has none (use --attention plain, or pick a GPU adapter)"
+                 --device flex and --device torch have none (use --attention plain, or pick a GPU adapter)"
                     .into(),
             ),
             (Some(AttentionChoice::Kernels), _) | (None, true) => Ok(true),

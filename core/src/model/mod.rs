@@ -8,6 +8,7 @@ pub mod config;
 pub mod layers;
 pub mod recompute;
 pub mod resnet;
+pub mod softmax;
 pub mod tokenizer;
 pub mod transformer;
 pub mod unet;
