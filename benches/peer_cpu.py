@@ -134,7 +134,8 @@ def main():
     since = time.perf_counter()
     unet.train()
     losses = []
-    for _ in range(steps):
+    after_first = None  # tav's figure runs from its first step's end: the same here
+    for step in range(steps):
         noise = torch.randn_like(latents)
         t = torch.randint(0, ddpm.config.num_train_timesteps, (1,)).long()
         predicted = unet(ddpm.add_noise(latents, noise, t), t, context).sample
@@ -144,8 +145,12 @@ def main():
         optimiser.step()
         optimiser.zero_grad()
         losses.append(loss.item())
+        if step == 0:
+            after_first = time.perf_counter()
     unet.eval()
+    after_first_s = time.perf_counter() - after_first if after_first is not None else 0.0
     report("tune", since, steps=steps,
+           seconds_after_first_step=round(after_first_s, 3),
            seconds_per_step=round((time.perf_counter() - since) / max(steps, 1), 4),
            last_losses=round(sum(losses[-20:]) / max(len(losses[-20:]), 1), 5))
 

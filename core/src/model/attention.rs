@@ -10,7 +10,7 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::error::Result;
 use crate::layers::Linear;
-use crate::model::softmax::softmax_last;
+use crate::model::fused::softmax_last;
 use crate::weights::ParamBuilder;
 
 /// Scaled dot-product attention over heads: `q` is `[N, Lq, H·d]`, `k`/`v` `[N, Lk, H·d]`.

@@ -8,6 +8,7 @@ use burn::tensor::{DType, Tensor};
 
 use crate::error::Result;
 use crate::kernels::ConvSpec;
+use crate::model::fused::standardize;
 use crate::weights::{Layout, ParamBuilder};
 
 /// A parameter in the compute dtype `like`: weights may be stored in f16 while arithmetic is
@@ -239,10 +240,7 @@ impl GroupNorm {
         let dtype = x.dtype();
         let grouped =
             statistics_dtype(x).reshape([videos, frames, self.groups, (c / self.groups) * h * w]);
-        let mean = grouped.clone().mean_dims(&[1, 3]);
-        let centred = grouped - mean;
-        let var = centred.clone().square().mean_dims(&[1, 3]);
-        let normed = centred / var.add_scalar(self.eps).sqrt();
+        let normed = standardize(grouped, &[1, 3], self.eps);
         let normed = normed.reshape([n, c, h, w]).cast(dtype);
         let gamma = in_dtype_of(self.weight.val(), dtype).reshape([1, c, 1, 1]);
         let beta = in_dtype_of(self.bias.val(), dtype).reshape([1, c, 1, 1]);
@@ -269,11 +267,7 @@ impl LayerNorm {
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dtype = x.dtype();
-        let x = statistics_dtype(x);
-        let mean = x.clone().mean_dim(D - 1);
-        let centred = x - mean;
-        let var = centred.clone().square().mean_dim(D - 1);
-        let normed = (centred / var.add_scalar(self.eps).sqrt()).cast(dtype);
+        let normed = standardize(statistics_dtype(x), &[D - 1], self.eps).cast(dtype);
         let mut shape = [1usize; D];
         shape[D - 1] = self.weight.dims()[0];
         normed * in_dtype_of(self.weight.val(), dtype).reshape(shape)

@@ -5,10 +5,10 @@
 pub mod attention;
 pub mod clip;
 pub mod config;
+pub mod fused;
 pub mod layers;
 pub mod recompute;
 pub mod resnet;
-pub mod softmax;
 pub mod tokenizer;
 pub mod transformer;
 pub mod unet;

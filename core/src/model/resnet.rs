@@ -4,9 +4,9 @@
 //! PyTorch's GroupNorm does on the reference's 5-D tensors; the VAE runs on single images
 //! (`frames = 1`).
 
+use crate::model::fused::silu;
 use burn::module::Module;
 use burn::tensor::Tensor;
-use burn::tensor::activation::silu;
 
 use crate::error::Result;
 use crate::layers::{Conv2d, ConvShape, GroupNorm, Linear, upsample_nearest_2x};

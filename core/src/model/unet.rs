@@ -8,8 +8,8 @@
 use std::collections::HashSet;
 use std::rc::Rc;
 
+use crate::model::fused::silu;
 use burn::module::{Module, ParamId};
-use burn::tensor::activation::silu;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{DType, Device, Tensor, TensorData};
