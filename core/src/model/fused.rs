@@ -347,7 +347,7 @@ mod tests {
         let out = op(x.clone());
         let grads = (out.clone() * w).sum().backward();
         let grad = x.grad(&grads).expect("x is tracked");
-        let values = |t: Tensor<4>| t.into_data().to_vec::<f32>().expect("f32");
+        let values = |t: Tensor<4>| t.into_data().try_to_vec::<f32>().expect("f32");
         (values(out.inner()), values(grad))
     }
 
