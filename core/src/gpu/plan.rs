@@ -102,16 +102,17 @@ pub struct StepPlan {
 }
 
 /// Activations a ResNet block keeps for backward, in units of its input and output widths:
-/// GroupNorm's input and normalised output, SiLU's input, each conv's input.
-const RESNET_KEPT_IN: u64 = 4;
-const RESNET_KEPT_OUT: u64 = 5;
+/// each GroupNorm's normalised output (`fused::standardize` keeps only that), each SiLU's
+/// input (`fused::silu`), each conv's input.
+const RESNET_KEPT_IN: u64 = 3;
+const RESNET_KEPT_OUT: u64 = 4;
 /// A transformer block's kept activations per token, in units of its width: the three
-/// LayerNorms' inputs and outputs, q/k/v and the attention output of both self-attentions
+/// LayerNorms' normalised outputs, q/k/v and the attention output of both self-attentions
 /// (the kernels keep no scores), cross-attention's query and output, the residual sums, and
 /// the GEGLU feed-forward (8× wide projection, its GELU, the 4× wide product).
-const TRANSFORMER_KEPT: u64 = 40;
+const TRANSFORMER_KEPT: u64 = 37;
 /// The same with GEGLU as one op (the kernels): it keeps the projection only, not its GELU.
-const TRANSFORMER_KEPT_FUSED_GEGLU: u64 = 36;
+const TRANSFORMER_KEPT_FUSED_GEGLU: u64 = 33;
 /// What a transformer holds at its peak while it runs again in backward (recompute): each
 /// of its four sublayers keeps only its input (with the norm and projections around them,
 /// about 7), and the sublayer running again keeps its own (self-attention: the norm, q, k,
@@ -237,7 +238,9 @@ fn walk(input: &PlanInput, batch: usize, bytes: u64, limits: &DeviceLimits) -> W
             };
             kept += level.transformers as u64 * transformer_kept * act;
             kept_block_inputs += level.transformers as u64 * act;
-            let cross_kept = 2 * tokens * level.heads as u64 * 77 * 4;
+            // Cross-attention's probabilities against 77 tokens (f32; `fused::softmax_last`
+            // keeps its output only, not the scores).
+            let cross_kept = tokens * level.heads as u64 * 77 * 4;
             // The tiled kernels' backward sums frame 0's key/value gradients per chunk of
             // query frames apart (f32, dk and dv) before adding them.
             let chunks = input.frames.div_ceil(tav_shaders::FRAME_CHUNK as usize) as u64;
@@ -265,9 +268,9 @@ fn walk(input: &PlanInput, batch: usize, bytes: u64, limits: &DeviceLimits) -> W
                 &mut largest,
                 &mut largest_what,
             );
-            kept += level.transformers as u64 * 2 * tokens * level.heads as u64 * 77 * 4;
+            kept += level.transformers as u64 * cross_kept;
             if !input.kernels {
-                // Sparse-causal scores and probabilities: each query against 2L keys, f32.
+                // Sparse-causal probabilities (the scores are not kept): each query against 2L keys, f32.
                 let scores = tokens * level.heads as u64 * 2 * level.tokens as u64 * 4;
                 note(
                     scores.min(cap),
@@ -275,8 +278,8 @@ fn walk(input: &PlanInput, batch: usize, bytes: u64, limits: &DeviceLimits) -> W
                     &mut largest,
                     &mut largest_what,
                 );
-                kept += level.transformers as u64 * 2 * scores;
-                largest_block = largest_block.max(TRANSFORMER_KEPT * act + cross_kept + 2 * scores);
+                kept += level.transformers as u64 * scores;
+                largest_block = largest_block.max(TRANSFORMER_KEPT * act + cross_kept + scores);
                 level_working = level_working.max(2 * scores.min(cap) + 4 * act);
             }
             level_working = level_working.max(ff + 2 * act);
