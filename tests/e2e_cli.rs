@@ -567,7 +567,7 @@ fn bench_reports_time_and_memory_per_step() {
     }
     // Block-level recompute, each in its own process (a clean memory pool): the tuning step
     // at 3 frames of 128² reserves under 60% of what keeping every activation does
-    // (measured on lavapipe: 73.5 MB → 35.7 MB), and the plan holds within ±15% both ways.
+    // (measured on lavapipe: 63.0 MB → 31.5 MB), and the plan holds within ±15% both ways.
     let tune_peak = |recompute: &str| {
         let out = run(tav().args([
             "bench",
