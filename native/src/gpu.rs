@@ -48,20 +48,12 @@ pub struct Opened {
 pub fn open(choice: &str) -> Result<Opened, String> {
     if choice == "flex" {
         let (device, description) = flex();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        return Ok(Opened {
+        return Ok(on_the_host(
             device,
-            probe: serde_json::json!({
-                "adapter": description, "backend": "flex (burn's CPU backend)",
-                "threads": threads, "shader_f16": false,
-            }),
             description,
-            subgroup_size: None,
-            limits: DeviceLimits {
-                memory_bytes: free_host_memory(),
-                ..DeviceLimits::UNLIMITED
-            },
-        });
+            "flex (burn's CPU backend)",
+            available_threads(),
+        ));
     }
     if choice == "torch" {
         return libtorch();
@@ -124,7 +116,7 @@ pub fn open(choice: &str) -> Result<Opened, String> {
 
 /// Burn's CPU backend: no GPU API, so tav's WGSL kernels do not run there.
 fn flex() -> (Device, String) {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = available_threads();
     (
         Device::flex(),
         format!("burn's CPU backend (flex, {threads} threads)"),
@@ -143,12 +135,22 @@ fn libtorch() -> Result<Opened, String> {
     let threads = std::env::var("OMP_NUM_THREADS")
         .ok()
         .and_then(|n| n.parse::<usize>().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        .unwrap_or_else(available_threads);
     let description = format!("libtorch on the CPU ({threads} threads)");
-    Ok(Opened {
+    Ok(on_the_host(
+        device,
+        description,
+        "libtorch (burn-tch, CPU)",
+        threads,
+    ))
+}
+
+/// A CPU backend (no wgpu adapter, no WGSL kernels): sized by the host's free memory.
+fn on_the_host(device: Device, description: String, backend: &str, threads: usize) -> Opened {
+    Opened {
         device,
         probe: serde_json::json!({
-            "adapter": description, "backend": "libtorch (burn-tch, CPU)",
+            "adapter": description, "backend": backend,
             "threads": threads, "shader_f16": false,
         }),
         description,
@@ -157,16 +159,19 @@ fn libtorch() -> Result<Opened, String> {
             memory_bytes: free_host_memory(),
             ..DeviceLimits::UNLIMITED
         },
-    })
+    }
+}
+
+fn available_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 #[cfg(not(feature = "libtorch"))]
 fn libtorch() -> Result<Opened, String> {
     Err(
-        "--device torch runs on libtorch, and this tav was built without it: build with \
-         `cargo build --release -p tav-native --features libtorch` and libtorch present \
-         (LIBTORCH=/path/to/libtorch, or LIBTORCH_USE_PYTORCH=1 with PyTorch installed; \
-         docs/usage.md), or use --device flex"
+        "--device torch runs on libtorch, and this tav was built without it: build one against \
+         an installed PyTorch with `bash native/libtorch.sh --python PYTHON` (it writes \
+         target/debug/tav-torch; docs/usage.md), or use --device flex"
             .into(),
     )
 }
@@ -215,6 +220,19 @@ pub fn free_host_memory() -> Option<u64> {
     let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+#[cfg(all(test, not(feature = "libtorch")))]
+mod device_tests {
+    /// Without the `libtorch` feature, `--device torch` is refused, saying how to build it.
+    #[test]
+    fn torch_without_libtorch_is_refused_saying_how_to_build_it() {
+        let Err(message) = super::open("torch") else {
+            panic!("--device torch opened in a build without libtorch");
+        };
+        assert!(message.contains("native/libtorch.sh"), "{message}");
+        assert!(message.contains("--device flex"), "{message}");
+    }
 }
 
 #[cfg(test)]

@@ -41,27 +41,6 @@ fn backend_softmax<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
     B::softmax(x, last)
 }
 
-impl SoftmaxLastOps for Cube {
-    fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        backend_softmax::<Self>(x)
-    }
-}
-
-#[cfg(feature = "flex")]
-impl SoftmaxLastOps for Flex {
-    fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        backend_softmax::<Self>(x)
-    }
-}
-
-#[cfg(feature = "libtorch")]
-#[allow(deprecated)] // burn marks its libtorch backend deprecated; tav's `--device torch` uses it
-impl SoftmaxLastOps for LibTorch {
-    fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        backend_softmax::<Self>(x)
-    }
-}
-
 /// Keeps the output `p`; the input's gradient is `p·(g − Σ_last g·p)`.
 #[derive(Debug)]
 struct SoftmaxBackward;
@@ -131,25 +110,6 @@ fn composed_silu_backward<B: Backend>(x: FloatTensor<B>, grad: FloatTensor<B>) -
     let one_minus_s = B::float_add_scalar(B::float_neg(s.clone()), 1.0.into());
     let inner = B::float_add_scalar(B::float_mul(x, one_minus_s), 1.0.into());
     B::float_mul(grad, B::float_mul(s, inner))
-}
-
-impl SiluOps for Cube {
-    fn silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        composed_silu::<Self>(x)
-    }
-    fn silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        composed_silu_backward::<Self>(x, grad)
-    }
-}
-
-#[cfg(feature = "flex")]
-impl SiluOps for Flex {
-    fn silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        composed_silu::<Self>(x)
-    }
-    fn silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        composed_silu_backward::<Self>(x, grad)
-    }
 }
 
 /// libtorch has SiLU and its backward as single kernels (the ones PyTorch's autograd uses).
@@ -240,24 +200,6 @@ fn standardize_forward<B: Backend>(
     (y, rstd)
 }
 
-macro_rules! standardize_on {
-    ($backend:ty) => {
-        impl StandardizeOps for $backend {
-            fn standardize(x: FloatTensor<Self>, dims: Vec<usize>, eps: f64) -> FloatTensor<Self> {
-                standardize_forward::<Self>(x, &dims, eps).0
-            }
-        }
-    };
-}
-standardize_on!(Cube);
-#[cfg(feature = "flex")]
-standardize_on!(Flex);
-#[cfg(feature = "libtorch")]
-#[allow(deprecated)]
-const _: () = {
-    standardize_on!(LibTorch);
-};
-
 /// Keeps `y` and `1/σ`: `dx = (g − mean(g) − y·mean(g·y)) / σ`, means over the reduced dims.
 #[derive(Debug)]
 struct StandardizeBackward;
@@ -312,6 +254,42 @@ pub fn standardize<const D: usize>(x: Tensor<D>, dims: &[usize], eps: f64) -> Te
         eps,
     ))
 }
+
+/// The inner backends' forwards: the backend's own softmax, the standardisation from its ops,
+/// and SiLU from its ops except where it has its own kernels (libtorch, above).
+macro_rules! forwards_on {
+    ($backend:ty) => {
+        impl SoftmaxLastOps for $backend {
+            fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
+                backend_softmax::<Self>(x)
+            }
+        }
+        impl StandardizeOps for $backend {
+            fn standardize(x: FloatTensor<Self>, dims: Vec<usize>, eps: f64) -> FloatTensor<Self> {
+                standardize_forward::<Self>(x, &dims, eps).0
+            }
+        }
+    };
+    ($backend:ty, composed_silu) => {
+        forwards_on!($backend);
+        impl SiluOps for $backend {
+            fn silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+                composed_silu::<Self>(x)
+            }
+            fn silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+                composed_silu_backward::<Self>(x, grad)
+            }
+        }
+    };
+}
+forwards_on!(Cube, composed_silu);
+#[cfg(feature = "flex")]
+forwards_on!(Flex, composed_silu);
+#[cfg(feature = "libtorch")]
+#[allow(deprecated)] // burn marks its libtorch backend deprecated; tav's `--device torch` uses it
+const _: () = {
+    forwards_on!(LibTorch);
+};
 
 #[cfg(test)]
 mod tests {
