@@ -7,6 +7,9 @@
 //! forward is the backend's own fused op where it has one, and the backward is the closed
 //! form, keeping only what PyTorch keeps.
 
+// burn marks its libtorch backend deprecated; tav's optional `--device torch` uses it.
+#![cfg_attr(feature = "libtorch", allow(deprecated))]
+
 #[cfg(feature = "flex")]
 use burn::backend::Flex;
 #[cfg(feature = "libtorch")]
@@ -114,7 +117,6 @@ fn composed_silu_backward<B: Backend>(x: FloatTensor<B>, grad: FloatTensor<B>) -
 
 /// libtorch has SiLU and its backward as single kernels (the ones PyTorch's autograd uses).
 #[cfg(feature = "libtorch")]
-#[allow(deprecated)]
 impl SiluOps for LibTorch {
     fn silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         TchTensor::new(x.tensor.silu())
@@ -286,10 +288,7 @@ forwards_on!(Cube, composed_silu);
 #[cfg(feature = "flex")]
 forwards_on!(Flex, composed_silu);
 #[cfg(feature = "libtorch")]
-#[allow(deprecated)] // burn marks its libtorch backend deprecated; tav's `--device torch` uses it
-const _: () = {
-    forwards_on!(LibTorch);
-};
+forwards_on!(LibTorch);
 
 #[cfg(test)]
 mod tests {
