@@ -32,6 +32,7 @@ export PATH="$(dirname "$("$python" -c 'import sys; print(sys.executable)')"):$P
 
 patch=()
 # The patched build rewrites Cargo.lock's entries for the copies; the committed one comes back.
+mkdir -p target
 cp Cargo.lock target/Cargo.lock.before-libtorch
 trap 'cp target/Cargo.lock.before-libtorch Cargo.lock' EXIT
 if [ "$version" != "2.9.0" ]; then
