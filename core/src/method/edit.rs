@@ -95,7 +95,7 @@ impl Denoiser<'_> {
         Ok(self.ddim.step(eps, t, x))
     }
 
-    /// The guided noise prediction at timestep `t` (the unconditional and conditional ones
+    /// The guided prediction (noise or velocity) at timestep `t` (the unconditional and conditional ones
     /// in one batch of 2 where it fits the device, else in two passes).
     pub fn guided_prediction(
         &self,

@@ -1,12 +1,13 @@
 //! The noise schedule: DDPM's forward noising for tuning, DDIM's deterministic (eta 0)
-//! sampling step, and DDIM inversion's `next_step` as Tune-A-Video does it.
+//! sampling step, and DDIM inversion's `next_step` as Tune-A-Video does it; for a model that
+//! predicts the noise (SD v1.x) or the velocity (v-prediction).
 //!
 //! Schedule arithmetic follows the reference's float32 computation, so timesteps and
 //! coefficients match bit for bit where it matters.
 
 use burn::tensor::Tensor;
 
-use crate::config::{BetaSchedule, SchedulerConfig};
+use crate::config::{BetaSchedule, PredictionType, SchedulerConfig};
 use crate::error::{Result, TavError};
 
 #[derive(Debug, Clone)]
@@ -16,6 +17,8 @@ pub struct Schedule {
     /// `ᾱ` used past the end of the schedule: 1 or `ᾱ_0` (`set_alpha_to_one`).
     pub final_alpha_cumprod: f32,
     pub steps_offset: usize,
+    /// What the UNet predicts: its training target, and how a step reads its output.
+    pub prediction: PredictionType,
 }
 
 impl Schedule {
@@ -59,6 +62,7 @@ impl Schedule {
             alphas_cumprod,
             final_alpha_cumprod,
             steps_offset: cfg.steps_offset,
+            prediction: cfg.prediction_type,
         })
     }
 
@@ -99,6 +103,34 @@ impl Schedule {
     ) -> Tensor<D> {
         let a = self.alpha_at(t as i64);
         x0.mul_scalar(a.sqrt()) + noise.mul_scalar((1.0 - a).sqrt())
+    }
+
+    /// What the UNet learns to predict for `x0` noised with `noise` at `t`: the noise, or
+    /// the velocity `√ᾱ_t · noise − √(1−ᾱ_t) · x0`.
+    pub fn training_target<const D: usize>(
+        &self,
+        x0: Tensor<D>,
+        noise: Tensor<D>,
+        t: usize,
+    ) -> Tensor<D> {
+        match self.prediction {
+            PredictionType::Epsilon => noise,
+            PredictionType::VPrediction => {
+                let a = self.alpha_at(t as i64);
+                noise.mul_scalar(a.sqrt()) - x0.mul_scalar((1.0 - a).sqrt())
+            }
+        }
+    }
+
+    /// The noise in `x` (at `ᾱ = alpha`) that the UNet's `output` implies: the output itself,
+    /// or from a velocity `v`, `√ᾱ · v + √(1−ᾱ) · x`.
+    fn noise_from<const D: usize>(&self, output: Tensor<D>, x: Tensor<D>, alpha: f64) -> Tensor<D> {
+        match self.prediction {
+            PredictionType::Epsilon => output,
+            PredictionType::VPrediction => {
+                output.mul_scalar(alpha.sqrt()) + x.mul_scalar((1.0 - alpha).sqrt())
+            }
+        }
     }
 
     /// `√ᾱ_to · x̂0 + √(1−ᾱ_to) · eps` with `x̂0 = (x − √(1−ᾱ_from) · eps) / √ᾱ_from`.
@@ -151,24 +183,29 @@ impl Ddim {
         self.timesteps.iter().rev().copied().collect()
     }
 
-    /// One sampling step from `t` to the previous timestep, given the predicted noise.
-    pub fn step<const D: usize>(&self, eps: Tensor<D>, t: usize, x: Tensor<D>) -> Tensor<D> {
+    /// One sampling step from `t` to the previous timestep, given the UNet's output at `t`
+    /// (the noise, or the velocity, as the schedule's prediction type says).
+    pub fn step<const D: usize>(&self, output: Tensor<D>, t: usize, x: Tensor<D>) -> Tensor<D> {
         let s = &self.schedule;
         let prev = t as i64 - self.ratio as i64;
-        s.move_along(eps, x, s.alpha_at(t as i64), s.alpha_at(prev))
+        let from = s.alpha_at(t as i64);
+        let eps = s.noise_from(output, x.clone(), from);
+        s.move_along(eps, x, from, s.alpha_at(prev))
     }
 
     /// DDIM inversion's step from the previous timestep up to `t` (Tune-A-Video's
-    /// `next_step`): the noise predicted at `t` moves the sample one step towards noise.
+    /// `next_step`): the UNet's output at `t` moves the sample one step towards noise. A
+    /// velocity is read against the sample's own timestep, as diffusers' DDIMInverseScheduler.
     pub fn inversion_step<const D: usize>(
         &self,
-        eps: Tensor<D>,
+        output: Tensor<D>,
         t: usize,
         x: Tensor<D>,
     ) -> Tensor<D> {
         let s = &self.schedule;
-        let current = (t as i64 - self.ratio as i64).min(999);
-        s.move_along(eps, x, s.alpha_at(current), s.alpha_at(t as i64))
+        let current = s.alpha_at((t as i64 - self.ratio as i64).min(999));
+        let eps = s.noise_from(output, x.clone(), current);
+        s.move_along(eps, x, current, s.alpha_at(t as i64))
     }
 }
 
@@ -206,6 +243,55 @@ mod tests {
         assert_eq!(ddim.steps(), 5);
         assert_eq!(ddim.inversion_timesteps(), vec![1, 201, 401, 601, 801]);
         assert!(Ddim::new(&s, 0).is_err());
+    }
+
+    /// With the exact output (the noise, or the velocity), a DDIM step from `x0` noised at
+    /// `t` lands on `x0` noised with the same noise at the previous timestep, and an inversion
+    /// step goes back up: for both prediction types, at the noisy end and the clean one.
+    #[test]
+    fn ddim_steps_follow_the_exact_output_for_noise_and_velocity_prediction() {
+        use burn::tensor::Device;
+        let device = Device::default();
+        let values = |seed: u64| {
+            let mut rng = crate::draws::SeededRng::new(seed);
+            crate::weights::HostTensor::new(vec![4, 6], rng.normal_vec(24)).to_device::<2>(&device)
+        };
+        let (x0, noise) = (values(1).mul_scalar(1.3).add_scalar(-0.2), values(2));
+        for prediction in [PredictionType::Epsilon, PredictionType::VPrediction] {
+            let mut cfg = SchedulerConfig::sd_v1_5();
+            cfg.prediction_type = prediction;
+            let s = Schedule::new(&cfg).unwrap();
+            let ddim = Ddim::new(&s, 25).unwrap();
+            for t in [961usize, 481, 41, 1] {
+                // Below the first step, the step lands on `ᾱ_0` (`set_alpha_to_one` false).
+                let prev = t.saturating_sub(40);
+                let at = |t: usize| s.add_noise(x0.clone(), noise.clone(), t);
+                let close = |a: Tensor<2>, b: Tensor<2>, what: &str| {
+                    let err: f32 = (a - b).abs().max().into_scalar();
+                    assert!(err < 2e-4, "{prediction:?} t={t} {what}: off by {err}");
+                };
+                let output = s.training_target(x0.clone(), noise.clone(), t);
+                let stepped = ddim.step(output, t, at(t));
+                close(stepped, at(prev), "sampling step");
+                if t > 40 {
+                    // Inversion reads the output at `t` against the sample at `prev`.
+                    let output = s.training_target(x0.clone(), noise.clone(), prev);
+                    close(
+                        ddim.inversion_step(output, t, at(prev)),
+                        at(t),
+                        "inversion step",
+                    );
+                }
+            }
+        }
+        // The velocity differs from the noise: the two types are not read alike.
+        let mut cfg = SchedulerConfig::sd_v1_5();
+        cfg.prediction_type = PredictionType::VPrediction;
+        let v = Schedule::new(&cfg)
+            .unwrap()
+            .training_target(x0.clone(), noise.clone(), 961);
+        let diff: f32 = (v - noise).abs().max().into_scalar();
+        assert!(diff > 0.5);
     }
 
     #[test]

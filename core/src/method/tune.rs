@@ -206,7 +206,8 @@ impl Tuner {
         want_grads: bool,
     ) -> Result<(UNet3D, StepOutcome)> {
         let latents = clip_latents(batch.posterior.sample(draws.vae_eps), batch.scaling_factor);
-        let noisy = schedule.add_noise(latents, draws.noise.clone(), draws.timestep);
+        let noisy = schedule.add_noise(latents.clone(), draws.noise.clone(), draws.timestep);
+        let target = schedule.training_target(latents, draws.noise.clone(), draws.timestep);
         // Mixed precision (`--f16`), as the reference's autocast: f16 activations (so also
         // recomputed blocks' kept inputs) and arithmetic; f32 tuned layers (master weights,
         // their arithmetic, AdamW's state), norm statistics, softmax and loss.
@@ -222,7 +223,7 @@ impl Tuner {
                 ..batch.attention
             },
         )?;
-        let loss = (predicted - draws.noise).square().mean();
+        let loss = (predicted - target).square().mean();
         let loss_value: f32 = loss
             .clone()
             .try_into_scalar_async()

@@ -147,12 +147,16 @@ pub enum BetaSchedule {
 }
 
 /// What the UNet predicts (`prediction_type`): SD v1.x predicts the noise; v-prediction
-/// models are refused while their config is read.
+/// models (SD 2.x-v's target, and the toy model's) predict the velocity
+/// `√ᾱ·noise − √(1−ᾱ)·x0`, which stays well-conditioned at the noisy end where a noise
+/// prediction's error is magnified `√((1−ᾱ)/ᾱ)` times in the clean sample. Other targets
+/// (`sample`) are refused while the config is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PredictionType {
     #[default]
     Epsilon,
+    VPrediction,
 }
 
 /// `scheduler/scheduler_config.json`: the DDPM training schedule and DDIM's options.
@@ -452,8 +456,14 @@ mod tests {
             scheduler(r#""beta_schedule": "scaled_linear", "prediction_type": "epsilon""#).unwrap();
         assert_eq!(sd.beta_schedule, BetaSchedule::ScaledLinear);
         assert_eq!(scheduler("").unwrap().beta_schedule, BetaSchedule::Linear);
+        assert_eq!(
+            scheduler(r#""prediction_type": "v_prediction""#)
+                .unwrap()
+                .prediction_type,
+            PredictionType::VPrediction
+        );
         for (extra, value) in [
-            (r#""prediction_type": "v_prediction""#, "v_prediction"),
+            (r#""prediction_type": "sample""#, "sample"),
             (
                 r#""beta_schedule": "squaredcos_cap_v2""#,
                 "squaredcos_cap_v2",

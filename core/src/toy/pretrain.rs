@@ -267,7 +267,7 @@ pub struct TextToImage {
 pub struct TextToImageBatch {
     /// Scaled latents `[N, C, h, w]`, one frame each.
     pub latents: Tensor<4>,
-    /// The noise added to them, which the UNet must predict.
+    /// The noise added to them, which the UNet must predict (or the velocity it makes).
     pub noise: Tensor<4>,
     /// One timestep per item.
     pub timesteps: Vec<usize>,
@@ -277,7 +277,7 @@ pub struct TextToImageBatch {
     pub weights: Tensor<4>,
 }
 
-/// One text-to-image step: noise prediction on the batch's latents (temporal layers off)
+/// One text-to-image step: noise (or velocity) prediction on the batch's latents (temporal layers off)
 /// conditioned on its captions; the squared error is averaged with its weights.
 pub async fn text_to_image_step(
     optimiser: &mut AdamW,
@@ -306,6 +306,18 @@ pub async fn text_to_image_step(
         })
         .collect();
     let noisy = Tensor::cat(noisy, 0).reshape([n, c, 1, h, w]);
+    let target: Vec<Tensor<4>> = timesteps
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            schedule.training_target(
+                latents.clone().narrow(0, i, 1),
+                noise.clone().narrow(0, i, 1),
+                t,
+            )
+        })
+        .collect();
+    let target = Tensor::cat(target, 0);
     let context = model.text_encoder.forward(&ids, device)?;
     let options = VideoAttentionOptions {
         temporal: false,
@@ -314,7 +326,7 @@ pub async fn text_to_image_step(
     let t: Vec<f64> = timesteps.iter().map(|&t| t as f64).collect();
     let predicted = model.unet.forward(noisy, &t, context, options)?;
     let weights = weights.expand([n, c, h, w]);
-    let loss = ((predicted.reshape([n, c, h, w]) - noise).square() * weights.clone()).sum()
+    let loss = ((predicted.reshape([n, c, h, w]) - target).square() * weights.clone()).sum()
         / weights.sum();
     let value = scalar(loss.clone(), "the denoising loss").await?;
     let (model, _) = optimiser.step(model, loss, false).await?;
