@@ -965,6 +965,44 @@ fn pretrain_writes_a_model_every_command_loads() {
         tav().arg("pretrain").arg(&out).args(["--size", "100"]),
         "multiple of 64",
     );
+
+    // Trained on to predict the velocity: the scheduler config says so, a further stage
+    // resumed from it keeps it unless told otherwise, and `check` runs it.
+    let prediction = |dir: &std::path::Path| {
+        let config: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.join("scheduler/scheduler_config.json")).unwrap(),
+        )
+        .unwrap();
+        config["prediction_type"]
+            .as_str()
+            .unwrap_or("epsilon")
+            .to_string()
+    };
+    assert_eq!(prediction(&out), "epsilon");
+    let stage = |from: &std::path::Path, to: &std::path::Path, extra: &[&str]| {
+        let trained = run(tav()
+            .arg("pretrain")
+            .arg(to)
+            .arg("--vae-from")
+            .arg(from)
+            .arg("--resume-from")
+            .arg(from)
+            .args(["--steps", "2", "--batch", "2", "--device", "flex"])
+            .args(extra));
+        assert!(trained.status.success(), "{}", stderr(&trained));
+    };
+    let v = scratch("pretrain").join("toy-model-v");
+    stage(&out, &v, &["--prediction-type", "v_prediction"]);
+    assert_eq!(prediction(&v), "v_prediction");
+    let v_on = scratch("pretrain").join("toy-model-v-on");
+    stage(&v, &v_on, &[]);
+    assert_eq!(prediction(&v_on), "v_prediction");
+    let checked = run(tav()
+        .arg("check")
+        .arg("--model")
+        .arg(&v_on)
+        .args(["--frames", "2", "--size", "64"]));
+    assert!(checked.status.success(), "{}", stderr(&checked));
 }
 
 /// A single-file checkpoint (written from the tiny folder through the key mapping) and a

@@ -274,18 +274,6 @@ pub fn min_snr_gamma(s: &str) -> Result<f64, String> {
     }
 }
 
-/// A loss weight's cap: finite, at least 1.
-pub fn weight_cap(s: &str) -> Result<f64, String> {
-    let v: f64 = number(s)?;
-    if v.is_finite() && (1.0..=1e6).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!(
-            "{v} is not a cap of at least 1 (typically 20 to 50)"
-        ))
-    }
-}
-
 /// A guidance rescale: 0 to 1.
 pub fn rescale(s: &str) -> Result<f64, String> {
     let v: f64 = number(s)?;

@@ -76,9 +76,10 @@ impl Denoiser<'_> {
 
     /// One DDIM inversion step at timestep `t`, towards noise.
     pub fn inversion_step(&self, x: Tensor<5>, t: usize, context: Tensor<3>) -> Result<Tensor<5>> {
+        let told = self.ddim.inversion_model_timestep(t) as f64;
         let eps = self
             .unet
-            .forward(x.clone(), &[t as f64], context, self.options)?;
+            .forward(x.clone(), &[told], context, self.options)?;
         Ok(self.ddim.inversion_step(eps, t, x))
     }
 

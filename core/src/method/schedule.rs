@@ -193,9 +193,23 @@ impl Ddim {
         s.move_along(eps, x, from, s.alpha_at(prev))
     }
 
+    /// The timestep the UNet is told in the inversion step up to `t`. For noise prediction,
+    /// `t` itself, as Tune-A-Video's `next_step` (it evaluates the sample, still at the
+    /// previous timestep, as if it were at `t`; a noise prediction barely changes between
+    /// the two). For a velocity, the sample's own timestep, as diffusers'
+    /// DDIMInverseScheduler: a velocity depends on the noise level, and at the one above it
+    /// the toy model's inversion lost the clip's layout (docs/toy-world.md).
+    pub fn inversion_model_timestep(&self, t: usize) -> usize {
+        match self.schedule.prediction {
+            PredictionType::Epsilon => t,
+            PredictionType::VPrediction => t.saturating_sub(self.ratio),
+        }
+    }
+
     /// DDIM inversion's step from the previous timestep up to `t` (Tune-A-Video's
-    /// `next_step`): the UNet's output at `t` moves the sample one step towards noise. A
-    /// velocity is read against the sample's own timestep, as diffusers' DDIMInverseScheduler.
+    /// `next_step`): the UNet's output (at [`Self::inversion_model_timestep`]) moves the
+    /// sample one step towards noise. A velocity is read against the sample's own timestep,
+    /// as diffusers' DDIMInverseScheduler.
     pub fn inversion_step<const D: usize>(
         &self,
         output: Tensor<D>,

@@ -116,9 +116,9 @@ impl WindowedDenoiser<'_> {
         let steps = d.ddim.steps();
         let mut x = latents;
         for (i, t) in d.ddim.inversion_timesteps().into_iter().enumerate() {
+            let told = d.ddim.inversion_model_timestep(t) as f64;
             let eps = self.predict(&x, |window| {
-                d.unet
-                    .forward(window, &[t as f64], context.clone(), d.options)
+                d.unet.forward(window, &[told], context.clone(), d.options)
             })?;
             x = d.ddim.inversion_step(eps, t, x);
             progress(Event {

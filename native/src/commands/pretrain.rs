@@ -94,13 +94,6 @@ pub struct PretrainSpec {
     /// [default: off, every timestep weighs the same].
     #[arg(value_parser = crate::cli::min_snr_gamma, long)]
     pub min_snr_gamma: Option<f64>,
-    /// Weigh each item's noise-prediction loss by the x0 error it causes, `1/SNR`, clamped
-    /// to `[1, cap]`: at the noisy end an ε error becomes an x0 error up to 1/SNR = 212
-    /// times larger (SD's schedule, t = 999), so a plain ε loss barely trains the timesteps
-    /// the sampler starts from, where a frame's layout and background are decided
-    /// [default: off, every timestep weighs the same].
-    #[arg(value_parser = crate::cli::weight_cap, long)]
-    pub noisy_weight_cap: Option<f64>,
     /// What the UNet learns to predict: the noise (`epsilon`, SD v1's) or the velocity
     /// (`v_prediction`), which does not magnify its errors at the noisy end; written to the
     /// scheduler config [default: the `--resume-from` model's, else epsilon].
@@ -295,25 +288,17 @@ pub fn run(spec: &PretrainSpec, device: &Device, ui: &mut Ui) -> Result<Pretrain
             .map(|_| rng.below(timesteps) as usize)
             .collect();
         let ids = caption_ids(&tokenizer, &batch.captions, spec.empty_captions, &mut rng)?;
-        let weights = if spec.min_snr_gamma.is_some() || spec.noisy_weight_cap.is_some() {
-            let per_item: Vec<f32> = t
-                .iter()
-                .map(|&t| {
-                    let alpha_cumprod = schedule.alphas_cumprod[t] as f64;
-                    let min_snr = spec
-                        .min_snr_gamma
-                        .map_or(1.0, |gamma| min_snr_weight(alpha_cumprod, gamma));
-                    let noisy = spec
-                        .noisy_weight_cap
-                        .map_or(1.0, |cap| noisy_weight(alpha_cumprod, cap));
-                    (min_snr * noisy) as f32
-                })
-                .collect();
-            let per_item = Tensor::<1>::from_floats(per_item.as_slice(), device)
-                .reshape([spec.batch, 1, 1, 1]);
-            weights * per_item
-        } else {
-            weights
+        let weights = match spec.min_snr_gamma {
+            Some(gamma) => {
+                let per_item: Vec<f32> = t
+                    .iter()
+                    .map(|&t| min_snr_weight(schedule.alphas_cumprod[t] as f64, gamma) as f32)
+                    .collect();
+                let per_item = Tensor::<1>::from_floats(per_item.as_slice(), device)
+                    .reshape([spec.batch, 1, 1, 1]);
+                weights * per_item
+            }
+            None => weights,
         };
         let batch = TextToImageBatch {
             latents,
@@ -476,13 +461,6 @@ fn min_snr_weight(alpha_cumprod: f64, gamma: f64) -> f64 {
     snr.min(gamma) / snr.max(f64::MIN_POSITIVE)
 }
 
-/// The noisy end's weight of a timestep whose `ᾱ` is `alpha_cumprod`: `1/SNR` (how much an
-/// ε error grows as an x0 error) clamped to `[1, cap]`; 1 wherever SNR ≥ 1.
-fn noisy_weight(alpha_cumprod: f64, cap: f64) -> f64 {
-    let inverse_snr = (1.0 - alpha_cumprod) / alpha_cumprod.max(f64::MIN_POSITIVE);
-    inverse_snr.clamp(1.0, cap.max(1.0))
-}
-
 /// Normal noise of `shape` `[N, C, h, w]`, plus `offset` times one normal draw per `(n, c)`
 /// spread over `h × w` (none are drawn at offset 0, so earlier runs replay exactly).
 fn training_noise(rng: &mut SeededRng, shape: [usize; 4], offset: f32) -> HostTensor {
@@ -613,14 +591,6 @@ mod tests {
         assert!((min_snr_weight(0.9, 5.0) - 5.0 / 9.0).abs() < 1e-12);
         assert!((min_snr_weight(0.1, 5.0) - 1.0).abs() < 1e-12);
         assert!(min_snr_weight(0.999, 5.0) < min_snr_weight(0.9, 5.0));
-    }
-
-    #[test]
-    fn noisy_weight_grows_with_the_noise_up_to_its_cap() {
-        assert_eq!(noisy_weight(0.9, 50.0), 1.0);
-        assert!((noisy_weight(0.2, 50.0) - 4.0).abs() < 1e-12);
-        assert_eq!(noisy_weight(0.0047, 50.0), 50.0);
-        assert!(noisy_weight(0.05, 50.0) > noisy_weight(0.1, 50.0));
     }
 
     #[test]
