@@ -147,7 +147,7 @@ pub enum BetaSchedule {
 }
 
 /// What the UNet predicts (`prediction_type`): SD v1.x predicts the noise; v-prediction
-/// models (SD 2.x-v's target, and the toy model's) predict the velocity
+/// models (SD 2.x-v's target; `tav pretrain --prediction-type v_prediction`) predict the velocity
 /// `√ᾱ·noise − √(1−ᾱ)·x0`, which stays well-conditioned at the noisy end where a noise
 /// prediction's error is magnified `√((1−ᾱ)/ᾱ)` times in the clean sample. Other targets
 /// (`sample`) are refused while the config is read.

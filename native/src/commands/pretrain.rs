@@ -614,6 +614,41 @@ mod tests {
         assert!((diff(&plain) - diff(&offset)).abs() < 1e-5);
     }
 
+    /// The prediction type: the flag's, else the resumed model's, else epsilon; another
+    /// value, or a resumed folder without a scheduler config, is refused naming it.
+    #[test]
+    fn prediction_type_comes_from_the_flag_or_the_resumed_model() {
+        let refused = Flags::try_parse_from(["pretrain", "x", "--prediction-type", "sample"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            refused.contains("--prediction-type") && refused.contains("sample"),
+            "{refused}"
+        );
+        assert_eq!(prediction_type(&spec(&[])).unwrap(), "epsilon");
+        let dir = std::env::temp_dir().join(format!("tav-prediction-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("scheduler")).unwrap();
+        let resumed = dir.to_str().unwrap();
+        let missing = prediction_type(&spec(&["--resume-from", resumed])).unwrap_err();
+        assert!(
+            missing.to_string().contains("scheduler_config.json"),
+            "{missing}"
+        );
+        std::fs::write(
+            dir.join("scheduler/scheduler_config.json"),
+            r#"{"prediction_type": "v_prediction"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            prediction_type(&spec(&["--resume-from", resumed])).unwrap(),
+            "v_prediction"
+        );
+        let named = spec(&["--resume-from", resumed, "--prediction-type", "epsilon"]);
+        assert_eq!(prediction_type(&named).unwrap(), "epsilon");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn learning_rate_is_constant_or_annealed_to_the_final_one() {
         let constant = spec(&["--steps", "11", "--learning-rate", "1e-3"]);
