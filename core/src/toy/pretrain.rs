@@ -294,29 +294,22 @@ pub async fn text_to_image_step(
         weights,
     } = batch;
     let [n, c, h, w] = latents.dims();
-    let noisy: Vec<Tensor<4>> = timesteps
+    // Each item at its own timestep: the noised latent the UNet sees, and what it must predict.
+    let (noisy, target): (Vec<Tensor<4>>, Vec<Tensor<4>>) = timesteps
         .iter()
         .enumerate()
         .map(|(i, &t)| {
-            schedule.add_noise(
+            let (x0, eps) = (
                 latents.clone().narrow(0, i, 1),
                 noise.clone().narrow(0, i, 1),
-                t,
+            );
+            (
+                schedule.add_noise(x0.clone(), eps.clone(), t),
+                schedule.training_target(x0, eps, t),
             )
         })
-        .collect();
+        .unzip();
     let noisy = Tensor::cat(noisy, 0).reshape([n, c, 1, h, w]);
-    let target: Vec<Tensor<4>> = timesteps
-        .iter()
-        .enumerate()
-        .map(|(i, &t)| {
-            schedule.training_target(
-                latents.clone().narrow(0, i, 1),
-                noise.clone().narrow(0, i, 1),
-                t,
-            )
-        })
-        .collect();
     let target = Tensor::cat(target, 0);
     let context = model.text_encoder.forward(&ids, device)?;
     let options = VideoAttentionOptions {
