@@ -137,10 +137,7 @@ fn prediction_type(spec: &PretrainSpec) -> Result<String> {
     let Some(dir) = &spec.resume_from else {
         return Ok("epsilon".into());
     };
-    let path = dir.join("scheduler/scheduler_config.json");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| TavError::InvalidInput(format!("{}: {e}", path.display())))?;
-    let config: SchedulerConfig = tav_core::config::parse_json(&path.display().to_string(), &text)?;
+    let config = tav_core::checkpoint::read_scheduler_config(&Folder(dir.clone()))?;
     Ok(match config.prediction_type {
         tav_core::config::PredictionType::Epsilon => "epsilon",
         tav_core::config::PredictionType::VPrediction => "v_prediction",
