@@ -950,12 +950,16 @@ fn pretrain_writes_a_model_every_command_loads() {
     assert_eq!(record["report"]["unet_losses"].as_array().unwrap().len(), 2);
     assert!(record["report"]["latent_scale"].as_f64().unwrap() > 0.0);
 
-    let checked = run(tav()
-        .arg("check")
-        .arg("--model")
-        .arg(&out)
-        .args(["--frames", "2", "--size", "64"]));
-    assert!(checked.status.success(), "{}", stderr(&checked));
+    let check = |model: &std::path::Path| {
+        let checked = run(tav()
+            .arg("check")
+            .arg("--model")
+            .arg(model)
+            .args(["--frames", "2", "--size", "64"]));
+        assert!(checked.status.success(), "{}", stderr(&checked));
+        checked
+    };
+    let checked = check(&out);
     assert!(
         String::from_utf8_lossy(&checked.stdout).contains("outputs are finite")
             || stderr(&checked).contains("outputs are finite")
@@ -997,12 +1001,7 @@ fn pretrain_writes_a_model_every_command_loads() {
     let v_on = scratch("pretrain").join("toy-model-v-on");
     stage(&v, &v_on, &[]);
     assert_eq!(prediction(&v_on), "v_prediction");
-    let checked = run(tav()
-        .arg("check")
-        .arg("--model")
-        .arg(&v_on)
-        .args(["--frames", "2", "--size", "64"]));
-    assert!(checked.status.success(), "{}", stderr(&checked));
+    check(&v_on);
 }
 
 /// A single-file checkpoint (written from the tiny folder through the key mapping) and a

@@ -96,8 +96,8 @@ impl Denoiser<'_> {
         Ok(self.ddim.step(eps, t, x))
     }
 
-    /// The guided prediction (noise or velocity) at timestep `t` (the unconditional and conditional ones
-    /// in one batch of 2 where it fits the device, else in two passes).
+    /// The guided prediction (noise or velocity) at timestep `t` (the unconditional and
+    /// conditional ones in one batch of 2 where it fits the device, else in two passes).
     pub fn guided_prediction(
         &self,
         x: Tensor<5>,

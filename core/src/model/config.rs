@@ -153,9 +153,12 @@ pub enum BetaSchedule {
 /// (`sample`) are refused while the config is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum PredictionType {
     #[default]
     Epsilon,
+    /// Named as diffusers' configs name it, on the command line too.
+    #[cfg_attr(feature = "clap", value(name = "v_prediction"))]
     VPrediction,
 }
 

@@ -14,9 +14,10 @@ use safetensors::tensor::TensorView;
 use tav_core::adamw::AdamW;
 use tav_core::checkpoint::{
     Folder, LoadOptions, load_text_encoder_entries, load_unet, load_vae_entries,
+    read_scheduler_config,
 };
 use tav_core::clip::ClipTextEncoder;
-use tav_core::config::SchedulerConfig;
+use tav_core::config::{PredictionType, SchedulerConfig};
 use tav_core::draws::SeededRng;
 use tav_core::pretrain::{
     Component, TextToImage, TextToImageBatch, ToyConfigs, caption_ids, frame_batch, image_unet,
@@ -97,8 +98,8 @@ pub struct PretrainSpec {
     /// What the UNet learns to predict: the noise (`epsilon`, SD v1's) or the velocity
     /// (`v_prediction`), which does not magnify its errors at the noisy end; written to the
     /// scheduler config [default: the `--resume-from` model's, else epsilon].
-    #[arg(long, value_parser = ["epsilon", "v_prediction"])]
-    pub prediction_type: Option<String>,
+    #[arg(long, value_enum)]
+    pub prediction_type: Option<PredictionType>,
     /// Take the VAE (weights and latent scale) from this toy model folder instead of
     /// training one (`--vae-steps` is then ignored): retrain the text side only.
     #[arg(long)]
@@ -130,19 +131,12 @@ impl PretrainSpec {
 }
 
 /// The prediction type to train: the flag's, else the resumed model's, else epsilon.
-fn prediction_type(spec: &PretrainSpec) -> Result<String> {
-    if let Some(named) = &spec.prediction_type {
-        return Ok(named.clone());
+fn prediction_type(spec: &PretrainSpec) -> Result<PredictionType> {
+    match (spec.prediction_type, &spec.resume_from) {
+        (Some(named), _) => Ok(named),
+        (None, Some(dir)) => Ok(read_scheduler_config(&Folder(dir.clone()))?.prediction_type),
+        (None, None) => Ok(PredictionType::Epsilon),
     }
-    let Some(dir) = &spec.resume_from else {
-        return Ok("epsilon".into());
-    };
-    let config = tav_core::checkpoint::read_scheduler_config(&Folder(dir.clone()))?;
-    Ok(match config.prediction_type {
-        tav_core::config::PredictionType::Epsilon => "epsilon",
-        tav_core::config::PredictionType::VPrediction => "v_prediction",
-    }
-    .into())
 }
 
 /// The file beside a pretrained model's components that records how it was made.
@@ -172,7 +166,8 @@ pub fn run(spec: &PretrainSpec, device: &Device, ui: &mut Ui) -> Result<Pretrain
         )));
     }
     let mut configs = ToyConfigs::small();
-    configs.scheduler["prediction_type"] = serde_json::Value::String(prediction_type(spec)?);
+    configs.scheduler["prediction_type"] =
+        serde_json::to_value(prediction_type(spec)?).expect("a prediction type serialises");
     let merges = std::str::from_utf8(MERGES).expect("bundled merges are UTF-8");
     let tokenizer = ClipTokenizer::from_vocab_merges("assets/clip-tokenizer", VOCAB, merges, 77)?;
     let schedule = Schedule::new(&ToyConfigs::parsed::<SchedulerConfig>(&configs.scheduler)?)?;
@@ -623,7 +618,10 @@ mod tests {
             refused.contains("--prediction-type") && refused.contains("sample"),
             "{refused}"
         );
-        assert_eq!(prediction_type(&spec(&[])).unwrap(), "epsilon");
+        assert_eq!(
+            prediction_type(&spec(&[])).unwrap(),
+            PredictionType::Epsilon
+        );
         let dir = std::env::temp_dir().join(format!("tav-prediction-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("scheduler")).unwrap();
         let resumed = dir.to_str().unwrap();
@@ -639,10 +637,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             prediction_type(&spec(&["--resume-from", resumed])).unwrap(),
-            "v_prediction"
+            PredictionType::VPrediction
         );
         let named = spec(&["--resume-from", resumed, "--prediction-type", "epsilon"]);
-        assert_eq!(prediction_type(&named).unwrap(), "epsilon");
+        assert_eq!(prediction_type(&named).unwrap(), PredictionType::Epsilon);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
