@@ -31,8 +31,10 @@ def border(frame):
 
 def main():
     for folder in sys.argv[1:]:
-        total = 0
-        for gif in sorted(glob.glob(os.path.join(folder, "0*.gif"))):
+        total, gifs = 0, sorted(glob.glob(os.path.join(folder, "0*.gif")))
+        if not gifs:
+            sys.exit(f"{folder}: no edited videos (0*.gif) to check; is it a `tav run` output folder?")
+        for gif in gifs:
             video = frames(gif)
             median = np.median(video, 0)
             away = np.abs(video - median).mean((1, 2, 3))
