@@ -13,21 +13,9 @@ shares per frame and which checks pass; exits 1 when one fails. (Flash frames:
 """
 import glob, os, sys
 
-import numpy as np
-from PIL import Image
+from flash_frames import frames  # same folder: a GIF's frames as an array
 
 EDITS = ("blue", "grass", "square")  # jobs/toy.toml's edits, in order
-
-
-def frames(path):
-    im, out = Image.open(path), []
-    try:
-        while True:
-            out.append(np.array(im.convert("RGB")).astype(int))
-            im.seek(im.tell() + 1)
-    except EOFError:
-        pass
-    return out
 
 
 def shares(frame):
