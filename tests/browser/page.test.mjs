@@ -163,16 +163,16 @@ try {
   check(sum(source, 'red') > 8 * 0.02 && sum(source, 'blue') < 8 * 0.002, 'the source object is red, nothing blue');
   check(blue.filter((f) => f.blue > 0.02).length >= 4 && sum(blue, 'blue') > 10 * sum(blue, 'red'),
     'the blue edit: a blue object in most frames, and its object pixels are blue, not red');
-  // Not yet every frame: tuned as the presets tune it, the toy model keeps the road in the grass
-  // edit's last frame (issue 27's flash frames, a fault of the model that the reference's code
-  // shares).
+  // Not yet every frame: the toy model keeps the road in the grass edit's last frame or two, at
+  // CI's setting as at the presets (issue 27's flash frames, a fault of the model that the
+  // reference's code shares).
   check(grass.filter((f) => f.green > 0.5).length >= 6 && grass.filter((f) => f.red > 0.02).length >= 6,
     'the grass edit: a green background in most frames, the red object kept');
   check(square.filter((f) => f.red > 0.02).length >= 6 && square.every((f) => f.green < 0.3),
     'the square edit: the red object kept, on the road (not grass)');
   // No flash frame (a frame of bright stripes in place of the scene) at this run's settings.
   // Measured natively (docs/toy-world.md, "Flash frames"): the committed model draws none with
-  // CI's 1 tuning step and 3 DDIM steps, but one in the blue edit at the presets' 300 and 25
+  // CI's 1 tuning step and 3 DDIM steps, but two at the presets' 300 and 25 (blue 3, grass 7)
   // (issue 27); a v-prediction candidate was the other way round, and this check caught it.
   const flashes = run.results.map(flashFrames);
   flashes.forEach(({ away }, i) => console.log(`     edit ${i + 1} frames' distance from its median: ${away.map((d) => d.toFixed(0)).join(' ')}`));
