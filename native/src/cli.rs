@@ -274,6 +274,16 @@ pub fn min_snr_gamma(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A share of something: 0 to 1.
+pub fn share(s: &str) -> Result<f64, String> {
+    let v: f64 = number(s)?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a share from 0 to 1"))
+    }
+}
+
 /// A guidance rescale: 0 to 1.
 pub fn rescale(s: &str) -> Result<f64, String> {
     let v: f64 = number(s)?;

@@ -122,6 +122,24 @@ impl Schedule {
         }
     }
 
+    /// The output whose implied clean sample for `noisy` at `t` is `x0`: the noise
+    /// `(x_t − √ᾱ·x0)/√(1−ᾱ)` or the velocity `(√ᾱ·x_t − x0)/√(1−ᾱ)`. For `noisy` made from `x0`
+    /// by [`Self::add_noise`] it is [`Self::training_target`]; pretraining's edit pairs give
+    /// it another frame's `x0` (at noisy timesteps only: `√(1−ᾱ)` divides).
+    pub fn target_toward<const D: usize>(
+        &self,
+        noisy: Tensor<D>,
+        x0: Tensor<D>,
+        t: usize,
+    ) -> Tensor<D> {
+        let a = self.alpha_at(t as i64);
+        let scale = 1.0 / (1.0 - a).sqrt();
+        match self.prediction {
+            PredictionType::Epsilon => (noisy - x0.mul_scalar(a.sqrt())).mul_scalar(scale),
+            PredictionType::VPrediction => (noisy.mul_scalar(a.sqrt()) - x0).mul_scalar(scale),
+        }
+    }
+
     /// The noise in `x` (at `ᾱ = alpha`) that the UNet's `output` implies: the output itself,
     /// or from a velocity `v`, `√ᾱ · v + √(1−ᾱ) · x`.
     fn noise_from<const D: usize>(&self, output: Tensor<D>, x: Tensor<D>, alpha: f64) -> Tensor<D> {
@@ -306,6 +324,43 @@ mod tests {
             .training_target(x0.clone(), noise.clone(), 961);
         let diff: f32 = (v - noise).abs().max().into_scalar();
         assert!(diff > 0.5);
+    }
+
+    /// `target_toward` is the training target for a sample's own clean latent, and for
+    /// another latent an output whose implied clean sample is that latent.
+    #[test]
+    fn target_toward_implies_the_given_clean_sample() {
+        use burn::tensor::Device;
+        let device = Device::default();
+        let values = |seed: u64| {
+            let mut rng = crate::draws::SeededRng::new(seed);
+            crate::weights::HostTensor::new(vec![3, 5], rng.normal_vec(15)).to_device::<2>(&device)
+        };
+        let (x0, noise, other) = (values(1), values(2), values(3).add_scalar(0.7));
+        for prediction in [PredictionType::Epsilon, PredictionType::VPrediction] {
+            let mut cfg = SchedulerConfig::sd_v1_5();
+            cfg.prediction_type = prediction;
+            let s = Schedule::new(&cfg).unwrap();
+            for t in [999usize, 700, 500, 100] {
+                let noisy = s.add_noise(x0.clone(), noise.clone(), t);
+                let err = |a: Tensor<2>, b: Tensor<2>| -> f32 { (a - b).abs().max().into_scalar() };
+                let own = s.target_toward(noisy.clone(), x0.clone(), t);
+                let e = err(own, s.training_target(x0.clone(), noise.clone(), t));
+                assert!(e < 1e-3, "{prediction:?} t={t}: own target off by {e}");
+                let out = s.target_toward(noisy.clone(), other.clone(), t);
+                let a = s.alpha_at(t as i64);
+                let implied = match prediction {
+                    PredictionType::Epsilon => {
+                        (noisy.clone() - out.mul_scalar((1.0 - a).sqrt())).div_scalar(a.sqrt())
+                    }
+                    PredictionType::VPrediction => {
+                        noisy.clone().mul_scalar(a.sqrt()) - out.mul_scalar((1.0 - a).sqrt())
+                    }
+                };
+                let e = err(implied, other.clone());
+                assert!(e < 1e-3, "{prediction:?} t={t}: implied sample off by {e}");
+            }
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::draws::SeededRng;
 use crate::error::{Result, TavError};
 use crate::schedule::Schedule;
 use crate::tokenizer::ClipTokenizer;
-use crate::toyworld::{ClipSpec, render};
+use crate::toyworld::{Background, ClipSpec, Colour, Shape, render};
 use crate::transformer::VideoAttentionOptions;
 use crate::unet::{UNet3D, is_temporal};
 use crate::vae::Vae;
@@ -154,31 +154,74 @@ pub struct FrameBatch {
     pub captions: Vec<String>,
     /// The object's pixels in each frame (`S × S`, row-major).
     pub masks: Vec<Vec<bool>>,
+    /// Each frame's clip and its index in that clip.
+    pub frames: Vec<(ClipSpec, usize)>,
 }
 
+/// The frames of clips per batch item.
+const CLIP_FRAMES: usize = 8;
+
 pub fn frame_batch(rng: &mut SeededRng, batch: usize, size: usize, device: &Device) -> FrameBatch {
-    const FRAMES: usize = 8;
-    let mut data = Vec::with_capacity(batch * 3 * size * size);
-    let mut captions = Vec::with_capacity(batch);
-    let mut masks = Vec::with_capacity(batch);
-    for _ in 0..batch {
-        let spec = ClipSpec::random(rng.next_u64(), FRAMES, size);
-        let mut clip = render(&spec);
-        let pick = rng.below(FRAMES as u64) as usize;
+    let frames = (0..batch)
+        .map(|_| {
+            let spec = ClipSpec::random(rng.next_u64(), CLIP_FRAMES, size);
+            (spec, rng.below(CLIP_FRAMES as u64) as usize)
+        })
+        .collect();
+    draw_frames(frames, size, device)
+}
+
+/// Edit pairs for pretraining: for each frame of `items`, the same frame of its clip with
+/// one attribute (colour, background or shape, each as likely) changed to another value, and
+/// that clip's caption. The object keeps its path, so the pair is what an edit of the frame
+/// should give.
+pub fn edited_frames(
+    rng: &mut SeededRng,
+    batch: &FrameBatch,
+    items: &[usize],
+    size: usize,
+    device: &Device,
+) -> FrameBatch {
+    fn other<T: Copy + PartialEq>(rng: &mut SeededRng, all: &[T], now: T) -> T {
+        let rest: Vec<T> = all.iter().copied().filter(|&v| v != now).collect();
+        rest[rng.below(rest.len() as u64) as usize]
+    }
+    let frames = items
+        .iter()
+        .map(|&i| {
+            let (mut spec, pick) = batch.frames[i];
+            match rng.below(3) {
+                0 => spec.colour = other(rng, &Colour::ALL, spec.colour),
+                1 => spec.background = other(rng, &Background::ALL, spec.background),
+                _ => spec.shape = other(rng, &Shape::ALL, spec.shape),
+            }
+            (spec, pick)
+        })
+        .collect();
+    draw_frames(frames, size, device)
+}
+
+fn draw_frames(frames: Vec<(ClipSpec, usize)>, size: usize, device: &Device) -> FrameBatch {
+    let mut data = Vec::with_capacity(frames.len() * 3 * size * size);
+    let mut captions = Vec::with_capacity(frames.len());
+    let mut masks = Vec::with_capacity(frames.len());
+    for (spec, pick) in &frames {
+        let mut clip = render(spec);
         for c in 0..3 {
             data.extend(
-                clip.frames[pick]
+                clip.frames[*pick]
                     .chunks_exact(3)
                     .map(|p| p[c] as f32 / 127.5 - 1.0),
             );
         }
         captions.push(spec.caption());
-        masks.push(std::mem::take(&mut clip.masks[pick]));
+        masks.push(std::mem::take(&mut clip.masks[*pick]));
     }
     FrameBatch {
-        pixels: HostTensor::new(vec![batch, 3, size, size], data).to_device(device),
+        pixels: HostTensor::new(vec![frames.len(), 3, size, size], data).to_device(device),
         captions,
         masks,
+        frames,
     }
 }
 
@@ -275,6 +318,10 @@ pub struct TextToImageBatch {
     pub ids: Vec<Vec<u32>>,
     /// Per-pixel weights of the squared error `[N, 1, h, w]` (see [`object_weights`]).
     pub weights: Tensor<4>,
+    /// Edit pairs: for these items, the clean latent `[1, C, h, w]` of the edited frame
+    /// ([`edited_frames`]) the output must imply instead of the noised frame's own, under
+    /// the edited caption (`ids`).
+    pub edited: Vec<(usize, Tensor<4>)>,
 }
 
 /// One text-to-image step: noise (or velocity) prediction on the batch's latents (temporal layers off)
@@ -292,8 +339,10 @@ pub async fn text_to_image_step(
         timesteps,
         ids,
         weights,
+        edited,
     } = batch;
     let [n, c, h, w] = latents.dims();
+    let edited: HashMap<usize, Tensor<4>> = edited.into_iter().collect();
     // Each item at its own timestep: the noised latent the UNet sees, and what it must predict.
     let (noisy, target): (Vec<Tensor<4>>, Vec<Tensor<4>>) = timesteps
         .iter()
@@ -303,10 +352,12 @@ pub async fn text_to_image_step(
                 latents.clone().narrow(0, i, 1),
                 noise.clone().narrow(0, i, 1),
             );
-            (
-                schedule.add_noise(x0.clone(), eps.clone(), t),
-                schedule.training_target(x0, eps, t),
-            )
+            let noisy = schedule.add_noise(x0.clone(), eps.clone(), t);
+            let target = match edited.get(&i) {
+                Some(edited) => schedule.target_toward(noisy.clone(), edited.clone(), t),
+                None => schedule.training_target(x0, eps, t),
+            };
+            (noisy, target)
         })
         .unzip();
     let noisy = Tensor::cat(noisy, 0).reshape([n, c, 1, h, w]);
@@ -368,6 +419,51 @@ async fn scalar(t: Tensor<1>, what: &str) -> Result<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An edit pair is the same frame of the same clip with exactly one attribute changed,
+    /// captioned as drawn; all three attributes get edited; the object keeps its place.
+    #[test]
+    fn edited_frames_change_one_attribute_of_the_same_frame() {
+        let device = Device::default();
+        let mut rng = SeededRng::new(5);
+        for size in [64, 128] {
+            let batch = frame_batch(&mut rng, 24, size, &device);
+            let items: Vec<usize> = (0..24).filter(|i| i % 4 != 1).collect();
+            let edits = edited_frames(&mut rng, &batch, &items, size, &device);
+            assert_eq!(edits.pixels.dims(), [items.len(), 3, size, size]);
+            let mut changed = [0usize; 3];
+            for (j, &i) in items.iter().enumerate() {
+                let ((a, pick_a), (b, pick_b)) = (batch.frames[i], edits.frames[j]);
+                assert_eq!(
+                    (pick_a, a.path, a.seed, a.frames),
+                    (pick_b, b.path, b.seed, b.frames)
+                );
+                let diffs = [
+                    a.colour != b.colour,
+                    a.background != b.background,
+                    a.shape != b.shape,
+                ];
+                assert_eq!(diffs.iter().filter(|&&d| d).count(), 1, "{a:?} -> {b:?}");
+                for (k, d) in diffs.iter().enumerate() {
+                    changed[k] += *d as usize;
+                }
+                assert_eq!(edits.captions[j], b.caption());
+                assert_ne!(edits.captions[j], batch.captions[i]);
+                let overlap = |m: &[bool], n: &[bool]| {
+                    let both = m.iter().zip(n).filter(|(x, y)| **x && **y).count();
+                    let either = m.iter().zip(n).filter(|(x, y)| **x || **y).count();
+                    both as f64 / either as f64
+                };
+                // Same place: a shape edit keeps most of the object's pixels, the others all.
+                let iou = overlap(&batch.masks[i], &edits.masks[j]);
+                assert!(if diffs[2] { iou > 0.6 } else { iou == 1.0 }, "IoU {iou}");
+            }
+            assert!(
+                changed.iter().all(|&c| c > 0),
+                "edits per attribute {changed:?}"
+            );
+        }
+    }
 
     #[test]
     fn object_weights_follow_the_share_of_object_pixels_per_latent() {

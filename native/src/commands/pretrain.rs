@@ -20,8 +20,9 @@ use tav_core::clip::ClipTextEncoder;
 use tav_core::config::{PredictionType, SchedulerConfig};
 use tav_core::draws::SeededRng;
 use tav_core::pretrain::{
-    Component, TextToImage, TextToImageBatch, ToyConfigs, caption_ids, frame_batch, image_unet,
-    initial_models, latent_scale, object_weights, pretrain_settings, text_to_image_step, vae_step,
+    Component, TextToImage, TextToImageBatch, ToyConfigs, caption_ids, edited_frames, frame_batch,
+    image_unet, initial_models, latent_scale, object_weights, pretrain_settings,
+    text_to_image_step, vae_step,
 };
 use tav_core::progress::{Event, Phase};
 use tav_core::schedule::Schedule;
@@ -100,6 +101,17 @@ pub struct PretrainSpec {
     /// scheduler config [default: the `--resume-from` model's, else epsilon].
     #[arg(long, value_enum)]
     pub prediction_type: Option<PredictionType>,
+    /// Share of each batch trained as edit pairs: a frame noised to a timestep at or above
+    /// `--edit-pair-from`, captioned as the same frame with one attribute (colour,
+    /// background or shape) changed, and the output must imply that edited frame. Edits
+    /// start from such latents (an inverted clip under another caption), which plain
+    /// text-to-image training never shows the model [default: 0, none].
+    #[arg(value_parser = crate::cli::share, long, default_value_t = 0.0)]
+    pub edit_pairs: f64,
+    /// The lowest timestep of edit pairs: below it a noised frame shows its attributes, and
+    /// the output would have to jump to another frame.
+    #[arg(long, default_value_t = 500)]
+    pub edit_pair_from: usize,
     /// Take the VAE (weights and latent scale) from this toy model folder instead of
     /// training one (`--vae-steps` is then ignored): retrain the text side only.
     #[arg(long)]
@@ -171,6 +183,13 @@ pub fn run(spec: &PretrainSpec, device: &Device, ui: &mut Ui) -> Result<Pretrain
     let merges = std::str::from_utf8(MERGES).expect("bundled merges are UTF-8");
     let tokenizer = ClipTokenizer::from_vocab_merges("assets/clip-tokenizer", VOCAB, merges, 77)?;
     let schedule = Schedule::new(&ToyConfigs::parsed::<SchedulerConfig>(&configs.scheduler)?)?;
+    if spec.edit_pair_from >= schedule.num_train_timesteps() {
+        return Err(TavError::InvalidInput(format!(
+            "--edit-pair-from {} is not a timestep of the schedule (0 to {})",
+            spec.edit_pair_from,
+            schedule.num_train_timesteps() - 1
+        )));
+    }
     let (vae, text, unet) = initial_models(&configs, spec.seed, device)?;
     let mut rng = SeededRng::for_stream(spec.seed, "pretrain");
 
@@ -262,8 +281,25 @@ pub fn run(spec: &PretrainSpec, device: &Device, ui: &mut Ui) -> Result<Pretrain
     for step in 0..spec.steps {
         optimiser.settings.learning_rate = spec.learning_rate_at(step);
         let batch = frame_batch(&mut rng, spec.batch, spec.size, device);
+        // Drawn only when asked for, so runs without edit pairs replay earlier batches.
+        let pairs: Vec<usize> = if spec.edit_pairs > 0.0 {
+            (0..spec.batch)
+                .filter(|_| rng.uniform() < spec.edit_pairs)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let edits =
+            (!pairs.is_empty()).then(|| edited_frames(&mut rng, &batch, &pairs, spec.size, device));
+        let mut masks = batch.masks;
+        for (&i, edited) in pairs.iter().zip(edits.iter().flat_map(|e| &e.masks)) {
+            // Weigh both objects: where the source's was and where the edit's is.
+            for (m, &e) in masks[i].iter_mut().zip(edited) {
+                *m |= e;
+            }
+        }
         let weights = object_weights(
-            &batch.masks,
+            &masks,
             spec.size,
             vae_model.downscale,
             spec.object_weight,
@@ -276,10 +312,31 @@ pub fn run(spec: &PretrainSpec, device: &Device, ui: &mut Ui) -> Result<Pretrain
             .mul_scalar(vae_model.scaling_factor);
         let noise = training_noise(&mut rng, [spec.batch, 4, latent, latent], spec.offset_noise)
             .to_device(device);
-        let t: Vec<usize> = (0..spec.batch)
+        let mut t: Vec<usize> = (0..spec.batch)
             .map(|_| rng.below(timesteps) as usize)
             .collect();
-        let ids = caption_ids(&tokenizer, &batch.captions, spec.empty_captions, &mut rng)?;
+        let mut ids = caption_ids(&tokenizer, &batch.captions, spec.empty_captions, &mut rng)?;
+        let edited = if let Some(edits) = edits {
+            let k = pairs.len();
+            let eps = normal(&mut rng, [k, 4, latent, latent], device);
+            let edited = vae_model
+                .encode(edits.pixels)?
+                .sample(eps)
+                .mul_scalar(vae_model.scaling_factor);
+            let from = spec.edit_pair_from as u64;
+            for (j, &i) in pairs.iter().enumerate() {
+                t[i] = (from + rng.below(timesteps - from)) as usize;
+                // Never blanked: the unconditional model must not learn to edit.
+                ids[i] = tokenizer.encode(&edits.captions[j])?;
+            }
+            pairs
+                .iter()
+                .enumerate()
+                .map(|(j, &i)| (i, edited.clone().narrow(0, j, 1)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let weights = match spec.min_snr_gamma {
             Some(gamma) => {
                 let per_item: Vec<f32> = t
@@ -298,6 +355,7 @@ pub fn run(spec: &PretrainSpec, device: &Device, ui: &mut Ui) -> Result<Pretrain
             timesteps: t,
             ids,
             weights,
+            edited,
         };
         let (next, loss) = block_on(text_to_image_step(
             &mut optimiser,
