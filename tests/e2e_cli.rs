@@ -999,9 +999,34 @@ fn pretrain_writes_a_model_every_command_loads() {
     stage(&out, &v, &["--prediction-type", "v_prediction"]);
     assert_eq!(prediction(&v), "v_prediction");
     let v_on = scratch("pretrain").join("toy-model-v-on");
-    stage(&v, &v_on, &[]);
+    // Every item an edit pair, at the noisy end.
+    stage(&v, &v_on, &["--edit-pairs", "1", "--edit-pair-from", "900"]);
     assert_eq!(prediction(&v_on), "v_prediction");
     check(&v_on);
+    for (flag, value, says) in [
+        ("--edit-pairs", "1.5", "not a share from 0 to 1"),
+        ("--edit-pair-from", "1000", "not a timestep of the schedule"),
+    ] {
+        let refused_dir = scratch("pretrain").join("refused");
+        let refused = run(tav().arg("pretrain").arg(&refused_dir).args([
+            "--vae-from",
+            v.to_str().unwrap(),
+            "--steps",
+            "1",
+            flag,
+            value,
+        ]));
+        assert!(!refused.status.success(), "{flag} {value} was accepted");
+        let err = stderr(&refused);
+        assert!(
+            err.contains(flag) && err.contains(says),
+            "{flag} {value}: {err}"
+        );
+        assert!(
+            !refused_dir.exists(),
+            "{flag} {value} left {refused_dir:?} behind"
+        );
+    }
 }
 
 /// A single-file checkpoint (written from the tiny folder through the key mapping) and a
