@@ -1006,6 +1006,9 @@ fn pretrain_writes_a_model_every_command_loads() {
     for (flag, value, says) in [
         ("--edit-pairs", "1.5", "not a share from 0 to 1"),
         ("--edit-pair-from", "1000", "not a timestep of the schedule"),
+        ("--empty-captions", "2", "not a share from 0 to 1"),
+        ("--offset-noise", "nan", "not an offset-noise scale"),
+        ("--offset-noise", "1.5", "not an offset-noise scale"),
     ] {
         let refused_dir = scratch("pretrain").join("refused");
         let refused = run(tav().arg("pretrain").arg(&refused_dir).args([

@@ -284,6 +284,18 @@ pub fn share(s: &str) -> Result<f64, String> {
     }
 }
 
+/// Offset noise's scale: 0 to 1 (0.1 is typical; past 1 the offset outweighs the noise).
+pub fn offset_noise(s: &str) -> Result<f32, String> {
+    let v: f32 = number(s)?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{v} is not an offset-noise scale from 0 to 1 (typically 0.1)"
+        ))
+    }
+}
+
 /// A guidance rescale: 0 to 1.
 pub fn rescale(s: &str) -> Result<f64, String> {
     let v: f64 = number(s)?;

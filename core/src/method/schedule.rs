@@ -277,17 +277,20 @@ mod tests {
         assert!(Ddim::new(&s, 0).is_err());
     }
 
+    /// Standard normal values of `shape` drawn from `seed`, on the default device.
+    fn normal_values(seed: u64, shape: [usize; 2]) -> Tensor<2> {
+        let mut rng = crate::draws::SeededRng::new(seed);
+        let values = rng.normal_vec(shape[0] * shape[1]);
+        crate::weights::HostTensor::new(shape.to_vec(), values)
+            .to_device::<2>(&burn::tensor::Device::default())
+    }
+
     /// With the exact output (the noise, or the velocity), a DDIM step from `x0` noised at
     /// `t` lands on `x0` noised with the same noise at the previous timestep, and an inversion
     /// step goes back up: for both prediction types, at the noisy end and the clean one.
     #[test]
     fn ddim_steps_follow_the_exact_output_for_noise_and_velocity_prediction() {
-        use burn::tensor::Device;
-        let device = Device::default();
-        let values = |seed: u64| {
-            let mut rng = crate::draws::SeededRng::new(seed);
-            crate::weights::HostTensor::new(vec![4, 6], rng.normal_vec(24)).to_device::<2>(&device)
-        };
+        let values = |seed| normal_values(seed, [4, 6]);
         let (x0, noise) = (values(1).mul_scalar(1.3).add_scalar(-0.2), values(2));
         for prediction in [PredictionType::Epsilon, PredictionType::VPrediction] {
             let mut cfg = SchedulerConfig::sd_v1_5();
@@ -330,12 +333,7 @@ mod tests {
     /// another latent an output whose implied clean sample is that latent.
     #[test]
     fn target_toward_implies_the_given_clean_sample() {
-        use burn::tensor::Device;
-        let device = Device::default();
-        let values = |seed: u64| {
-            let mut rng = crate::draws::SeededRng::new(seed);
-            crate::weights::HostTensor::new(vec![3, 5], rng.normal_vec(15)).to_device::<2>(&device)
-        };
+        let values = |seed| normal_values(seed, [3, 5]);
         let (x0, noise, other) = (values(1), values(2), values(3).add_scalar(0.7));
         for prediction in [PredictionType::Epsilon, PredictionType::VPrediction] {
             let mut cfg = SchedulerConfig::sd_v1_5();

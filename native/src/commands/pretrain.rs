@@ -81,14 +81,14 @@ pub struct PretrainSpec {
     #[arg(long, default_value_t = 1.0)]
     pub object_weight: f32,
     /// Share of captions left empty, so guidance has an unconditional model.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(value_parser = crate::cli::share, long, default_value_t = 0.1)]
     pub empty_captions: f64,
     /// Offset noise: add this times one normal draw per latent and channel, constant over
     /// the latent, to the training noise. Plain noise leaves a latent's mean almost intact
     /// at every timestep, so the model never learns to move it. Tried for edits that change
     /// a background's brightness (road → beach, snow → grass); on the toy model it did not
     /// fix them, though colour and shape edits improved (docs/toy-world.md).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(value_parser = crate::cli::offset_noise, long, default_value_t = 0.0)]
     pub offset_noise: f32,
     /// Min-SNR loss weighting (Hang et al. 2023): weigh each item's denoising loss by
     /// min(SNR, γ)/SNR, so the nearly clean timesteps, which are easy, stop dominating the
