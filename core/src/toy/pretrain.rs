@@ -158,7 +158,7 @@ pub struct FrameBatch {
     pub frames: Vec<(ClipSpec, usize)>,
 }
 
-/// The frames of clips per batch item.
+/// The length of the clips training frames are drawn from.
 const CLIP_FRAMES: usize = 8;
 
 pub fn frame_batch(rng: &mut SeededRng, batch: usize, size: usize, device: &Device) -> FrameBatch {
