@@ -999,8 +999,26 @@ fn pretrain_writes_a_model_every_command_loads() {
     stage(&out, &v, &["--prediction-type", "v_prediction"]);
     assert_eq!(prediction(&v), "v_prediction");
     let v_on = scratch("pretrain").join("toy-model-v-on");
-    // Every item an edit pair, at the noisy end.
-    stage(&v, &v_on, &["--edit-pairs", "1", "--edit-pair-from", "900"]);
+    // Every item an edit pair, at the noisy end, with shrunk noise.
+    stage(
+        &v,
+        &v_on,
+        &[
+            "--edit-pairs",
+            "1",
+            "--edit-pair-from",
+            "900",
+            "--noise-scale-from",
+            "0.6",
+        ],
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(v_on.join("tav_pretrain.json")).unwrap()).unwrap();
+    assert_eq!(
+        report["settings"]["noise_scale_from"].as_f64(),
+        Some(0.6f32 as f64),
+        "{report}"
+    );
     assert_eq!(prediction(&v_on), "v_prediction");
     check(&v_on);
     for (flag, value, says) in [
@@ -1009,6 +1027,7 @@ fn pretrain_writes_a_model_every_command_loads() {
         ("--empty-captions", "2", "not a share from 0 to 1"),
         ("--offset-noise", "nan", "not an offset-noise scale"),
         ("--offset-noise", "1.5", "not an offset-noise scale"),
+        ("--noise-scale-from", "0", "not a noise scale"),
     ] {
         let refused_dir = scratch("pretrain").join("refused");
         let refused = run(tav().arg("pretrain").arg(&refused_dir).args([

@@ -296,6 +296,18 @@ pub fn offset_noise(s: &str) -> Result<f32, String> {
     }
 }
 
+/// The smallest factor training noise is scaled by: above 0, at most 1 (1: plain noise).
+pub fn noise_scale_from(s: &str) -> Result<f32, String> {
+    let v: f32 = number(s)?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{v} is not a noise scale above 0 and at most 1 (1: plain noise)"
+        ))
+    }
+}
+
 /// A guidance rescale: 0 to 1.
 pub fn rescale(s: &str) -> Result<f64, String> {
     let v: f64 = number(s)?;
