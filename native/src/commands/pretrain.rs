@@ -524,10 +524,9 @@ fn min_snr_weight(alpha_cumprod: f64, gamma: f64) -> f64 {
 }
 
 /// Normal noise of `shape` `[N, C, h, w]`, plus `offset` times one normal draw per `(n, c)`
-/// spread over `h × w` (none are drawn at offset 0, so earlier runs replay exactly).
-/// Training noise: normal draws, plus `offset` times a constant per latent and channel,
-/// each item's scaled by a factor from `scale_from` to 1. The targets are computed from
-/// this noise, so they imply the clean latent whatever its scale.
+/// spread over `h × w`, each item's scaled by a factor drawn from `scale_from` to 1 (none
+/// are drawn at offset 0 or scale 1, so earlier runs replay exactly). The targets are
+/// computed from this noise, so they imply the clean latent whatever its scale.
 fn training_noise(
     rng: &mut SeededRng,
     shape: [usize; 4],
