@@ -999,7 +999,8 @@ fn pretrain_writes_a_model_every_command_loads() {
     stage(&out, &v, &["--prediction-type", "v_prediction"]);
     assert_eq!(prediction(&v), "v_prediction");
     let v_on = scratch("pretrain").join("toy-model-v-on");
-    // Every item an edit pair, at the noisy end, with shrunk noise.
+    // Every item an edit pair, at the noisy end, with shrunk noise; the decoder on faded
+    // latents.
     stage(
         &v,
         &v_on,
@@ -1010,6 +1011,10 @@ fn pretrain_writes_a_model_every_command_loads() {
             "900",
             "--noise-scale-from",
             "0.6",
+            "--decoder-steps",
+            "2",
+            "--decoder-contrast-from",
+            "0.5",
         ],
     );
     let report: serde_json::Value =
@@ -1017,6 +1022,17 @@ fn pretrain_writes_a_model_every_command_loads() {
     assert_eq!(
         report["settings"]["noise_scale_from"].as_f64(),
         Some(0.6f32 as f64),
+        "{report}"
+    );
+    assert_eq!(
+        report["settings"]["decoder_contrast_from"].as_f64(),
+        Some(0.5),
+        "{report}"
+    );
+    // The decoder was trained: its two losses are on the VAE's curve.
+    assert_eq!(
+        report["report"]["vae_losses"].as_array().map(Vec::len),
+        Some(2),
         "{report}"
     );
     assert_eq!(prediction(&v_on), "v_prediction");
@@ -1028,6 +1044,8 @@ fn pretrain_writes_a_model_every_command_loads() {
         ("--offset-noise", "nan", "not an offset-noise scale"),
         ("--offset-noise", "1.5", "not an offset-noise scale"),
         ("--noise-scale-from", "0", "not a noise scale"),
+        ("--decoder-contrast-from", "0", "not a latent contrast"),
+        ("--decoder-contrast-from", "0.5", "--decoder-steps is 0"),
     ] {
         let refused_dir = scratch("pretrain").join("refused");
         let refused = run(tav().arg("pretrain").arg(&refused_dir).args([

@@ -308,6 +308,18 @@ pub fn noise_scale_from(s: &str) -> Result<f32, String> {
     }
 }
 
+/// `tav pretrain --decoder-contrast-from`: above 0, at most 1.
+pub fn decoder_contrast_from(s: &str) -> Result<f32, String> {
+    let v: f32 = number(s)?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{v} is not a latent contrast above 0 and at most 1 (1: latents as encoded)"
+        ))
+    }
+}
+
 /// A guidance rescale: 0 to 1.
 pub fn rescale(s: &str) -> Result<f64, String> {
     let v: f64 = number(s)?;

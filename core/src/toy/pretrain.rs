@@ -270,25 +270,41 @@ fn object_weight_values(
 }
 
 /// One VAE step: reconstruction MSE plus `kl_weight` × the posterior's KL to a standard
-/// normal. `vae` is in the optimiser's train mode. Returns the reconstruction error too.
+/// normal. `vae` is in the optimiser's train mode. With `contrast`, the sampled latents are
+/// faded by [`with_contrast`] before decoding, the target still the frame itself. Returns
+/// the reconstruction error too.
 pub async fn vae_step(
     optimiser: &mut AdamW,
     vae: Vae,
     pixels: Tensor<4>,
     eps: Tensor<4>,
     kl_weight: f64,
+    contrast: Option<Tensor<4>>,
 ) -> Result<(Vae, f32)> {
     let posterior = vae.encode(pixels.clone())?;
     let kl = (posterior.mean.clone().square() + posterior.logvar.clone().exp()
         - posterior.logvar.clone().add_scalar(1.0))
     .mean()
     .mul_scalar(0.5);
-    let reconstructed = vae.decode(posterior.sample(eps));
+    let latents = posterior.sample(eps);
+    let latents = match contrast {
+        Some(factors) => with_contrast(latents, factors),
+        None => latents,
+    };
+    let reconstructed = vae.decode(latents);
     let mse = (reconstructed - pixels).square().mean();
     let mse_value = scalar(mse.clone(), "the VAE's reconstruction error").await?;
     let loss = mse + kl.mul_scalar(kl_weight);
     let (vae, _) = optimiser.step(vae, loss, false).await?;
     Ok((vae, mse_value))
+}
+
+/// `latents` `[N, C, h, w]` with each item's deviation from its per-channel mean scaled by
+/// its factor in `factors` `[N, 1, 1, 1]`: the mean (a frame's colour) stays, the texture
+/// and edges fade.
+pub fn with_contrast(latents: Tensor<4>, factors: Tensor<4>) -> Tensor<4> {
+    let means = latents.clone().mean_dim(3).mean_dim(2);
+    means.clone() + (latents - means) * factors
 }
 
 /// The latent scale SD uses: 1 / the standard deviation of latent means over `pixels`.
@@ -419,6 +435,37 @@ async fn scalar(t: Tensor<1>, what: &str) -> Result<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fading keeps each item's per-channel mean (its colour) and scales the rest by the
+    /// item's own factor: 1 leaves the latent as it is, 0 leaves only the means.
+    #[test]
+    fn with_contrast_keeps_channel_means_and_scales_each_items_texture() {
+        let device = Device::default();
+        let shape = [3, 4, 5, 7];
+        let n: usize = shape.iter().product();
+        let values = SeededRng::new(3).normal_vec(n);
+        let latents = Tensor::<1>::from_floats(values.as_slice(), &device).reshape(shape);
+        let factors = Tensor::<1>::from_floats([1.0, 0.5, 0.0], &device).reshape([3, 1, 1, 1]);
+        let faded = with_contrast(latents, factors)
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("f32");
+        for (item, factor) in [1.0f32, 0.5, 0.0].into_iter().enumerate() {
+            for channel in 0..4 {
+                let at = (item * 4 + channel) * 35;
+                let (before, after) = (&values[at..at + 35], &faded[at..at + 35]);
+                let mean = before.iter().sum::<f32>() / 35.0;
+                let faded_mean = after.iter().sum::<f32>() / 35.0;
+                assert!((mean - faded_mean).abs() < 1e-5, "{mean} {faded_mean}");
+                for (b, a) in before.iter().zip(after) {
+                    assert!(
+                        (a - (mean + factor * (b - mean))).abs() < 1e-5,
+                        "{b} -> {a}"
+                    );
+                }
+            }
+        }
+    }
 
     /// An edit pair is the same frame of the same clip with exactly one attribute changed,
     /// captioned as drawn; all three attributes get edited; the object keeps its place.

@@ -127,6 +127,14 @@ pub struct PretrainSpec {
     /// reconstruction only): the encoder, so the latents the UNet learns, stay as they are.
     #[arg(long, default_value_t = 0)]
     pub decoder_steps: usize,
+    /// In the `--decoder-steps`, fade each latent's texture (its deviation from its
+    /// per-channel mean) by a factor drawn uniformly from this to 1 before decoding, the
+    /// target still the frame. Guided sampling can leave a frame's latent with less texture
+    /// than any encoded frame has; a decoder that never saw one draws it as a bright striped
+    /// frame with a white border (a flash frame) instead of the scene it still holds
+    /// [default: 1, latents as encoded].
+    #[arg(value_parser = crate::cli::decoder_contrast_from, long, default_value_t = 1.0)]
+    pub decoder_contrast_from: f32,
     /// Start the text encoder and UNet from this toy model folder instead of from the seed
     /// (to train them on, or with `--steps 0` to take them as they are).
     #[arg(long)]
@@ -184,6 +192,12 @@ pub fn run(spec: &PretrainSpec, device: &Device, ui: &mut Ui) -> Result<Pretrain
             spec.size
         )));
     }
+    if spec.decoder_contrast_from < 1.0 && spec.decoder_steps == 0 {
+        return Err(TavError::InvalidInput(format!(
+            "--decoder-contrast-from {} acts in the decoder steps, and --decoder-steps is 0",
+            spec.decoder_contrast_from
+        )));
+    }
     let mut configs = ToyConfigs::small();
     configs.scheduler["prediction_type"] =
         serde_json::to_value(prediction_type(spec)?).expect("a prediction type serialises");
@@ -229,6 +243,7 @@ pub fn run(spec: &PretrainSpec, device: &Device, ui: &mut Ui) -> Result<Pretrain
         count: vae_steps,
         kl_weight: spec.kl_weight,
         latent,
+        contrast_from: 1.0,
     };
     let mut stage = Stage {
         spec,
@@ -387,12 +402,15 @@ pub fn run(spec: &PretrainSpec, device: &Device, ui: &mut Ui) -> Result<Pretrain
     }
     report.unet_seconds = started.elapsed().as_secs_f64();
     let model = AdamW::eval_mode(model);
-    ui.say(&format!(
-        "text encoder and UNet: {} steps in {:.0} s, denoising loss {:.4}",
-        spec.steps,
-        report.unet_seconds,
-        report.unet_losses.last().copied().unwrap_or(f32::NAN)
-    ));
+    // With `--steps 0` there is no loss to show (it would print as NaN).
+    ui.say(&match (report.unet_losses.last(), &spec.resume_from) {
+        (Some(loss), _) => format!(
+            "text encoder and UNet: {} steps in {:.0} s, denoising loss {loss:.4}",
+            spec.steps, report.unet_seconds
+        ),
+        (None, Some(dir)) => format!("text encoder and UNet: taken from {}", dir.display()),
+        (None, None) => "text encoder and UNet: 0 steps, left as initialised".to_string(),
+    });
 
     let text = Component {
         model: model.text_encoder,
@@ -457,6 +475,7 @@ fn train_decoder(
         count: spec.decoder_steps,
         kl_weight: 0.0,
         latent,
+        contrast_from: spec.decoder_contrast_from,
     };
     steps.run(stage, &mut optimiser, model)
 }
@@ -468,6 +487,8 @@ struct VaeSteps {
     kl_weight: f64,
     /// Latent side, for the posterior's noise.
     latent: usize,
+    /// Each item's latent is faded by a factor drawn from this to 1 (1: none drawn).
+    contrast_from: f32,
 }
 
 impl VaeSteps {
@@ -480,7 +501,28 @@ impl VaeSteps {
                 [spec.vae_batch, 4, self.latent, self.latent],
                 device,
             );
-            let (next, loss) = block_on(vae_step(optimiser, model, pixels, eps, self.kl_weight))?;
+            // Drawn only when asked for, so runs without it replay earlier batches.
+            let contrast = (self.contrast_from < 1.0).then(|| {
+                let factors: Vec<f32> = (0..spec.vae_batch)
+                    .map(|_| {
+                        self.contrast_from + (1.0 - self.contrast_from) * stage.rng.uniform() as f32
+                    })
+                    .collect();
+                Tensor::<1>::from_floats(factors.as_slice(), device).reshape([
+                    spec.vae_batch,
+                    1,
+                    1,
+                    1,
+                ])
+            });
+            let (next, loss) = block_on(vae_step(
+                optimiser,
+                model,
+                pixels,
+                eps,
+                self.kl_weight,
+                contrast,
+            ))?;
             model = next;
             stage.report.vae_losses.push(loss);
             stage.ui.event(Event {
@@ -719,6 +761,32 @@ mod tests {
             .to_string();
         assert!(refused.contains("--noise-scale-from"), "{refused}");
         assert_eq!(spec(&[]).noise_scale_from, 1.0);
+    }
+
+    /// `--decoder-contrast-from` is range-checked when read, and refused before any work
+    /// without decoder steps to act in.
+    #[test]
+    fn decoder_contrast_is_checked_up_front() {
+        for bad in ["0", "1.5", "-0.2"] {
+            let flag = format!("--decoder-contrast-from={bad}");
+            let refused = Flags::try_parse_from(["pretrain", "x", flag.as_str()])
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(refused.contains("--decoder-contrast-from"), "{refused}");
+        }
+        assert_eq!(spec(&[]).decoder_contrast_from, 1.0);
+        let dir = std::env::temp_dir().join(format!("tav-contrast-{}", std::process::id()));
+        let mut lone = spec(&["--decoder-contrast-from", "0.3"]);
+        lone.out = dir.clone();
+        let err = run(&lone, &Device::default(), &mut Ui::new(Mode::Quiet))
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            err.contains("--decoder-contrast-from") && err.contains("--decoder-steps"),
+            "{err}"
+        );
+        assert!(!dir.exists(), "a refused run leaves nothing behind");
     }
 
     /// The prediction type: the flag's, else the resumed model's, else epsilon; another
