@@ -298,24 +298,23 @@ pub fn offset_noise(s: &str) -> Result<f32, String> {
 
 /// The smallest factor training noise is scaled by: above 0, at most 1 (1: plain noise).
 pub fn noise_scale_from(s: &str) -> Result<f32, String> {
-    let v: f32 = number(s)?;
-    if v > 0.0 && v <= 1.0 {
-        Ok(v)
-    } else {
-        Err(format!(
-            "{v} is not a noise scale above 0 and at most 1 (1: plain noise)"
-        ))
-    }
+    smallest_factor(s, "noise scale", "plain noise")
 }
 
-/// `tav pretrain --decoder-contrast-from`: above 0, at most 1.
+/// The smallest factor a decoder step fades a latent by: above 0, at most 1.
 pub fn decoder_contrast_from(s: &str) -> Result<f32, String> {
+    smallest_factor(s, "latent contrast", "latents as encoded")
+}
+
+/// The low end of a factor drawn from it to 1: above 0 (a factor of 0 erases what it
+/// scales), at most 1 (`one` says what 1 means).
+fn smallest_factor(s: &str, what: &str, one: &str) -> Result<f32, String> {
     let v: f32 = number(s)?;
     if v > 0.0 && v <= 1.0 {
         Ok(v)
     } else {
         Err(format!(
-            "{v} is not a latent contrast above 0 and at most 1 (1: latents as encoded)"
+            "{v} is not a {what} above 0 and at most 1 (1: {one})"
         ))
     }
 }

@@ -504,9 +504,7 @@ impl VaeSteps {
             // Drawn only when asked for, so runs without it replay earlier batches.
             let contrast = (self.contrast_from < 1.0).then(|| {
                 let factors: Vec<f32> = (0..spec.vae_batch)
-                    .map(|_| {
-                        self.contrast_from + (1.0 - self.contrast_from) * stage.rng.uniform() as f32
-                    })
+                    .map(|_| factor_from(stage.rng, self.contrast_from))
                     .collect();
                 Tensor::<1>::from_floats(factors.as_slice(), device).reshape([
                     spec.vae_batch,
@@ -586,11 +584,16 @@ fn training_noise(
     // Drawn only when asked for, so runs without it replay earlier batches.
     if scale_from < 1.0 {
         for item in values.chunks_mut(c * h * w) {
-            let scale = scale_from + (1.0 - scale_from) * rng.uniform() as f32;
+            let scale = factor_from(rng, scale_from);
             item.iter_mut().for_each(|v| *v *= scale);
         }
     }
     HostTensor::new(shape.to_vec(), values)
+}
+
+/// A factor drawn uniformly from `low` to 1.
+fn factor_from(rng: &mut SeededRng, low: f32) -> f32 {
+    low + (1.0 - low) * rng.uniform() as f32
 }
 
 /// The diffusers folder: configs, f16 safetensors, the tokenizer, and `model_index.json`
