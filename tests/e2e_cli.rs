@@ -1035,6 +1035,19 @@ fn pretrain_writes_a_model_every_command_loads() {
         Some(2),
         "{report}"
     );
+    // The fading reaches the decoder: the same first decoder batch (the draws before it are
+    // the same) without it has another reconstruction error.
+    let plain = scratch("pretrain").join("toy-model-plain-decoder");
+    stage(&v, &plain, &["--decoder-steps", "2"]);
+    let plain_report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(plain.join("tav_pretrain.json")).unwrap()).unwrap();
+    let first = |r: &serde_json::Value| r["report"]["vae_losses"][0].as_f64().unwrap();
+    assert!(
+        (first(&report) - first(&plain_report)).abs() > 1e-6,
+        "faded {} vs plain {}",
+        first(&report),
+        first(&plain_report)
+    );
     assert_eq!(prediction(&v_on), "v_prediction");
     check(&v_on);
     for (flag, value, says) in [
