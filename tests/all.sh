@@ -3,8 +3,9 @@
 # lavapipe, Chromium and node, then runs this):
 #   1. cargo's tests: unit, kernels, golden parity, memory, CLI end to end, streamed models…;
 #   2. the browser tests (builds the wasm package and wasm-bindgen-cli if missing);
-#   3. the main command (`tav run` on the toy world, fewer steps than the job file) and the
-#      GPU check's dry run (benches/gpu/run.sh --dry-run), the benchmark's smoke check.
+#   3. the main command (`tav run jobs/toy.toml` on the toy world, its edits checked from their
+#      pixels) and the GPU check's dry run (benches/gpu/run.sh --dry-run), the benchmark's smoke
+#      check.
 # Needs a Vulkan driver (lavapipe without a GPU), chromium and node/npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,13 +35,13 @@ echo "tests: browser tests (wasm build included) took $(( $(date +%s) - browser_
 # tav-native` would resolve other features and build every dependency again).
 cargo build --workspace --locked --no-default-features --bins
 toy_start=$(date +%s)
-# Far fewer steps than the job file's 300/25/25 (5 min of 2 cores): the same job end to end,
-# from scratch (an earlier run's checkpoint there would be resumed, skipping the tuning). What
-# the toy edits look like is checked elsewhere: from their pixels in the browser test, by the
-# reduced scoring in tests/e2e_cli.rs.
+# The job as committed (300 tuning steps, 25 + 25 DDIM steps; under 2 minutes of 2 cores), from
+# scratch (an earlier run's checkpoint there would be resumed, skipping the tuning); then its
+# three edits checked from their pixels by the demo page test's rules (job.test.mjs: each edit
+# did what its prompt says, no flash frame).
 rm -rf outputs/toy
-target/debug/tav run jobs/toy.toml --device flex --quiet --steps 30 --inversion-steps 5 \
-  --inference-steps 5
+target/debug/tav run jobs/toy.toml --device flex --quiet
+node tests/browser/job.test.mjs outputs/toy
 test -s outputs/toy/grid.gif
 echo "tests: the main command took $(( $(date +%s) - toy_start )) s"
 # The GPU check's dry run: benches/gpu/run.sh's stages at tiny sizes on lavapipe (adapter probe,

@@ -18,6 +18,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { checkToyEdits } from './toy_edits.mjs';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const url = process.env.TAV_WWW_URL || 'http://127.0.0.1:8000/';
@@ -34,52 +35,6 @@ const check = (ok, what) => {
   if (!ok) failures.push(what);
 };
 
-/**
- * Colour classes of a clip's pixels, per frame: `blue`, `red` (the toy world's object colours,
- * clearly saturated) and `green` (grass), as fractions of the frame.
- */
-function colours({ frames, width, height, count }) {
-  const n = width * height;
-  return Array.from({ length: count }, (_, f) => {
-    let blue = 0, red = 0, green = 0;
-    for (let p = f * n * 4; p < (f + 1) * n * 4; p += 4) {
-      const [r, g, b] = [frames[p], frames[p + 1], frames[p + 2]];
-      if (b > r + 40 && b > g + 40) blue++;
-      else if (r > g + 40 && r > b + 40) red++;
-      else if (g > r + 20 && g > b + 20) green++;
-    }
-    return { blue: blue / n, red: red / n, green: green / n };
-  });
-}
-
-/**
- * Flash frames of a clip (as benches/toy/flash_frames.py counts them): frames whose pixels are
- * over 25 of 255 from the clip's per-pixel median frame on average (a scene's frames stay well
- * under it as the object moves; a striped frame is 50 to 100 away), or whose 3-pixel border is
- * over 40 brighter than the median's (the white border a textureless latent decodes to).
- * Returns each frame's distance and the flash frames' indices.
- */
-function flashFrames({ frames, width, height, count }) {
-  const n = width * height, median = new Float32Array(n * 3);
-  for (let p = 0; p < n; p++) for (let c = 0; c < 3; c++) {
-    const v = Array.from({ length: count }, (_, f) => frames[(f * n + p) * 4 + c]).sort((a, b) => a - b);
-    median[p * 3 + c] = count % 2 ? v[(count - 1) / 2] : (v[count / 2 - 1] + v[count / 2]) / 2;
-  }
-  const onBorder = (p) => { const x = p % width, y = Math.floor(p / width); return x < 3 || y < 3 || x >= width - 3 || y >= height - 3; };
-  const borderOf = (value) => { let s = 0, k = 0; for (let p = 0; p < n; p++) if (onBorder(p)) { for (let c = 0; c < 3; c++) s += value(p, c); k += 3; } return s / k; };
-  const medianBorder = borderOf((p, c) => median[p * 3 + c]);
-  const away = [], flash = [];
-  for (let f = 0; f < count; f++) {
-    let d = 0;
-    for (let p = 0; p < n; p++) for (let c = 0; c < 3; c++) d += Math.abs(frames[(f * n + p) * 4 + c] - median[p * 3 + c]);
-    away.push(d / (n * 3));
-    if (away[f] > 25 || borderOf((p, c) => frames[(f * n + p) * 4 + c]) - medianBorder > 40) flash.push(f);
-  }
-  return { away, flash };
-}
-
-const sum = (frames, key) => frames.reduce((s, f) => s + f[key], 0);
-const fmt = (frames, key) => frames.map((f) => f[key].toFixed(3)).join(' ');
 
 const profile = mkdtempSync(join(tmpdir(), 'tav-chromium-'));
 const context = await chromium.launchPersistentContext(profile, {
@@ -153,35 +108,13 @@ try {
     `the loss plot has every tuning step (${run.losses.length}, finite)`);
   check(run.results.every((r) => r.count === 8 && r.width === 64 && r.height === 64), 'each edit is 8 frames of 64×64');
 
-  // What each edit says, from its pixels.
-  const source = colours(run.source);
-  const [blue, grass, square] = run.results.map(colours);
-  console.log(`     source  red ${fmt(source, 'red')} | blue ${fmt(source, 'blue')}`);
-  console.log(`     blue    blue ${fmt(blue, 'blue')} | red ${fmt(blue, 'red')}`);
-  console.log(`     grass   green ${fmt(grass, 'green')} | red ${fmt(grass, 'red')}`);
-  console.log(`     square  red ${fmt(square, 'red')} | green ${fmt(square, 'green')}`);
-  check(sum(source, 'red') > 8 * 0.02 && sum(source, 'blue') < 8 * 0.002, 'the source object is red, nothing blue');
-  check(blue.filter((f) => f.blue > 0.02).length >= 4 && sum(blue, 'blue') > 10 * sum(blue, 'red'),
-    'the blue edit: a blue object in most frames, and its object pixels are blue, not red');
-  // Not yet every frame: the toy model keeps the road in the grass edit's last frame or two, at
-  // CI's setting as at the presets (issue 27's flash frames, a fault of the model that the
-  // reference's code shares).
-  check(grass.filter((f) => f.green > 0.5).length >= 6 && grass.filter((f) => f.red > 0.02).length >= 6,
-    'the grass edit: a green background in most frames, the red object kept');
-  check(square.filter((f) => f.red > 0.02).length >= 6 && square.every((f) => f.green < 0.3),
-    'the square edit: the red object kept, on the road (not grass)');
-  // No flash frame (a frame of bright stripes in place of the scene) at this run's settings.
-  // Measured natively (docs/toy-world.md, "Flash frames"): the committed model draws none with
-  // CI's 1 tuning step and 3 DDIM steps, but two at the presets' 300 and 25 (blue 3, grass 7)
-  // (issue 27); a v-prediction candidate was the other way round, and this check caught it.
-  const flashes = run.results.map(flashFrames);
-  flashes.forEach(({ away }, i) => console.log(`     edit ${i + 1} frames' distance from its median: ${away.map((d) => d.toFixed(0)).join(' ')}`));
-  check(flashes.every(({ flash }) => flash.length === 0),
-    `no flash frame in any edit (${flashes.map(({ flash }) => `[${flash.join(', ')}]`).join(' ')})`);
+  // What each edit says, from its pixels (tests/browser/toy_edits.mjs: the same rules as the
+  // main command's edits are checked by, in job.test.mjs).
+  const shares = checkToyEdits(run.source, run.results, check);
 
   await page.screenshot({ path: join(artifacts, 'demo-page.png'), fullPage: true });
   await page.locator('#results').screenshot({ path: join(artifacts, 'demo-results.png') });
-  writeFileSync(join(artifacts, 'demo-run.json'), JSON.stringify({ losses: run.losses, source, edits: { blue, grass, square } }, null, 1));
+  writeFileSync(join(artifacts, 'demo-run.json'), JSON.stringify({ losses: run.losses, ...shares }, null, 1));
   console.log(`     screenshots in ${artifacts}: demo-page.png, demo-results.png`);
 
   // After the run, what else a person may do: other models, other clips, mistakes.
