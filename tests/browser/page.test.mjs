@@ -35,7 +35,6 @@ const check = (ok, what) => {
   if (!ok) failures.push(what);
 };
 
-
 const profile = mkdtempSync(join(tmpdir(), 'tav-chromium-'));
 const context = await chromium.launchPersistentContext(profile, {
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
