@@ -71,7 +71,7 @@ TAV_SITE_URL="http://127.0.0.1:$port/" node tests/browser/engine.test.mjs
 # 10 tuning steps and 5 DDIM steps (the presets are 300 and 25): SwiftShader takes about 15 s a
 # UNet pass of the toy model, so this run takes about 7½ minutes. Tuned, as the demo always
 # tunes: the toy model's edits barely tuned (1 step) are not what the page makes, and are not
-# all clean (docs/toy-world.md, "The committed model's edits by setting"); the presets' own
+# all clean (docs/toy-world.md, "The outcome: stages 8 and 9"); the presets' own
 # edits are checked natively, on the main command (job.test.mjs in tests/all.sh).
 TAV_WWW_URL="http://127.0.0.1:$((port + 1))/" TAV_VIDEO="$root/../shared/videos/car-turn.mp4" \
   TAV_SD_MODEL_URL="http://127.0.0.1:$port/model/" TAV_TUNE_STEPS=10 TAV_DDIM_STEPS=5 \
